@@ -1,0 +1,126 @@
+# ember: `make run` and `make test` do everything on a fresh Debian 12
+# machine, installing what is missing (`make deps`) and making the test
+# models (`make models`). Build output goes to build/.
+
+CC       ?= gcc
+BUILD    ?= build
+# Where jansson (and later libfcgi, liburing, ...) live when not in the
+# system: a prefix made by unpacking Debian packages (see README).
+DEPS_PREFIX ?=
+
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -fno-strict-aliasing
+LDLIBS   += -ljansson -lm -pthread
+ifneq ($(DEPS_PREFIX),)
+DEPS_LIBDIRS := $(wildcard $(DEPS_PREFIX)/usr/lib/x86_64-linux-gnu $(DEPS_PREFIX)/usr/lib \
+                  $(DEPS_PREFIX)/lib/x86_64-linux-gnu $(DEPS_PREFIX)/lib)
+DEPS_CFLAGS := -I$(DEPS_PREFIX)/usr/include -I$(DEPS_PREFIX)/include
+CFLAGS   += $(DEPS_CFLAGS)
+LDFLAGS  += $(foreach d,$(DEPS_LIBDIRS),-L$(d) -Wl,-rpath,$(abspath $(d)))
+endif
+
+ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c \
+              engine/config.c engine/model.c engine/threads.c engine/matmul.c engine/cpu.c \
+              engine/generate.c engine/sha256.c
+ENGINE_HDR := $(wildcard engine/*.h)
+
+TINY_MODELS := tiny-qwen2 tiny-llama
+MODEL_STAMPS := $(patsubst %,$(BUILD)/models/%/.done,$(TINY_MODELS))
+tokenizer_of = $(if $(filter tiny-llama,$(1)),deepseek_v3,qwen3)
+
+FUZZERS := safetensors config
+FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c engine/config.c
+
+.PHONY: all deps models test asan asan-build bench run clean fuzz
+.SECONDARY:
+all: $(BUILD)/ember-worker $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/bench-engine \
+     $(patsubst %,$(BUILD)/fuzz-replay-%,$(FUZZERS))
+
+deps:
+	@scripts/deps.sh
+
+# --- programs -------------------------------------------------------------
+
+$(BUILD)/%.o: %.c $(ENGINE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+ENGINE_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(ENGINE_SRC))
+
+$(BUILD)/libember-engine.a: $(ENGINE_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/ember-worker: $(BUILD)/worker/main.o $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/make-model: $(BUILD)/scripts/make_model.o $(BUILD)/engine/common.o
+	$(CC) $(LDFLAGS) -o $@ $^ -lm
+
+$(BUILD)/test-engine: $(BUILD)/tests/test_engine.o $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bench-engine: $(BUILD)/scripts/bench_engine.o $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The fuzz targets, linked with a main() that replays a corpus, so that
+# `make test` runs every corpus with gcc; `make fuzz` builds them with
+# libFuzzer.
+$(BUILD)/fuzz-replay-%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.o \
+                        $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# --- models ---------------------------------------------------------------
+
+models: deps $(MODEL_STAMPS)
+
+$(BUILD)/models/%/.done: $(BUILD)/make-model scripts/fetch-tokenizer.sh
+	@mkdir -p $(BUILD)/models
+	$(BUILD)/make-model --shape $* --out $(BUILD)/models/$*
+	scripts/fetch-tokenizer.sh $(call tokenizer_of,$*) $(BUILD)/models/$*
+	@touch $@
+
+# --- tests ----------------------------------------------------------------
+
+# The whole suite, on the plain build and under AddressSanitizer and
+# UndefinedBehaviorSanitizer, with one closing line for both.
+test: deps models all asan-build
+	@EMBER_MODELS=$(BUILD)/models tests/run.sh $(BUILD) $(BUILD)/asan
+
+asan: deps models asan-build
+	@EMBER_MODELS=$(BUILD)/models tests/run.sh $(BUILD)/asan
+
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+asan-build:
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" \
+		LDFLAGS="$(ASAN_FLAGS) $(LDFLAGS)" $(BUILD)/asan/test-engine \
+		$(patsubst %,$(BUILD)/asan/fuzz-replay-%,$(FUZZERS)) $(BUILD)/asan/ember-worker
+
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	@mkdir -p $(BUILD)/fuzz
+	for f in $(FUZZERS); do \
+		clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+			-o $(BUILD)/fuzz/fuzz-$$f tests/fuzz/fuzz_$$f.c $(FUZZ_SRC) $(DEPS_CFLAGS) $(LDFLAGS) $(LDLIBS) || exit 1; \
+	done
+	for f in $(FUZZERS); do \
+		mkdir -p tests/fuzz/corpus/$$f; \
+		$(BUILD)/fuzz/fuzz-$$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+			tests/fuzz/corpus/$$f tests/fuzz/seeds/$$f || exit 1; \
+	done
+
+# --- benchmarks and the demo ----------------------------------------------
+
+BENCH_SHAPE ?= qwen2-0.5b
+$(BUILD)/models/$(BENCH_SHAPE)/.done-bench: $(BUILD)/make-model
+	@mkdir -p $(BUILD)/models
+	$(BUILD)/make-model --shape $(BENCH_SHAPE) --out $(BUILD)/models/$(BENCH_SHAPE)
+	@touch $@
+
+bench: deps all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
+	$(BUILD)/bench-engine --model $(BUILD)/models/$(BENCH_SHAPE)
+
+run: deps models $(BUILD)/ember-worker
+	$(BUILD)/ember-worker --model $(BUILD)/models/tiny-qwen2 --prompt-ids 9707,11,1879,0 --max-tokens 16
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,59 @@
+/* The backend interface: the one seam between the engine's scheduling code
+ * and the code that computes (the CPU here, CUDA in kernels/). A backend owns
+ * the model's working buffers and the KV cache of its sequences. Runs in the
+ * worker's engine thread. */
+#ifndef EMBER_BACKEND_H
+#define EMBER_BACKEND_H
+
+#include "common.h"
+
+/* One token of a forward step: token `token` of sequence `seq` at position
+ * `pos`. Its key and value are written into the sequence's cache at pos; it
+ * attends to positions 0..pos of that sequence, which earlier steps or
+ * earlier entries of this step must have written. When logits_row >= 0 the
+ * logits of the next token after it are written to row logits_row. */
+struct be_entry {
+	int32_t seq;
+	int32_t pos;
+	int32_t token;
+	int32_t logits_row;
+};
+
+struct backend;
+
+struct backend_ops {
+	/* Runs one step over n entries (1..max_tokens). logits is (rows, vocab)
+	 * f32 where rows is the number of entries with logits_row >= 0, and
+	 * those rows must be 0..rows-1, each once. Returns 0, or -EINVAL with
+	 * err set when an entry is out of range (nothing is computed then). */
+	int (*forward)(struct backend *b, const struct be_entry *e, int n, float *logits,
+		       char *err);
+	void (*destroy)(struct backend *b);
+};
+
+struct backend {
+	const struct backend_ops *ops;
+	const char *name;   /* "cpu", "cuda" */
+	int max_tokens;     /* entries per step */
+	int max_seqs;       /* sequence ids are 0..max_seqs-1 */
+	int max_ctx;        /* positions are 0..max_ctx-1 */
+	int vocab;
+};
+
+static inline int be_forward(struct backend *b, const struct be_entry *e, int n, float *logits,
+			     char *err)
+{
+	return b->ops->forward(b, e, n, logits, err);
+}
+
+static inline void be_destroy(struct backend *b)
+{
+	if (b)
+		b->ops->destroy(b);
+}
+
+/* Checks a step's entries against the backend's limits; shared by backends.
+ * Returns the number of logits rows, or -EINVAL with err set. */
+int be_check(const struct backend *b, const struct be_entry *e, int n, char *err);
+
+#endif

@@ -1,0 +1,102 @@
+/* Error formatting, dtype tables and half-precision conversion for the engine. */
+#include "common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+int ember_err(char *err, int code, const char *fmt, ...)
+{
+	if (err) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err, EMBER_ERR_LEN, fmt, ap);
+		va_end(ap);
+	}
+	return code;
+}
+
+static const struct {
+	const char *name;
+	size_t size;
+} dtypes[DT_COUNT] = {
+	[DT_F32] = {"F32", 4},   [DT_F16] = {"F16", 2},   [DT_BF16] = {"BF16", 2},
+	[DT_F64] = {"F64", 8},   [DT_I64] = {"I64", 8},   [DT_I32] = {"I32", 4},
+	[DT_I16] = {"I16", 2},   [DT_I8] = {"I8", 1},     [DT_U8] = {"U8", 1},
+	[DT_BOOL] = {"BOOL", 1}, [DT_F8_E4M3] = {"F8_E4M3", 1},
+	[DT_F8_E5M2] = {"F8_E5M2", 1},
+};
+
+size_t dtype_size(enum dtype t)
+{
+	return (unsigned)t < DT_COUNT ? dtypes[t].size : 0;
+}
+
+const char *dtype_name(enum dtype t)
+{
+	return (unsigned)t < DT_COUNT ? dtypes[t].name : "?";
+}
+
+int dtype_from_name(const char *name)
+{
+	for (int i = 0; i < DT_COUNT; i++)
+		if (strcmp(name, dtypes[i].name) == 0)
+			return i;
+	return -1;
+}
+
+float f16_to_f32(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+	uint32_t exp = (h >> 10) & 0x1f;
+	uint32_t man = h & 0x3ff;
+	uint32_t u;
+	if (exp == 0) {
+		if (man == 0) {
+			u = sign;
+		} else { /* subnormal: normalise */
+			int e = -1;
+			do {
+				e++;
+				man <<= 1;
+			} while (!(man & 0x400));
+			u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+		}
+	} else if (exp == 0x1f) {
+		u = sign | 0x7f800000u | (man << 13);
+	} else {
+		u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+	}
+	float f;
+	memcpy(&f, &u, sizeof f);
+	return f;
+}
+
+uint16_t f32_to_f16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, sizeof u);
+	uint32_t sign = (u >> 16) & 0x8000;
+	int32_t exp = (int32_t)((u >> 23) & 0xff) - 127 + 15;
+	uint32_t man = u & 0x7fffff;
+	if (((u >> 23) & 0xff) == 0xff)
+		return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+	if (exp >= 0x1f)
+		return (uint16_t)(sign | 0x7c00);
+	if (exp <= 0) {
+		if (exp < -10)
+			return (uint16_t)sign;
+		man |= 0x800000;
+		uint32_t shift = (uint32_t)(14 - exp);
+		uint32_t half = man >> shift;
+		uint32_t rem = man & ((1u << shift) - 1);
+		uint32_t mid = 1u << (shift - 1);
+		if (rem > mid || (rem == mid && (half & 1)))
+			half++;
+		return (uint16_t)(sign | half);
+	}
+	uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13);
+	uint32_t rem = man & 0x1fff;
+	if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+		h++; /* may carry into the exponent, which is right */
+	return (uint16_t)h;
+}

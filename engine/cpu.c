@@ -1,0 +1,375 @@
+/* The CPU forward pass, written to be read beside transformers' modeling_llama
+ * and modeling_qwen2: embedding, then per layer RMSNorm, q/k/v projections,
+ * rotary embedding (rotate_half), grouped-query attention over the KV cache,
+ * output projection and residual, RMSNorm, SwiGLU MLP and residual; then the
+ * final norm and the LM head for the entries that want logits. Every buffer
+ * is allocated at creation: forward allocates nothing. */
+#include "cpu.h"
+
+#include "matmul.h"
+#include "threads.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+
+struct cpu_backend {
+	struct backend base;
+	const struct model *m;
+	const struct model_config *c;
+	struct tpool *tp;
+	int q_dim, kv_dim;
+	float *x;        /* (max_tokens, hidden) residual stream */
+	float *xn;       /* (max_tokens, hidden) normed input / projection output */
+	float *q;        /* (max_tokens, q_dim) */
+	float *k, *v;    /* (max_tokens, kv_dim) */
+	float *att;      /* (max_tokens, q_dim) attention output */
+	float *gate;     /* (max_tokens, intermediate) */
+	float *up;       /* (max_tokens, intermediate) */
+	float *scores;   /* (threads, max_ctx) attention weights */
+	float *rope_cos; /* (max_ctx, head_dim / 2) */
+	float *rope_sin; /* (max_ctx, head_dim / 2) */
+	float *kcache;   /* (max_seqs, n_layers, max_ctx, kv_dim) */
+	float *vcache;   /* (max_seqs, n_layers, max_ctx, kv_dim) */
+	int *lm_src;     /* (max_tokens) entry index of each logits row */
+};
+
+int be_check(const struct backend *b, const struct be_entry *e, int n, char *err)
+{
+	if (n < 1 || n > b->max_tokens)
+		return ember_err(err, -EINVAL, "step of %d entries (1..%d allowed)", n, b->max_tokens);
+	int rows = 0;
+	for (int i = 0; i < n; i++) {
+		if (e[i].seq < 0 || e[i].seq >= b->max_seqs || e[i].pos < 0 ||
+		    e[i].pos >= b->max_ctx || e[i].token < 0 || e[i].token >= b->vocab)
+			return ember_err(err, -EINVAL,
+					 "entry %d (seq %d, pos %d, token %d) is outside seq < %d, "
+					 "pos < %d, token < %d",
+					 i, e[i].seq, e[i].pos, e[i].token, b->max_seqs, b->max_ctx,
+					 b->vocab);
+		if (e[i].logits_row >= 0)
+			rows++;
+	}
+	/* Rows must be a permutation of 0..rows-1: each in range, none twice. */
+	for (int i = 0; i < n; i++) {
+		if (e[i].logits_row >= rows)
+			return ember_err(err, -EINVAL, "entry %d: logits row %d of %d", i,
+					 e[i].logits_row, rows);
+		for (int j = 0; j < i; j++)
+			if (e[i].logits_row >= 0 && e[j].logits_row == e[i].logits_row)
+				return ember_err(err, -EINVAL, "logits row %d given twice",
+						 e[i].logits_row);
+	}
+	return rows;
+}
+
+/* ---- the operations, each on one token's vector ------------------------- */
+
+/* out = x / sqrt(mean(x^2) + eps) * w, as transformers' RMSNorm in float32. */
+static void cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+	double ss = 0;
+	for (int i = 0; i < n; i++)
+		ss += (double)x[i] * x[i];
+	float r = 1.0f / sqrtf((float)(ss / n) + eps);
+	for (int i = 0; i < n; i++)
+		out[i] = w[i] * (x[i] * r);
+}
+
+static void cpu_embed(float *out, const struct tview *e, int token)
+{
+	size_t base = (size_t)token * (size_t)e->cols;
+	const uint8_t *p = e->data;
+	for (int i = 0; i < e->cols; i++) {
+		uint16_t h;
+		switch (e->dtype) {
+		case DT_BF16:
+			memcpy(&h, p + 2 * (base + i), 2);
+			out[i] = bf16_to_f32(h);
+			break;
+		case DT_F16:
+			memcpy(&h, p + 2 * (base + i), 2);
+			out[i] = f16_to_f32(h);
+			break;
+		default:
+			memcpy(&out[i], p + 4 * (base + i), 4);
+			break;
+		}
+	}
+}
+
+/* Rotates each head of x (n_heads, head_dim) by its position: the first and
+ * second halves of a head are the pair (rotate_half), not adjacent elements. */
+static void cpu_rope(float *x, int n_heads, int head_dim, const float *cos, const float *sin)
+{
+	int half = head_dim / 2;
+	for (int h = 0; h < n_heads; h++) {
+		float *v = x + (size_t)h * head_dim;
+		for (int i = 0; i < half; i++) {
+			float a = v[i], b = v[i + half];
+			v[i] = a * cos[i] - b * sin[i];
+			v[i + half] = b * cos[i] + a * sin[i];
+		}
+	}
+}
+
+static void cpu_swiglu(float *gate, const float *up, int n)
+{
+	for (int i = 0; i < n; i++) {
+		float g = gate[i];
+		gate[i] = g / (1.0f + expf(-g)) * up[i];
+	}
+}
+
+/* ---- rotary tables ------------------------------------------------------ */
+
+/* inv_freq as transformers computes it in float32, with the rope_scaling of
+ * the config applied (_compute_default / linear / llama3 parameters). */
+static void rope_tables(const struct model_config *c, int max_ctx, float *cosv, float *sinv)
+{
+	int half = c->head_dim / 2;
+	float inv[512];
+	for (int i = 0; i < half; i++) {
+		float expo = (float)(2 * i) / (float)c->head_dim;
+		inv[i] = 1.0f / powf((float)c->rope_theta, expo);
+	}
+	if (c->rope == ROPE_LINEAR) {
+		for (int i = 0; i < half; i++)
+			inv[i] /= (float)c->rope_factor;
+	} else if (c->rope == ROPE_LLAMA3) {
+		float factor = (float)c->rope_factor;
+		float lo = (float)c->rope_low_freq_factor, hi = (float)c->rope_high_freq_factor;
+		float old = (float)c->rope_orig_max_pos;
+		float lo_wavelen = old / lo, hi_wavelen = old / hi;
+		for (int i = 0; i < half; i++) {
+			float wavelen = 2.0f * (float)M_PI / inv[i];
+			float f = wavelen > lo_wavelen ? inv[i] / factor : inv[i];
+			float smooth = (old / wavelen - lo) / (hi - lo);
+			float smoothed = (1.0f - smooth) * f / factor + smooth * f;
+			bool medium = !(wavelen < hi_wavelen) && !(wavelen > lo_wavelen);
+			inv[i] = medium ? smoothed : f;
+		}
+	}
+	for (int p = 0; p < max_ctx; p++) {
+		for (int i = 0; i < half; i++) {
+			float a = (float)p * inv[i];
+			cosv[(size_t)p * half + i] = cosf(a);
+			sinv[(size_t)p * half + i] = sinf(a);
+		}
+	}
+}
+
+/* ---- the step ----------------------------------------------------------- */
+
+struct attn_task {
+	struct cpu_backend *cb;
+	const struct be_entry *e;
+	int n;
+	int layer;
+};
+
+static float *cache_at(struct cpu_backend *cb, float *cache, int seq, int layer, int pos)
+{
+	size_t i = ((size_t)seq * cb->c->n_layers + layer) * cb->base.max_ctx + pos;
+	return cache + i * cb->kv_dim;
+}
+
+/* Attention for (token, head) pairs split over the pool: softmax(q.K^T /
+ * sqrt(d)) V over positions 0..pos of the token's own sequence. */
+static void attn_worker(void *arg, int tid, int nt)
+{
+	struct attn_task *at = arg;
+	struct cpu_backend *cb = at->cb;
+	const struct model_config *c = cb->c;
+	int hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
+	float scale = 1.0f / sqrtf((float)hd);
+	float *s = cb->scores + (size_t)tid * cb->base.max_ctx;
+	int tasks = at->n * c->n_heads;
+	for (int task = tid; task < tasks; task += nt) {
+		int t = task / c->n_heads, h = task % c->n_heads, kvh = h / group;
+		const struct be_entry *e = &at->e[t];
+		const float *q = cb->q + (size_t)t * cb->q_dim + (size_t)h * hd;
+		float *out = cb->att + (size_t)t * cb->q_dim + (size_t)h * hd;
+		const float *K = cache_at(cb, cb->kcache, e->seq, at->layer, 0) + (size_t)kvh * hd;
+		const float *V = cache_at(cb, cb->vcache, e->seq, at->layer, 0) + (size_t)kvh * hd;
+		float mx = -INFINITY;
+		for (int p = 0; p <= e->pos; p++) {
+			s[p] = cpu_dot(q, K + (size_t)p * cb->kv_dim, hd) * scale;
+			if (s[p] > mx)
+				mx = s[p];
+		}
+		double sum = 0;
+		for (int p = 0; p <= e->pos; p++) {
+			s[p] = expf(s[p] - mx);
+			sum += s[p];
+		}
+		memset(out, 0, (size_t)hd * sizeof *out);
+		for (int p = 0; p <= e->pos; p++)
+			cpu_axpy(out, s[p], V + (size_t)p * cb->kv_dim, hd);
+		float inv = (float)(1.0 / sum);
+		for (int i = 0; i < hd; i++)
+			out[i] *= inv;
+	}
+}
+
+static void residual_add(float *x, const float *y, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		x[i] += y[i];
+}
+
+static int cpu_forward(struct backend *b, const struct be_entry *e, int n, float *logits,
+		       char *err)
+{
+	struct cpu_backend *cb = (struct cpu_backend *)b;
+	const struct model *m = cb->m;
+	const struct model_config *c = cb->c;
+	int rows = be_check(b, e, n, err);
+	if (rows < 0)
+		return rows;
+	int H = c->hidden, half = c->head_dim / 2;
+
+	for (int t = 0; t < n; t++)
+		cpu_embed(cb->x + (size_t)t * H, &m->embed, e[t].token);
+
+	for (int l = 0; l < c->n_layers; l++) {
+		const struct layer_weights *L = &m->layers[l];
+		for (int t = 0; t < n; t++)
+			cpu_rmsnorm(cb->xn + (size_t)t * H, cb->x + (size_t)t * H, L->attn_norm, H,
+				    c->rms_eps);
+		struct mm_job qkv[3] = {
+			{&L->wq, L->bq, cb->q}, {&L->wk, L->bk, cb->k}, {&L->wv, L->bv, cb->v}};
+		cpu_matmul(cb->tp, cb->xn, n, qkv, 3);
+		for (int t = 0; t < n; t++) {
+			const float *cs = cb->rope_cos + (size_t)e[t].pos * half;
+			const float *sn = cb->rope_sin + (size_t)e[t].pos * half;
+			float *kt = cb->k + (size_t)t * cb->kv_dim;
+			cpu_rope(cb->q + (size_t)t * cb->q_dim, c->n_heads, c->head_dim, cs, sn);
+			cpu_rope(kt, c->n_kv_heads, c->head_dim, cs, sn);
+			memcpy(cache_at(cb, cb->kcache, e[t].seq, l, e[t].pos), kt,
+			       (size_t)cb->kv_dim * sizeof(float));
+			memcpy(cache_at(cb, cb->vcache, e[t].seq, l, e[t].pos),
+			       cb->v + (size_t)t * cb->kv_dim, (size_t)cb->kv_dim * sizeof(float));
+		}
+		struct attn_task at = {cb, e, n, l};
+		tp_run(cb->tp, attn_worker, &at);
+		struct mm_job o = {&L->wo, L->bo, cb->xn};
+		cpu_matmul(cb->tp, cb->att, n, &o, 1);
+		residual_add(cb->x, cb->xn, (size_t)n * H);
+
+		for (int t = 0; t < n; t++)
+			cpu_rmsnorm(cb->xn + (size_t)t * H, cb->x + (size_t)t * H, L->mlp_norm, H,
+				    c->rms_eps);
+		struct mm_job gu[2] = {{&L->wgate, L->bgate, cb->gate}, {&L->wup, L->bup, cb->up}};
+		cpu_matmul(cb->tp, cb->xn, n, gu, 2);
+		cpu_swiglu(cb->gate, cb->up, n * c->intermediate);
+		struct mm_job d = {&L->wdown, L->bdown, cb->xn};
+		cpu_matmul(cb->tp, cb->gate, n, &d, 1);
+		residual_add(cb->x, cb->xn, (size_t)n * H);
+	}
+
+	if (rows == 0)
+		return 0;
+	for (int t = 0; t < n; t++)
+		if (e[t].logits_row >= 0)
+			cb->lm_src[e[t].logits_row] = t;
+	for (int r = 0; r < rows; r++)
+		cpu_rmsnorm(cb->xn + (size_t)r * H, cb->x + (size_t)cb->lm_src[r] * H, m->final_norm,
+			    H, c->rms_eps);
+	struct mm_job lm = {&m->lm_head, NULL, logits};
+	cpu_matmul(cb->tp, cb->xn, rows, &lm, 1);
+	return 0;
+}
+
+static void cpu_destroy(struct backend *b)
+{
+	struct cpu_backend *cb = (struct cpu_backend *)b;
+	if (!cb)
+		return;
+	tp_destroy(cb->tp);
+	free(cb->x);
+	free(cb->xn);
+	free(cb->q);
+	free(cb->k);
+	free(cb->v);
+	free(cb->att);
+	free(cb->gate);
+	free(cb->up);
+	free(cb->scores);
+	free(cb->rope_cos);
+	free(cb->rope_sin);
+	free(cb->kcache);
+	free(cb->vcache);
+	free(cb->lm_src);
+	free(cb);
+}
+
+static const struct backend_ops cpu_ops = {
+	.forward = cpu_forward,
+	.destroy = cpu_destroy,
+};
+
+/* calloc of a*b*c floats with overflow checks. */
+static float *fbuf(size_t a, size_t b, size_t c)
+{
+	size_t n;
+	if (!size_mul(a, b, &n) || !size_mul(n, c, &n))
+		return NULL;
+	return calloc(n ? n : 1, sizeof(float));
+}
+
+int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct backend **out,
+		       char *err)
+{
+	*out = NULL;
+	const struct model_config *c = &m->cfg;
+	struct cpu_backend *cb = calloc(1, sizeof *cb);
+	if (!cb)
+		return ember_err(err, -ENOMEM, "out of memory");
+	cb->base.ops = &cpu_ops;
+	cb->base.name = "cpu";
+	cb->base.vocab = c->vocab;
+	cb->base.max_tokens = o->max_tokens > 0 ? o->max_tokens : 512;
+	cb->base.max_seqs = o->max_seqs > 0 ? o->max_seqs : 1;
+	int ctx = o->max_ctx > 0 ? o->max_ctx : 4096;
+	cb->base.max_ctx = ctx < c->max_pos ? ctx : c->max_pos;
+	cb->m = m;
+	cb->c = c;
+	cb->q_dim = c->n_heads * c->head_dim;
+	cb->kv_dim = c->n_kv_heads * c->head_dim;
+	int threads = o->threads > 0 ? o->threads : tp_cpu_count();
+	int rc = tp_create(threads, &cb->tp, err);
+	if (rc < 0)
+		goto fail;
+	size_t T = (size_t)cb->base.max_tokens, ctx_n = (size_t)cb->base.max_ctx;
+	size_t cache_rows = (size_t)cb->base.max_seqs * (size_t)c->n_layers * ctx_n;
+	cb->x = fbuf(T, (size_t)c->hidden, 1);
+	cb->xn = fbuf(T, (size_t)c->hidden, 1);
+	cb->q = fbuf(T, (size_t)cb->q_dim, 1);
+	cb->k = fbuf(T, (size_t)cb->kv_dim, 1);
+	cb->v = fbuf(T, (size_t)cb->kv_dim, 1);
+	cb->att = fbuf(T, (size_t)cb->q_dim, 1);
+	cb->gate = fbuf(T, (size_t)c->intermediate, 1);
+	cb->up = fbuf(T, (size_t)c->intermediate, 1);
+	cb->scores = fbuf((size_t)threads, ctx_n, 1);
+	cb->rope_cos = fbuf(ctx_n, (size_t)c->head_dim / 2, 1);
+	cb->rope_sin = fbuf(ctx_n, (size_t)c->head_dim / 2, 1);
+	cb->kcache = fbuf(cache_rows, (size_t)cb->kv_dim, 1);
+	cb->vcache = fbuf(cache_rows, (size_t)cb->kv_dim, 1);
+	cb->lm_src = calloc(T, sizeof *cb->lm_src);
+	if (!cb->x || !cb->xn || !cb->q || !cb->k || !cb->v || !cb->att || !cb->gate || !cb->up ||
+	    !cb->scores || !cb->rope_cos || !cb->rope_sin || !cb->kcache || !cb->vcache ||
+	    !cb->lm_src) {
+		rc = ember_err(err, -ENOMEM,
+			       "out of memory for the CPU buffers (%zu tokens, %zu sequences of %zu positions)",
+			       T, (size_t)cb->base.max_seqs, ctx_n);
+		goto fail;
+	}
+	rope_tables(c, cb->base.max_ctx, cb->rope_cos, cb->rope_sin);
+	(void)cpu_isa(); /* choose the kernels before any thread uses them */
+	*out = &cb->base;
+	return 0;
+fail:
+	cpu_destroy(&cb->base);
+	return rc;
+}

@@ -1,0 +1,22 @@
+/* The CPU backend: the reference forward pass of Llama / Qwen2 models, with
+ * F32 activations and KV cache over BF16, F16 or F32 weights. Runs in the
+ * worker's engine thread and its thread pool. */
+#ifndef EMBER_CPU_H
+#define EMBER_CPU_H
+
+#include "backend.h"
+#include "model.h"
+
+struct cpu_opts {
+	int threads;    /* 0: one per processor */
+	int max_tokens; /* entries per step; 0: 512 */
+	int max_seqs;   /* 0: 1 */
+	int max_ctx;    /* 0: min(max_position_embeddings, 4096) */
+};
+
+/* Creates a CPU backend over m (which must outlive it), allocating every
+ * buffer the forward pass needs. Returns 0 or a negative errno with err set. */
+int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct backend **out,
+		       char *err);
+
+#endif

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs the Debian packages that ember's build, tests and demo need, and
+# only those that are missing: `make deps` runs this before anything else.
+set -eu
+
+# compiler and build, engine libraries, tokenizer packages (npm), fuzzing
+PKGS="gcc make libc6-dev pkg-config libjansson-dev nodejs npm ca-certificates coreutils"
+PKGS="$PKGS clang libclang-rt-14-dev"
+
+missing=""
+for p in $PKGS; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+		missing="$missing $p"
+	fi
+done
+# npm may come from elsewhere than Debian's package (e.g. nodesource): accept any.
+case " $missing " in *" npm "*) command -v npm >/dev/null 2>&1 && missing=$(echo "$missing" | sed 's/ npm//');; esac
+case " $missing " in *" nodejs "*) command -v node >/dev/null 2>&1 && missing=$(echo "$missing" | sed 's/ nodejs//');; esac
+
+[ -z "$missing" ] && exit 0
+echo "deps: installing$missing"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing

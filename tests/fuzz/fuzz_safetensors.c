@@ -1,0 +1,43 @@
+/* Fuzz target: a safetensors file (header and data) and, read as text, a
+ * model.safetensors.index.json. Every tensor the parser accepts is touched
+ * at both ends, so a range it failed to check shows up under ASan. */
+#include "../../engine/safetensors.h"
+#include "../../engine/weights.h"
+
+#include <stdlib.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	/* A copy of exactly size bytes, so reads past the end are caught. */
+	uint8_t *buf = malloc(size ? size : 1);
+	if (!buf)
+		return 0;
+	memcpy(buf, data, size);
+	struct st_file f;
+	char err[EMBER_ERR_LEN];
+	volatile uint8_t sink = 0;
+	if (st_parse(buf, size, &f, err) == 0) {
+		for (size_t i = 0; i < f.n_tensors; i++) {
+			const struct st_tensor *t = &f.tensors[i];
+			if (t->nbytes) {
+				sink ^= t->data[0];
+				sink ^= t->data[t->nbytes - 1];
+			}
+			if (st_find(&f, t->name) != t)
+				abort();
+		}
+		st_free(&f);
+	}
+	char **names;
+	size_t n;
+	if (wts_parse_index(buf, size, &names, &n, NULL, err) == 0) {
+		for (size_t i = 0; i < n; i++)
+			free(names[i]);
+		free(names);
+	}
+	(void)sink;
+	free(buf);
+	return 0;
+}

@@ -1,0 +1,47 @@
+#!/bin/sh
+# Runs every suite against each build directory given (the plain build and
+# the sanitizer build), then prints one closing line with the totals.
+#   tests/run.sh BUILD_DIR...
+# The test models are in build/models whatever the build directory.
+set -u
+models=${EMBER_MODELS:-build/models}
+passed=0 failed=0 skipped=0
+
+# Adds the counts of a runner's closing line "N passed, N failed, N skipped".
+count() {
+	line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -n 1)
+	if [ -z "$line" ]; then
+		failed=$((failed + 1))
+		return
+	fi
+	set -- $(echo "$line" | tr -dc '0-9 ')
+	passed=$((passed + $1)) failed=$((failed + $2)) skipped=$((skipped + ${3:-0}))
+}
+
+# A program that passes by exiting 0 counts as one test.
+one() {
+	name=$1
+	shift
+	if "$@" >"$log" 2>&1; then
+		echo "PASS $name"
+		passed=$((passed + 1))
+	else
+		sed 's/^/    /' "$log"
+		echo "FAIL $name"
+		failed=$((failed + 1))
+	fi
+}
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+for build in "$@"; do
+	echo "== suite in $build"
+	"$build/test-engine" --models "$models" --worker "$build/ember-worker" | tee "$log"
+	count "$log"
+	for f in tests/fuzz/corpus/*; do
+		name=$(basename "$f")
+		one "fuzz corpus $name ($(ls "$f" | wc -l) inputs)" "$build/fuzz-replay-$name" "$f"
+	done
+done
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
