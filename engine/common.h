@@ -58,6 +58,24 @@ static inline uint16_t f32_to_bf16(float f)
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
+/* Element i of an array of BF16, F16 or F32 values, as a float. */
+static inline float dtype_load_f32(enum dtype t, const uint8_t *p, size_t i)
+{
+	uint16_t h;
+	float f;
+	switch (t) {
+	case DT_BF16:
+		memcpy(&h, p + 2 * i, 2);
+		return bf16_to_f32(h);
+	case DT_F16:
+		memcpy(&h, p + 2 * i, 2);
+		return f16_to_f32(h);
+	default:
+		memcpy(&f, p + 4 * i, 4);
+		return f;
+	}
+}
+
 /* Multiplies with overflow check: returns false when a*b overflows size_t. */
 static inline bool size_mul(size_t a, size_t b, size_t *out)
 {

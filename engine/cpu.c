@@ -34,35 +34,6 @@ struct cpu_backend {
 	int *lm_src;     /* (max_tokens) entry index of each logits row */
 };
 
-int be_check(const struct backend *b, const struct be_entry *e, int n, char *err)
-{
-	if (n < 1 || n > b->max_tokens)
-		return ember_err(err, -EINVAL, "step of %d entries (1..%d allowed)", n, b->max_tokens);
-	int rows = 0;
-	for (int i = 0; i < n; i++) {
-		if (e[i].seq < 0 || e[i].seq >= b->max_seqs || e[i].pos < 0 ||
-		    e[i].pos >= b->max_ctx || e[i].token < 0 || e[i].token >= b->vocab)
-			return ember_err(err, -EINVAL,
-					 "entry %d (seq %d, pos %d, token %d) is outside seq < %d, "
-					 "pos < %d, token < %d",
-					 i, e[i].seq, e[i].pos, e[i].token, b->max_seqs, b->max_ctx,
-					 b->vocab);
-		if (e[i].logits_row >= 0)
-			rows++;
-	}
-	/* Rows must be a permutation of 0..rows-1: each in range, none twice. */
-	for (int i = 0; i < n; i++) {
-		if (e[i].logits_row >= rows)
-			return ember_err(err, -EINVAL, "entry %d: logits row %d of %d", i,
-					 e[i].logits_row, rows);
-		for (int j = 0; j < i; j++)
-			if (e[i].logits_row >= 0 && e[j].logits_row == e[i].logits_row)
-				return ember_err(err, -EINVAL, "logits row %d given twice",
-						 e[i].logits_row);
-	}
-	return rows;
-}
-
 /* ---- the operations, each on one token's vector ------------------------- */
 
 /* out = x / sqrt(mean(x^2) + eps) * w, as transformers' RMSNorm in float32. */
@@ -79,23 +50,8 @@ static void cpu_rmsnorm(float *out, const float *x, const float *w, int n, float
 static void cpu_embed(float *out, const struct tview *e, int token)
 {
 	size_t base = (size_t)token * (size_t)e->cols;
-	const uint8_t *p = e->data;
-	for (int i = 0; i < e->cols; i++) {
-		uint16_t h;
-		switch (e->dtype) {
-		case DT_BF16:
-			memcpy(&h, p + 2 * (base + i), 2);
-			out[i] = bf16_to_f32(h);
-			break;
-		case DT_F16:
-			memcpy(&h, p + 2 * (base + i), 2);
-			out[i] = f16_to_f32(h);
-			break;
-		default:
-			memcpy(&out[i], p + 4 * (base + i), 4);
-			break;
-		}
-	}
+	for (int i = 0; i < e->cols; i++)
+		out[i] = dtype_load_f32(e->dtype, e->data, base + (size_t)i);
 }
 
 /* Rotates each head of x (n_heads, head_dim) by its position: the first and

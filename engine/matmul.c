@@ -19,23 +19,6 @@ typedef void (*rows_fn)(enum dtype dt, const float *x, int T, int K, const uint8
 typedef float (*dot_fn)(const float *a, const float *b, int n);
 typedef void (*axpy_fn)(float *y, float a, const float *x, int n);
 
-static float load_scalar(enum dtype dt, const uint8_t *w, size_t i)
-{
-	uint16_t h;
-	float f;
-	switch (dt) {
-	case DT_BF16:
-		memcpy(&h, w + 2 * i, 2);
-		return bf16_to_f32(h);
-	case DT_F16:
-		memcpy(&h, w + 2 * i, 2);
-		return f16_to_f32(h);
-	default:
-		memcpy(&f, w + 4 * i, 4);
-		return f;
-	}
-}
-
 /* ---- generic C ---------------------------------------------------------- */
 
 static void rows_generic(enum dtype dt, const float *x, int T, int K, const uint8_t *w, int r0,
@@ -46,7 +29,7 @@ static void rows_generic(enum dtype dt, const float *x, int T, int K, const uint
 			const float *xt = x + (size_t)t * K;
 			float s = 0;
 			for (int k = 0; k < K; k++)
-				s += load_scalar(dt, w, (size_t)r * K + k) * xt[k];
+				s += dtype_load_f32(dt, w, (size_t)r * K + k) * xt[k];
 			y[(size_t)t * ldy + r] = s + (bias ? bias[r] : 0.0f);
 		}
 	}
@@ -125,7 +108,7 @@ static ALWAYS_INLINE void tile16(enum dtype dt, int C, const float *x, int K, co
 					 _mm512_add_ps(acc[j][2], acc[j][3]));
 		float s = _mm512_reduce_add_ps(t);
 		for (int kk = k; kk < K; kk++)
-			s += load_scalar(dt, w, row + kk) * x[(size_t)j * K + kk];
+			s += dtype_load_f32(dt, w, row + kk) * x[(size_t)j * K + kk];
 		y[(size_t)j * ldy + r] = s + (bias ? bias[r] : 0.0f);
 	}
 }
@@ -250,7 +233,7 @@ static ALWAYS_INLINE void tile8(enum dtype dt, int C, const float *x, int K, con
 					 _mm256_add_ps(acc[j][2], acc[j][3]));
 		float s = hsum8(t);
 		for (int kk = k; kk < K; kk++)
-			s += load_scalar(dt, w, row + kk) * x[(size_t)j * K + kk];
+			s += dtype_load_f32(dt, w, row + kk) * x[(size_t)j * K + kk];
 		y[(size_t)j * ldy + r] = s + (bias ? bias[r] : 0.0f);
 	}
 }

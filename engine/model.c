@@ -5,15 +5,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* The tensor called name, which must exist and have a dtype we compute
+ * with; NULL with err set otherwise. */
+static const struct st_tensor *find(const struct model *m, const char *name, char *err)
+{
+	const struct st_tensor *t = wts_find(m->weights, name);
+	if (!t) {
+		ember_err(err, -EINVAL, "%s: tensor '%s' is missing", mf_origin(m->files), name);
+		return NULL;
+	}
+	if (!dtype_computable(t->dtype)) {
+		ember_err(err, -EINVAL, "%s: tensor '%s' has dtype %s (BF16, F16, F32 are supported)",
+			  mf_origin(m->files), name, dtype_name(t->dtype));
+		return NULL;
+	}
+	return t;
+}
+
 static int get_matrix(const struct model *m, const char *name, int rows, int cols,
 		      struct tview *out, char *err)
 {
-	const struct st_tensor *t = wts_find(m->weights, name);
+	const struct st_tensor *t = find(m, name, err);
 	if (!t)
-		return ember_err(err, -EINVAL, "%s: tensor '%s' is missing", mf_origin(m->files), name);
-	if (!dtype_computable(t->dtype))
-		return ember_err(err, -EINVAL, "%s: tensor '%s' has dtype %s (BF16, F16, F32 are supported)",
-				 mf_origin(m->files), name, dtype_name(t->dtype));
+		return -EINVAL;
 	if (t->n_dims != 2 || t->shape[0] != (uint64_t)rows || t->shape[1] != (uint64_t)cols)
 		return ember_err(err, -EINVAL, "%s: tensor '%s' should have shape [%d, %d]",
 				 mf_origin(m->files), name, rows, cols);
@@ -27,31 +41,14 @@ static int get_matrix(const struct model *m, const char *name, int rows, int col
 /* Converts the vector tensor name of n elements into dst. */
 static int get_vector(const struct model *m, const char *name, int n, float *dst, char *err)
 {
-	const struct st_tensor *t = wts_find(m->weights, name);
+	const struct st_tensor *t = find(m, name, err);
 	if (!t)
-		return ember_err(err, -EINVAL, "%s: tensor '%s' is missing", mf_origin(m->files), name);
-	if (!dtype_computable(t->dtype))
-		return ember_err(err, -EINVAL, "%s: tensor '%s' has dtype %s (BF16, F16, F32 are supported)",
-				 mf_origin(m->files), name, dtype_name(t->dtype));
+		return -EINVAL;
 	if (t->n_dims != 1 || t->shape[0] != (uint64_t)n)
 		return ember_err(err, -EINVAL, "%s: tensor '%s' should have shape [%d]",
 				 mf_origin(m->files), name, n);
-	for (int i = 0; i < n; i++) {
-		uint16_t h;
-		switch (t->dtype) {
-		case DT_F32:
-			memcpy(&dst[i], t->data + 4 * (size_t)i, 4);
-			break;
-		case DT_BF16:
-			memcpy(&h, t->data + 2 * (size_t)i, 2);
-			dst[i] = bf16_to_f32(h);
-			break;
-		default:
-			memcpy(&h, t->data + 2 * (size_t)i, 2);
-			dst[i] = f16_to_f32(h);
-			break;
-		}
-	}
+	for (int i = 0; i < n; i++)
+		dst[i] = dtype_load_f32(t->dtype, t->data, (size_t)i);
 	return 0;
 }
 

@@ -1,0 +1,35 @@
+/* What every backend shares: checking a step's entries against its limits. */
+#include "backend.h"
+
+#include <errno.h>
+
+int be_check(const struct backend *b, const struct be_entry *e, int n, char *err)
+{
+	if (n < 1 || n > b->max_tokens)
+		return ember_err(err, -EINVAL, "step of %d entries (1..%d allowed)", n, b->max_tokens);
+	int rows = 0;
+	for (int i = 0; i < n; i++) {
+		if (e[i].seq < 0 || e[i].seq >= b->max_seqs || e[i].pos < 0 ||
+		    e[i].pos >= b->max_ctx || e[i].token < 0 || e[i].token >= b->vocab)
+			return ember_err(err, -EINVAL,
+					 "entry %d (seq %d, pos %d, token %d) is outside seq < %d, "
+					 "pos < %d, token < %d",
+					 i, e[i].seq, e[i].pos, e[i].token, b->max_seqs, b->max_ctx,
+					 b->vocab);
+		if (e[i].logits_row >= 0)
+			rows++;
+	}
+	/* Rows must be a permutation of 0..rows-1: each in range, none twice. */
+	for (int i = 0; i < n; i++) {
+		if (e[i].logits_row < 0)
+			continue;
+		if (e[i].logits_row >= rows)
+			return ember_err(err, -EINVAL, "entry %d: logits row %d of %d", i,
+					 e[i].logits_row, rows);
+		for (int j = 0; j < i; j++)
+			if (e[j].logits_row == e[i].logits_row)
+				return ember_err(err, -EINVAL, "logits row %d given twice",
+						 e[i].logits_row);
+	}
+	return rows;
+}
