@@ -10,7 +10,7 @@ DEPS_PREFIX ?=
 
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -fno-strict-aliasing
-LDLIBS   += -ljansson -lm -pthread
+LDLIBS   += -ljansson -lpcre2-8 -lutf8proc -lm -pthread
 ifneq ($(DEPS_PREFIX),)
 DEPS_LIBDIRS := $(wildcard $(DEPS_PREFIX)/usr/lib/x86_64-linux-gnu $(DEPS_PREFIX)/usr/lib \
                   $(DEPS_PREFIX)/lib/x86_64-linux-gnu $(DEPS_PREFIX)/lib)
@@ -21,19 +21,21 @@ endif
 
 ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c \
               engine/config.c engine/model.c engine/threads.c engine/matmul.c engine/cpu.c \
-              engine/generate.c engine/sha256.c engine/backend.c
+              engine/generate.c engine/sha256.c engine/backend.c engine/tokenizer.c
 ENGINE_HDR := $(wildcard engine/*.h)
 
 TINY_MODELS := tiny-qwen2 tiny-llama
 MODEL_STAMPS := $(patsubst %,$(BUILD)/models/%/.done,$(TINY_MODELS))
 tokenizer_of = $(if $(filter tiny-llama,$(1)),deepseek_v3,qwen3)
 
-FUZZERS := safetensors config
-FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c engine/config.c
+FUZZERS := safetensors config tokenizer_json tokenizer_encode
+FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c engine/config.c \
+            engine/tokenizer.c
 
 .PHONY: all deps models test asan asan-build bench run clean fuzz
 .SECONDARY:
-all: $(BUILD)/ember-worker $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/bench-engine \
+all: $(BUILD)/ember-worker $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
+     $(BUILD)/bench-engine $(BUILD)/bench-tokenizer \
      $(patsubst %,$(BUILD)/fuzz-replay-%,$(FUZZERS))
 
 deps:
@@ -81,18 +83,24 @@ $(BUILD)/models/%/.done: $(BUILD)/make-model scripts/fetch-tokenizer.sh
 
 # --- tests ----------------------------------------------------------------
 
+# The reference tokenizer (@lenml/tokenizers), pinned by package-lock.json.
+TOKREF := tests/tokenizer/node_modules/.package-lock.json
+$(TOKREF): tests/tokenizer/package.json tests/tokenizer/package-lock.json
+	cd tests/tokenizer && npm ci --silent --no-audit --no-fund
+	@touch $@
+
 # The whole suite, on the plain build and under AddressSanitizer and
 # UndefinedBehaviorSanitizer, with one closing line for both.
-test: deps models all asan-build
+test: deps models all asan-build $(TOKREF)
 	@EMBER_MODELS=$(BUILD)/models tests/run.sh $(BUILD) $(BUILD)/asan
 
-asan: deps models asan-build
+asan: deps models asan-build $(TOKREF)
 	@EMBER_MODELS=$(BUILD)/models tests/run.sh $(BUILD)/asan
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 asan-build:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" \
-		LDFLAGS="$(ASAN_FLAGS) $(LDFLAGS)" $(BUILD)/asan/test-engine \
+		LDFLAGS="$(ASAN_FLAGS) $(LDFLAGS)" $(BUILD)/asan/test-engine $(BUILD)/asan/test-tokenizer \
 		$(patsubst %,$(BUILD)/asan/fuzz-replay-%,$(FUZZERS)) $(BUILD)/asan/ember-worker
 
 FUZZ_SECONDS ?= 600
@@ -116,11 +124,20 @@ $(BUILD)/models/$(BENCH_SHAPE)/.done-bench: $(BUILD)/make-model
 	$(BUILD)/make-model --shape $(BENCH_SHAPE) --out $(BUILD)/models/$(BENCH_SHAPE)
 	@touch $@
 
-bench: deps all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
+bench: deps models all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
 	$(BUILD)/bench-engine --model $(BUILD)/models/$(BENCH_SHAPE)
+	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-qwen2
+	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-llama
 
 run: deps models $(BUILD)/ember-worker
-	$(BUILD)/ember-worker --model $(BUILD)/models/tiny-qwen2 --prompt-ids 9707,11,1879,0 --max-tokens 16
+	$(BUILD)/ember-worker --model $(BUILD)/models/tiny-qwen2 --prompt "Hello, world!" --print-ids --max-tokens 16
+	$(BUILD)/ember-worker --model $(BUILD)/models/tiny-qwen2 --prompt "Hello, world!" --max-tokens 16
 
 clean:
 	rm -rf $(BUILD)
+
+$(BUILD)/test-tokenizer: $(BUILD)/tests/test_tokenizer.o $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bench-tokenizer: $(BUILD)/scripts/bench_tokenizer.o $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

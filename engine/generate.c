@@ -38,7 +38,7 @@ int gen_prefill(struct backend *b, int seq, const int32_t *ids, int n, int start
 }
 
 int gen_greedy(struct backend *b, int seq, const int32_t *prompt, int n, int max_new,
-	       int32_t *out, float *logits, char *err)
+	       int32_t *out, float *logits, gen_token_fn on_token, void *arg, char *err)
 {
 	if (max_new < 0 || n > b->max_ctx || max_new > b->max_ctx - n)
 		return ember_err(err, -EINVAL, "%d prompt tokens and %d new ones exceed the context of %d",
@@ -48,8 +48,8 @@ int gen_greedy(struct backend *b, int seq, const int32_t *prompt, int n, int max
 		return rc;
 	for (int i = 0; i < max_new; i++) {
 		out[i] = gen_argmax(logits, b->vocab);
-		if (i + 1 == max_new)
-			break;
+		if ((on_token && on_token(arg, out[i])) || i + 1 == max_new)
+			return i + 1;
 		struct be_entry e = {seq, n + i, out[i], 0};
 		if ((rc = be_forward(b, &e, 1, logits, err)) < 0)
 			return rc;

@@ -15,10 +15,14 @@ int gen_argmax(const float *x, int n);
 int gen_prefill(struct backend *b, int seq, const int32_t *ids, int n, int start,
 		float *logits, char *err);
 
-/* Prefills prompt[0..n) and appends max_new greedy tokens to out (which has
- * room for them). logits is scratch of vocab floats. Returns 0 or a negative
- * errno; the prompt plus max_new must fit in b->max_ctx. */
+/* Called with each new token; returns true to stop after it. */
+typedef bool (*gen_token_fn)(void *arg, int32_t id);
+
+/* Prefills prompt[0..n) and appends up to max_new greedy tokens to out
+ * (which has room for them), calling on_token (when not NULL) as each comes.
+ * logits is scratch of vocab floats. Returns the number of tokens made, or
+ * a negative errno; the prompt plus max_new must fit in b->max_ctx. */
 int gen_greedy(struct backend *b, int seq, const int32_t *prompt, int n, int max_new,
-	       int32_t *out, float *logits, char *err);
+	       int32_t *out, float *logits, gen_token_fn on_token, void *arg, char *err);
 
 #endif

@@ -3,8 +3,9 @@
 # only those that are missing: `make deps` runs this before anything else.
 set -eu
 
-# compiler and build, engine libraries, tokenizer packages (npm), fuzzing
-PKGS="gcc make libc6-dev pkg-config libjansson-dev nodejs npm ca-certificates coreutils"
+# compiler and build, engine libraries (JSON, regexes, Unicode), npm for the
+# tokenizer packages and the reference tokenizer, clang for fuzzing
+PKGS="gcc make libc6-dev pkg-config libjansson-dev libpcre2-dev libutf8proc-dev nodejs npm ca-certificates coreutils"
 PKGS="$PKGS clang libclang-rt-14-dev"
 
 missing=""

@@ -568,7 +568,7 @@ static int check_prompt(struct backend *b, json_t *p, int vocab, double *worst)
 	}
 	int32_t *got = malloc((size_t)n_greedy * sizeof *got);
 	float *l1 = malloc((size_t)vocab * sizeof *l1);
-	if (gen_greedy(b, 0, ids, n, n_greedy, got, l1, err) < 0)
+	if (gen_greedy(b, 0, ids, n, n_greedy, got, l1, NULL, NULL, err) < 0)
 		bad += fail("greedy: %s", err);
 	else
 		for (int i = 0; i < n_greedy; i++)

@@ -1,10 +1,12 @@
 /* ember-worker: for now its command-line mode, which loads a model and
- * prints a greedy continuation of a prompt given as token ids. The FastCGI
- * server modes come with the worker issue. Runs as its own process. */
+ * prints a greedy continuation of a prompt given as text or as token ids.
+ * The FastCGI server modes come with the worker issue. Runs as its own
+ * process. */
 #include "../engine/cpu.h"
 #include "../engine/generate.h"
 #include "../engine/matmul.h"
 #include "../engine/model.h"
+#include "../engine/tokenizer.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -15,17 +17,21 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: ember-worker --model DIR --prompt-ids ID,ID,... [options]\n"
+		"usage: ember-worker --model DIR (--prompt TEXT | --prompt-ids ID,ID,...) [options]\n"
 		"\n"
-		"  --model DIR          Hugging Face model directory (config.json, safetensors)\n"
+		"  --model DIR          Hugging Face model directory (config.json, safetensors,\n"
+		"                       tokenizer.json for --prompt)\n"
+		"  --prompt TEXT        prompt as text, tokenized with the model's tokenizer\n"
 		"  --prompt-ids LIST    prompt as comma-separated token ids\n"
+		"  --print-ids          print ids, not text (and the prompt's ids on stderr)\n"
 		"  --max-tokens N       tokens to generate (default 16)\n"
 		"  --threads N          CPU threads (default: one per processor)\n"
 		"  --ctx N              context length to allocate (default: the model's, at most 4096)\n"
 		"  --help               this text\n"
 		"\n"
-		"Prints the greedy continuation as comma-separated ids on stdout and the\n"
-		"timing on stderr.\n");
+		"Prints the greedy continuation on stdout, as text for --prompt (ending at\n"
+		"the end-of-sequence token) and as comma-separated ids for --prompt-ids or\n"
+		"--print-ids, and the timing on stderr.\n");
 }
 
 static int parse_int(const char *flag, const char *s, int lo, int hi, int *out)
@@ -69,6 +75,44 @@ static int parse_ids(const char *s, int32_t **out)
 	return (int)n;
 }
 
+struct printer {
+	const struct model *m;
+	const struct tokenizer *tok; /* NULL: print ids */
+	struct tok_stream stream;
+	int n;
+};
+
+static bool is_eos(const struct model *m, const struct tokenizer *tok, int32_t id)
+{
+	for (int i = 0; i < m->cfg.n_eos; i++)
+		if (m->cfg.eos_ids[i] == id)
+			return true;
+	return tok && id == tok_eos(tok);
+}
+
+/* Prints each token as it is made; text stops at an end-of-sequence token. */
+static bool print_token(void *arg, int32_t id)
+{
+	struct printer *p = arg;
+	if (!p->tok) {
+		printf("%s%d", p->n++ ? "," : "", id);
+		return false;
+	}
+	if (is_eos(p->m, p->tok, id))
+		return true;
+	size_t len;
+	if (!tok_piece(p->tok, id, &len))
+		len = 0;
+	char buf[4096 + 8];
+	if (len + 4 <= sizeof buf) {
+		long w = tok_stream_push(p->tok, &p->stream, id, buf, sizeof buf);
+		fwrite(buf, 1, (size_t)(w > 0 ? w : 0), stdout);
+	}
+	fflush(stdout);
+	p->n++;
+	return false;
+}
+
 static double now(void)
 {
 	struct timespec ts;
@@ -78,7 +122,8 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-	const char *model_dir = NULL, *ids_arg = NULL;
+	const char *model_dir = NULL, *ids_arg = NULL, *text = NULL;
+	bool print_ids = false;
 	int max_tokens = 16;
 	struct cpu_opts opts = {0};
 	for (int i = 1; i < argc; i++) {
@@ -86,6 +131,10 @@ int main(int argc, char **argv)
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
 			usage(stdout);
 			return 0;
+		}
+		if (strcmp(a, "--print-ids") == 0) {
+			print_ids = true;
+			continue;
 		}
 		if (i + 1 >= argc) {
 			fprintf(stderr, "ember-worker: %s needs a value (see --help)\n", a);
@@ -97,6 +146,8 @@ int main(int argc, char **argv)
 			model_dir = v;
 		else if (strcmp(a, "--prompt-ids") == 0)
 			ids_arg = v;
+		else if (strcmp(a, "--prompt") == 0)
+			text = v;
 		else if (strcmp(a, "--max-tokens") == 0)
 			rc = parse_int(a, v, 0, 1 << 20, &max_tokens);
 		else if (strcmp(a, "--threads") == 0)
@@ -110,19 +161,21 @@ int main(int argc, char **argv)
 		if (rc < 0)
 			return 2;
 	}
-	if (!model_dir || !ids_arg) {
+	if (!model_dir || !ids_arg == !text) {
 		usage(stderr);
 		return 2;
 	}
-	int32_t *ids;
-	int n = parse_ids(ids_arg, &ids);
-	if (n < 0) {
+	int32_t *ids = NULL;
+	int n = 0;
+	if (ids_arg && (n = parse_ids(ids_arg, &ids)) < 0) {
 		fprintf(stderr, "ember-worker: --prompt-ids wants comma-separated token ids\n");
 		return 2;
 	}
 	char err[EMBER_ERR_LEN];
 	struct model *m = NULL;
 	struct backend *b = NULL;
+	struct tokenizer *tok = NULL;
+	struct tok_ctx *ctx = NULL;
 	float *logits = NULL;
 	int32_t *out = NULL;
 	int status = 1;
@@ -130,6 +183,25 @@ int main(int argc, char **argv)
 	if (model_open_dir(model_dir, &m, err) < 0) {
 		fprintf(stderr, "ember-worker: %s\n", err);
 		goto done;
+	}
+	if (text) {
+		size_t nn = 0, cap = 0;
+		if (tok_load(m->files, &tok, err) < 0 || !(ctx = tok_ctx_create(tok)) ||
+		    tok_encode(tok, ctx, text, strlen(text), true, &ids, &nn, &cap, err) < 0) {
+			fprintf(stderr, "ember-worker: %s\n", ctx || !tok ? err : "out of memory");
+			goto done;
+		}
+		if (nn == 0 || nn > INT_MAX / 2) {
+			fprintf(stderr, "ember-worker: the prompt is empty\n");
+			goto done;
+		}
+		n = (int)nn;
+		if (print_ids) {
+			fprintf(stderr, "prompt ids:");
+			for (int i = 0; i < n; i++)
+				fprintf(stderr, "%s%d", i ? "," : " ", ids[i]);
+			fprintf(stderr, "\n");
+		}
 	}
 	for (int i = 0; i < n; i++) {
 		if (ids[i] >= m->cfg.vocab) {
@@ -149,20 +221,26 @@ int main(int argc, char **argv)
 		goto done;
 	}
 	double t1 = now();
-	if (gen_greedy(b, 0, ids, n, max_tokens, out, logits, err) < 0) {
+	struct printer pr = {.m = m, .tok = text && !print_ids ? tok : NULL};
+	int made = gen_greedy(b, 0, ids, n, max_tokens, out, logits, print_token, &pr, err);
+	if (made < 0) {
 		fprintf(stderr, "ember-worker: %s\n", err);
 		goto done;
 	}
 	double t2 = now();
-	for (int i = 0; i < max_tokens; i++)
-		printf("%s%d", i ? "," : "", out[i]);
+	if (pr.tok) {
+		char tail[4];
+		fwrite(tail, 1, (size_t)tok_stream_flush(&pr.stream, tail, sizeof tail), stdout);
+	}
 	printf("\n");
 	fprintf(stderr, "ember-worker: %s (%s), %d prompt + %d new tokens in %.3f s (load %.3f s)\n",
-		m->cfg.arch_name, cpu_isa(), n, max_tokens, t2 - t1, t1 - t0);
+		m->cfg.arch_name, cpu_isa(), n, made, t2 - t1, t1 - t0);
 	status = 0;
 done:
 	free(out);
 	free(logits);
+	tok_ctx_destroy(ctx);
+	tok_free(tok);
 	be_destroy(b);
 	model_close(m);
 	free(ids);

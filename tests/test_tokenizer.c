@@ -1,0 +1,382 @@
+/* The tokenizer's test runner: ids identical to @lenml/tokenizers (a port of
+ * Hugging Face's tokenizers, run under node) on tests/tokenizer/corpus.jsonl
+ * for the Qwen and DeepSeek-V3 tokenizers, decoding back to the NFC text,
+ * streaming decoding that never emits invalid UTF-8, and load errors. Runs
+ * from the repository root after `make models`:
+ *
+ *   build/test-tokenizer [--only NAME] [--models DIR] [--worker PATH]
+ */
+#include "../engine/modelfiles.h"
+#include "../engine/tokenizer.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <utf8proc.h>
+
+static const char *models_dir = "build/models";
+static const char *worker_path = "build/ember-worker";
+
+static int fail(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	printf("    ");
+	vprintf(fmt, ap);
+	printf("\n");
+	va_end(ap);
+	return 1;
+}
+
+#define CHECK(cond, ...)                                                        \
+	do {                                                                    \
+		if (!(cond))                                                    \
+			return fail(__VA_ARGS__);                               \
+	} while (0)
+
+struct corpus {
+	char **s;
+	size_t *len;
+	size_t n;
+};
+
+static int load_corpus(struct corpus *c)
+{
+	FILE *f = fopen("tests/tokenizer/corpus.jsonl", "r");
+	if (!f)
+		return fail("tests/tokenizer/corpus.jsonl: %s", strerror(errno));
+	memset(c, 0, sizeof *c);
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t r;
+	while ((r = getline(&line, &cap, f)) > 0) {
+		json_error_t je;
+		json_t *j = json_loadb(line, (size_t)r, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+		if (!json_is_string(j))
+			return fail("corpus line %zu: %s", c->n + 1, je.text);
+		c->s = realloc(c->s, (c->n + 1) * sizeof *c->s);
+		c->len = realloc(c->len, (c->n + 1) * sizeof *c->len);
+		c->len[c->n] = json_string_length(j);
+		c->s[c->n] = malloc(c->len[c->n] + 1);
+		memcpy(c->s[c->n], json_string_value(j), c->len[c->n] + 1);
+		c->n++;
+		json_decref(j);
+	}
+	free(line);
+	fclose(f);
+	return 0;
+}
+
+static void free_corpus(struct corpus *c)
+{
+	for (size_t i = 0; i < c->n; i++)
+		free(c->s[i]);
+	free(c->s);
+	free(c->len);
+}
+
+static int open_tok(const char *model, struct tokenizer **t)
+{
+	char dir[512], err[EMBER_ERR_LEN];
+	snprintf(dir, sizeof dir, "%s/%s", models_dir, model);
+	struct mfiles *mf;
+	if (mf_open_dir(dir, &mf, err) < 0)
+		return fail("%s", err);
+	int rc = tok_load(mf, t, err);
+	mf_close(mf);
+	if (rc < 0)
+		return fail("%s", err);
+	return 0;
+}
+
+/* Our ids for every corpus string against the reference's, run now. */
+static int check_identity(const char *model)
+{
+	struct corpus c;
+	struct tokenizer *t;
+	if (load_corpus(&c) || open_tok(model, &t))
+		return 1;
+	char cmd[1024];
+	snprintf(cmd, sizeof cmd, "node tests/tokenizer/encode.mjs %s/%s tests/tokenizer/corpus.jsonl",
+		 models_dir, model);
+	FILE *p = popen(cmd, "r");
+	CHECK(p, "popen(%s) failed", cmd);
+	struct tok_ctx *ctx = tok_ctx_create(t);
+	int32_t *ids = NULL;
+	size_t n, cap = 0, lines = 0, bad = 0, tokens = 0;
+	char *line = NULL;
+	size_t lcap = 0;
+	char err[EMBER_ERR_LEN];
+	while (getline(&line, &lcap, p) > 0 && lines < c.n) {
+		json_error_t je;
+		json_t *want = json_loads(line, 0, &je);
+		n = 0;
+		int rc = tok_encode(t, ctx, c.s[lines], c.len[lines], false, &ids, &n, &cap, err);
+		bool same = rc == 0 && json_is_array(want) && json_array_size(want) == n;
+		for (size_t i = 0; same && i < n; i++)
+			same = json_integer_value(json_array_get(want, i)) == ids[i];
+		if (!same && bad++ < 5) {
+			char *w = json_dumps(want, JSON_COMPACT);
+			printf("    string %zu \"%.80s\": reference %.200s, ours (%zu):", lines, c.s[lines],
+			       w ? w : "?", n);
+			for (size_t i = 0; i < n && i < 30; i++)
+				printf(" %d", ids[i]);
+			printf("%s\n", rc < 0 ? err : "");
+			free(w);
+		}
+		tokens += n;
+		json_decref(want);
+		lines++;
+	}
+	int st = pclose(p);
+	free(line);
+	free(ids);
+	tok_ctx_destroy(ctx);
+	tok_free(t);
+	size_t total = c.n;
+	free_corpus(&c);
+	CHECK(st == 0 && lines == total, "the reference gave %zu lines for %zu strings (status %d)",
+	      lines, total, st);
+	printf("    %s: %zu strings, %zu tokens, %zu different\n", model, total, tokens, bad);
+	return bad ? 1 : 0;
+}
+
+static int test_identity_qwen(void)
+{
+	return check_identity("tiny-qwen2");
+}
+
+static int test_identity_deepseek(void)
+{
+	return check_identity("tiny-llama");
+}
+
+/* decode(encode(s)) is the NFC form of s, for a tokenizer whose normalizer
+ * is NFC, and s itself for one without; streamed one token at a time, every
+ * chunk is valid UTF-8. */
+static int check_roundtrip(const char *model, bool nfc)
+{
+	struct corpus c;
+	struct tokenizer *t;
+	if (load_corpus(&c) || open_tok(model, &t))
+		return 1;
+	struct tok_ctx *ctx = tok_ctx_create(t);
+	int32_t *ids = NULL;
+	size_t cap = 0, bad = 0;
+	char err[EMBER_ERR_LEN];
+	size_t out_cap = 1 << 20;
+	char *out = malloc(out_cap);
+	for (size_t k = 0; k < c.n; k++) {
+		size_t n = 0;
+		if (tok_encode(t, ctx, c.s[k], c.len[k], false, &ids, &n, &cap, err) < 0) {
+			bad += fail("string %zu: %s", k, err);
+			continue;
+		}
+		struct tok_stream st = {0};
+		size_t w = 0;
+		for (size_t i = 0; i < n; i++) {
+			long r = tok_stream_push(t, &st, ids[i], out + w, out_cap - w);
+			if (r < 0 || utf8_valid_prefix((uint8_t *)out + w, (size_t)r) != (size_t)r) {
+				bad += fail("string %zu: token %zu gave invalid UTF-8", k, i);
+				break;
+			}
+			w += (size_t)r;
+		}
+		w += (size_t)tok_stream_flush(&st, out + w, out_cap - w);
+		uint8_t *want = nfc ? utf8proc_NFC((const uint8_t *)c.s[k]) : (uint8_t *)strdup(c.s[k]);
+		if (w != strlen((char *)want) || memcmp(out, want, w) != 0)
+			if (bad++ < 5)
+				printf("    string %zu \"%.60s\" decodes to \"%.*s\"\n", k, c.s[k],
+				       (int)(w < 60 ? w : 60), out);
+		free(want);
+	}
+	free(out);
+	free(ids);
+	tok_ctx_destroy(ctx);
+	tok_free(t);
+	free_corpus(&c);
+	return bad ? 1 : 0;
+}
+
+static int test_roundtrip_qwen(void)
+{
+	return check_roundtrip("tiny-qwen2", true);
+}
+
+static int test_roundtrip_deepseek(void)
+{
+	return check_roundtrip("tiny-llama", false);
+}
+
+/* Tokens that split a character between them: the stream holds the first
+ * bytes back, and bytes that can never form a character come out as U+FFFD. */
+static int test_stream_holds_partial_utf8(void)
+{
+	struct tokenizer *t;
+	if (open_tok("tiny-qwen2", &t))
+		return 1;
+	/* Byte-level tokens for single bytes: the alphabet's symbols. */
+	int32_t e4 = tok_find(t, "\xc3\xa4"), b8 = tok_find(t, "\xc2\xb8"), ad = tok_find(t, "\xc5\x83"); /* byte 0xAD is U+0143 in the alphabet */
+	int32_t a = tok_find(t, "a");
+	CHECK(e4 >= 0 && b8 >= 0 && ad >= 0 && a >= 0, "byte tokens not found");
+	struct tok_stream st = {0};
+	char out[64];
+	/* 0xE4 0xB8 0xAD is U+4E2D. */
+	CHECK(tok_stream_push(t, &st, e4, out, sizeof out) == 0, "lead byte alone was emitted");
+	CHECK(tok_stream_push(t, &st, b8, out, sizeof out) == 0, "two of three bytes were emitted");
+	CHECK(tok_stream_push(t, &st, ad, out, sizeof out) == 3 && memcmp(out, "\xe4\xb8\xad", 3) == 0,
+	      "the completed character did not come out");
+	CHECK(tok_stream_push(t, &st, e4, out, sizeof out) == 0, "lead byte alone was emitted");
+	long r = tok_stream_push(t, &st, a, out, sizeof out);
+	CHECK(r == 4 && memcmp(out, "\xef\xbf\xbd" "a", 4) == 0, "a broken sequence gave %ld bytes", r);
+	CHECK(tok_stream_push(t, &st, b8, out, sizeof out) == 3, "a stray continuation byte");
+	CHECK(tok_stream_push(t, &st, e4, out, sizeof out) == 0 && tok_stream_flush(&st, out, sizeof out) == 3,
+	      "flush of a held byte");
+	tok_free(t);
+	return 0;
+}
+
+static int test_encode_rejects_invalid_utf8(void)
+{
+	struct tokenizer *t;
+	if (open_tok("tiny-qwen2", &t))
+		return 1;
+	struct tok_ctx *ctx = tok_ctx_create(t);
+	int32_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	char err[EMBER_ERR_LEN];
+	static const char *bad[] = {"ab\xff", "\xc3", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xc0\xaf"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		CHECK(tok_encode(t, ctx, bad[i], strlen(bad[i]), false, &ids, &n, &cap, err) == -EILSEQ &&
+			      strstr(err, "invalid UTF-8"),
+		      "invalid input %zu accepted", i);
+	/* With special tokens: the template's BOS for the DeepSeek tokenizer. */
+	tok_ctx_destroy(ctx);
+	tok_free(t);
+	if (open_tok("tiny-llama", &t))
+		return 1;
+	ctx = tok_ctx_create(t);
+	n = 0;
+	CHECK(tok_encode(t, ctx, "hi", 2, true, &ids, &n, &cap, err) == 0 && n >= 2 && ids[0] == 0,
+	      "DeepSeek's BOS was not added");
+	CHECK(tok_bos(t) == 0 && tok_eos(t) == 1, "bos %d eos %d", tok_bos(t), tok_eos(t));
+	free(ids);
+	tok_ctx_destroy(ctx);
+	tok_free(t);
+	return 0;
+}
+
+static int test_load_rejects(void)
+{
+	static const struct {
+		const char *json, *why;
+	} cases[] = {
+		{"[]", "no model"},
+		{"{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", "'Unigram' is not supported"},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}", "empty vocabulary"},
+		{"{\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":{\"a\":0},\"merges\":[]}}",
+		 "byte_fallback"},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-1},\"merges\":[]}}", "not in 0..2^24"},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"]}}",
+		 "not in the vocabulary"},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a\"]}}", "is not \"a b\""},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+		 "\"normalizer\":{\"type\":\"Lowercase\"}}",
+		 "'Lowercase' is not supported"},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+		 "\"pre_tokenizer\":{\"type\":\"Metaspace\"}}",
+		 "'Metaspace' is not supported"},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+		 "\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"}}",
+		 "regex"},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+		 "\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"a\"},\"behavior\":\"Sideways\"}}",
+		 "behavior 'Sideways'"},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+		 "\"decoder\":{\"type\":\"WordPiece\"}}",
+		 "decoder 'WordPiece'"},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+		 "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\"}}]}}",
+		 "'<s>' is unknown"},
+	};
+	char err[EMBER_ERR_LEN];
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct tokenizer *t;
+		err[0] = 0;
+		int rc = tok_load_json((const uint8_t *)cases[i].json, strlen(cases[i].json), NULL, 0, &t, err);
+		CHECK(rc < 0 && t == NULL, "case %zu accepted", i);
+		CHECK(strstr(err, cases[i].why), "case %zu: '%s' does not say '%s'", i, err, cases[i].why);
+	}
+	return 0;
+}
+
+/* The command-line tool tokenizes --prompt with the model's tokenizer: the
+ * ids the reference gives, after DeepSeek's BOS. */
+static int test_worker_prompt(void)
+{
+	char cmd[1024], out[4096];
+	snprintf(cmd, sizeof cmd,
+		 "%s --model %s/tiny-llama --prompt 'Hello, world!' --print-ids --max-tokens 3 2>&1",
+		 worker_path, models_dir);
+	FILE *p = popen(cmd, "r");
+	CHECK(p, "popen failed");
+	size_t n = fread(out, 1, sizeof out - 1, p);
+	out[n] = 0;
+	int st = pclose(p);
+	CHECK(st == 0, "ember-worker failed: %s", out);
+	CHECK(strstr(out, "prompt ids: 0,19923,14,2058,3\n"), "ember-worker printed: %s", out);
+	snprintf(cmd, sizeof cmd, "%s --model %s/tiny-llama --prompt $(printf 'a\\377') 2>&1",
+		 worker_path, models_dir);
+	p = popen(cmd, "r");
+	n = fread(out, 1, sizeof out - 1, p);
+	out[n] = 0;
+	st = pclose(p);
+	CHECK(st != 0 && strstr(out, "invalid UTF-8"), "invalid UTF-8 prompt: %s", out);
+	return 0;
+}
+
+static const struct {
+	const char *name;
+	int (*fn)(void);
+} tests[] = {
+	{"identity_qwen", test_identity_qwen},
+	{"identity_deepseek", test_identity_deepseek},
+	{"roundtrip_qwen", test_roundtrip_qwen},
+	{"roundtrip_deepseek", test_roundtrip_deepseek},
+	{"stream_holds_partial_utf8", test_stream_holds_partial_utf8},
+	{"encode_rejects_invalid_utf8", test_encode_rejects_invalid_utf8},
+	{"load_rejects", test_load_rejects},
+	{"worker_prompt", test_worker_prompt},
+};
+
+int main(int argc, char **argv)
+{
+	const char *only = NULL;
+	for (int i = 1; i + 1 < argc; i += 2) {
+		if (strcmp(argv[i], "--only") == 0)
+			only = argv[i + 1];
+		else if (strcmp(argv[i], "--models") == 0)
+			models_dir = argv[i + 1];
+		else if (strcmp(argv[i], "--worker") == 0)
+			worker_path = argv[i + 1];
+		else {
+			fprintf(stderr, "usage: test-tokenizer [--only NAME] [--models DIR] [--worker PATH]\n");
+			return 2;
+		}
+	}
+	printf("test-tokenizer: no random inputs (the corpus is fixed)\n");
+	int passed = 0, failed = 0;
+	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+		if (only && strcmp(only, tests[i].name) != 0)
+			continue;
+		fflush(stdout);
+		int rc = tests[i].fn();
+		printf("%s %s\n", rc ? "FAIL" : "PASS", tests[i].name);
+		passed += rc == 0;
+		failed += rc != 0;
+	}
+	printf("%d passed, %d failed, 0 skipped\n", passed, failed);
+	return failed ? 1 : 0;
+}
