@@ -21,7 +21,7 @@ endif
 
 ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c \
               engine/config.c engine/model.c engine/threads.c engine/matmul.c engine/cpu.c \
-              engine/generate.c engine/sha256.c engine/backend.c engine/tokenizer.c
+              engine/generate.c engine/sha256.c engine/backend.c engine/tokenizer.c engine/chat.c
 ENGINE_HDR := $(wildcard engine/*.h)
 
 TINY_MODELS := tiny-qwen2 tiny-llama
@@ -43,7 +43,7 @@ deps:
 
 # --- programs -------------------------------------------------------------
 
-$(BUILD)/%.o: %.c $(ENGINE_HDR)
+$(BUILD)/%.o: %.c $(ENGINE_HDR) tests/runner.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
@@ -73,7 +73,13 @@ $(BUILD)/fuzz-replay-%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.
 
 # --- models ---------------------------------------------------------------
 
-models: deps $(MODEL_STAMPS)
+models: deps $(MODEL_STAMPS) $(BUILD)/tokenizers/llama3/.done
+
+# A tokenizer without a model: Llama-3's, for the tokenizer and chat tests.
+$(BUILD)/tokenizers/llama3/.done: scripts/fetch-tokenizer.sh
+	@mkdir -p $(dir $@)
+	scripts/fetch-tokenizer.sh llama3_1 $(dir $@)
+	@touch $@
 
 $(BUILD)/models/%/.done: $(BUILD)/make-model scripts/fetch-tokenizer.sh
 	@mkdir -p $(BUILD)/models

@@ -83,6 +83,10 @@ struct tokenizer {
 	struct strmap vocab;          /* text -> id */
 	struct mergemap merges;
 	int32_t byte_id[256];         /* the id of each byte's single-symbol token, or -1 */
+	char byte_text[256][3];       /* each byte's symbol in the byte-level alphabet, UTF-8 */
+	uint8_t byte_text_len[256];
+	bool ignore_merges;           /* a word that is in the vocabulary is one token */
+	size_t longest;               /* bytes of the longest vocabulary entry */
 	struct added *added;          /* sorted by first byte, longest first */
 	size_t n_added;
 	uint32_t added_at[257];       /* added[added_at[b]..added_at[b + 1]) start with byte b */
@@ -122,6 +126,8 @@ struct tok_ctx {
 	int32_t *prev, *next;         /* (sym_cap) the live symbols as a list */
 	uint32_t *heap_rank, *heap_pos; /* (3 * sym_cap) pairs to merge */
 	size_t sym_cap;
+	char *word;                   /* (word_cap) a word in the byte-level alphabet */
+	size_t word_cap;
 };
 
 static bool strmap_init(struct strmap *m, size_t n)
@@ -536,6 +542,8 @@ static int load_vocab(struct tokenizer *t, json_t *model, json_t *added, char *e
 			return ember_err(err, -EINVAL, "tokenizer.json: id %d is given twice in the vocab", id);
 		if (!(t->text[id] = strdup(key)) || set_piece(t, id, key, byte_of) < 0)
 			return ember_err(err, -ENOMEM, "out of memory");
+		if (t->piece_len[id] > t->longest)
+			t->longest = t->piece_len[id];
 		strmap_put(t, id);
 	}
 	for (size_t i = 0; i < json_array_size(added); i++) {
@@ -565,9 +573,9 @@ static int load_vocab(struct tokenizer *t, json_t *model, json_t *added, char *e
 		t->special[id] = ad->special;
 	}
 	for (int b = 0; b < 256; b++) {
-		char s[4];
-		size_t n = utf8_put(cp_of[b], s);
-		t->byte_id[b] = strmap_get(t, s, n);
+		size_t n = utf8_put(cp_of[b], t->byte_text[b]);
+		t->byte_text_len[b] = (uint8_t)n;
+		t->byte_id[b] = strmap_get(t, t->byte_text[b], n);
 	}
 	qsort(t->added, t->n_added, sizeof *t->added, cmp_added);
 	for (size_t i = 0, b = 0; b <= 256; b++) {
@@ -639,6 +647,19 @@ static int check_model(json_t *model, char *err)
 	return 0;
 }
 
+/* With ignore_merges (Llama 3's tokenizer), a word found whole in the
+ * vocabulary is that token, whatever the merges would make of it. */
+static int32_t whole_word(const struct tokenizer *t, const char *w, size_t len, char *scratch)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < len; i++) {
+		uint8_t b = (uint8_t)w[i];
+		memcpy(scratch + n, t->byte_text[b], t->byte_text_len[b]);
+		n += t->byte_text_len[b];
+	}
+	return strmap_get(t, scratch, n);
+}
+
 static int check_decoder(json_t *d, char *err)
 {
 	if (!d || json_is_null(d))
@@ -658,7 +679,9 @@ int tok_load_json(const uint8_t *json, size_t len, const uint8_t *cfgb, size_t c
 	json_t *root = json_loadb((const char *)json, len, 0, &je), *cfg = NULL;
 	if (!root)
 		return ember_err(err, -EINVAL, "tokenizer.json: %s (line %d)", je.text, je.line);
-	if (cfgb && !(cfg = json_loadb((const char *)cfgb, cfg_len, 0, &je))) {
+	/* Integers as reals: tokenizer_config.json often holds a
+	 * model_max_length past 2^64, and no integer of it is used. */
+	if (cfgb && !(cfg = json_loadb((const char *)cfgb, cfg_len, JSON_DECODE_INT_AS_REAL, &je))) {
 		json_decref(root);
 		return ember_err(err, -EINVAL, "tokenizer_config.json: %s (line %d)", je.text, je.line);
 	}
@@ -679,6 +702,7 @@ int tok_load_json(const uint8_t *json, size_t len, const uint8_t *cfgb, size_t c
 		rc = ember_err(err, -EINVAL, "tokenizer.json: added_tokens is not a list");
 		goto fail;
 	}
+	t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
 	if ((rc = check_model(model, err)) < 0 || (rc = check_decoder(json_object_get(root, "decoder"), err)) < 0 ||
 	    (rc = load_vocab(t, model, added, err)) < 0 ||
 	    (rc = load_merges(t, json_object_get(model, "merges"), err)) < 0 ||
@@ -829,6 +853,7 @@ void tok_ctx_destroy(struct tok_ctx *c)
 	free(c->next);
 	free(c->heap_rank);
 	free(c->heap_pos);
+	free(c->word);
 	free(c);
 }
 
@@ -942,6 +967,13 @@ static int bpe_word(struct tok_ctx *c, const char *w, size_t len, int32_t **ids,
 		ce = &c->cache[h & (CACHE_SLOTS - 1)];
 		if (ce->len == len && ce->hash == h && memcmp(ce->word, w, len) == 0)
 			return push_ids(ids, n, cap, ce->ids, ce->n_ids) ? 0 : -ENOMEM;
+	}
+	if (t->ignore_merges && len <= t->longest) {
+		if (!grow((void **)&c->word, &c->word_cap, 3 * len, 1))
+			return -ENOMEM;
+		int32_t id = whole_word(t, w, len, c->word);
+		if (id >= 0)
+			return push_ids(ids, n, cap, &id, 1) ? 0 : -ENOMEM;
 	}
 	if (len > c->sym_cap) {
 		size_t cap = len < 64 ? 64 : len;

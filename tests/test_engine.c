@@ -13,6 +13,7 @@
 #include "../engine/safetensors.h"
 #include "../engine/sha256.h"
 #include "../engine/weights.h"
+#include "runner.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -25,28 +26,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SKIP 77
-
 static const char *models_dir = "build/models";
 static const char *worker_path = "build/ember-worker";
 static uint64_t rng_state;
-
-static int fail(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stdout, "    ");
-	vfprintf(stdout, fmt, ap);
-	fprintf(stdout, "\n");
-	va_end(ap);
-	return 1;
-}
-
-#define CHECK(cond, ...)                                                        \
-	do {                                                                    \
-		if (!(cond))                                                    \
-			return fail(__VA_ARGS__);                               \
-	} while (0)
 
 static uint64_t rnd(void)
 {
@@ -711,17 +693,6 @@ static int test_batch_sequences(void)
 
 /* ---- the command-line tool ---------------------------------------------- */
 
-static int run_capture(const char *cmd, char *out, size_t cap)
-{
-	FILE *p = popen(cmd, "r");
-	if (!p)
-		return -1;
-	size_t n = fread(out, 1, cap - 1, p);
-	out[n] = 0;
-	int st = pclose(p);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int test_worker_cli(void)
 {
 	struct reference ref;
@@ -770,10 +741,14 @@ static int test_worker_cli(void)
 
 /* ---- runner ------------------------------------------------------------- */
 
-static const struct {
-	const char *name;
-	int (*fn)(void);
-} tests[] = {
+static uint64_t seed;
+
+static void reseed(void)
+{
+	rng_state = seed;
+}
+
+static const struct test tests[] = {
 	{"sha256_vectors", test_sha256_vectors},
 	{"models_sha256", test_models_sha256},
 	{"half_conversions", test_half_conversions},
@@ -792,7 +767,7 @@ static const struct {
 int main(int argc, char **argv)
 {
 	const char *only = NULL;
-	uint64_t seed = (uint64_t)time(NULL);
+	seed = (uint64_t)time(NULL);
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (strcmp(argv[i], "--only") == 0)
 			only = argv[i + 1];
@@ -808,19 +783,5 @@ int main(int argc, char **argv)
 		}
 	}
 	printf("test-engine: seed %llu, kernels %s\n", (unsigned long long)seed, cpu_isa());
-	int passed = 0, failed = 0, skipped = 0;
-	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-		if (only && strcmp(only, tests[i].name) != 0)
-			continue;
-		rng_state = seed;
-		fflush(stdout);
-		int rc = tests[i].fn();
-		const char *v = rc == 0 ? "PASS" : rc == SKIP ? "SKIP" : "FAIL";
-		printf("%s %s\n", v, tests[i].name);
-		passed += rc == 0;
-		failed += rc != 0 && rc != SKIP;
-		skipped += rc == SKIP;
-	}
-	printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
-	return failed ? 1 : 0;
+	return run_tests(tests, sizeof tests / sizeof tests[0], only, reseed);
 }

@@ -1,13 +1,16 @@
 /* The tokenizer's test runner: ids identical to @lenml/tokenizers (a port of
  * Hugging Face's tokenizers, run under node) on tests/tokenizer/corpus.jsonl
- * for the Qwen and DeepSeek-V3 tokenizers, decoding back to the NFC text,
- * streaming decoding that never emits invalid UTF-8, and load errors. Runs
+ * for the Qwen, DeepSeek-V3 and Llama-3 tokenizers, decoding back to the NFC text,
+ * streaming decoding that never emits invalid UTF-8, load errors, and chat
+ * templates against transformers' renderings. Runs
  * from the repository root after `make models`:
  *
  *   build/test-tokenizer [--only NAME] [--models DIR] [--worker PATH]
  */
+#include "../engine/chat.h"
 #include "../engine/modelfiles.h"
 #include "../engine/tokenizer.h"
+#include "runner.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -18,23 +21,6 @@
 
 static const char *models_dir = "build/models";
 static const char *worker_path = "build/ember-worker";
-
-static int fail(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	printf("    ");
-	vprintf(fmt, ap);
-	printf("\n");
-	va_end(ap);
-	return 1;
-}
-
-#define CHECK(cond, ...)                                                        \
-	do {                                                                    \
-		if (!(cond))                                                    \
-			return fail(__VA_ARGS__);                               \
-	} while (0)
 
 struct corpus {
 	char **s;
@@ -153,6 +139,11 @@ static int test_identity_deepseek(void)
 	return check_identity("tiny-llama");
 }
 
+static int test_identity_llama3(void)
+{
+	return check_identity("../tokenizers/llama3");
+}
+
 /* decode(encode(s)) is the NFC form of s, for a tokenizer whose normalizer
  * is NFC, and s itself for one without; streamed one token at a time, every
  * chunk is valid UTF-8. */
@@ -208,6 +199,11 @@ static int test_roundtrip_qwen(void)
 static int test_roundtrip_deepseek(void)
 {
 	return check_roundtrip("tiny-llama", false);
+}
+
+static int test_roundtrip_llama3(void)
+{
+	return check_roundtrip("../tokenizers/llama3", false);
 }
 
 /* Tokens that split a character between them: the stream holds the first
@@ -320,35 +316,134 @@ static int test_worker_prompt(void)
 	snprintf(cmd, sizeof cmd,
 		 "%s --model %s/tiny-llama --prompt 'Hello, world!' --print-ids --max-tokens 3 2>&1",
 		 worker_path, models_dir);
-	FILE *p = popen(cmd, "r");
-	CHECK(p, "popen failed");
-	size_t n = fread(out, 1, sizeof out - 1, p);
-	out[n] = 0;
-	int st = pclose(p);
+	int st = run_capture(cmd, out, sizeof out);
 	CHECK(st == 0, "ember-worker failed: %s", out);
 	CHECK(strstr(out, "prompt ids: 0,19923,14,2058,3\n"), "ember-worker printed: %s", out);
 	snprintf(cmd, sizeof cmd, "%s --model %s/tiny-llama --prompt $(printf 'a\\377') 2>&1",
 		 worker_path, models_dir);
-	p = popen(cmd, "r");
-	n = fread(out, 1, sizeof out - 1, p);
-	out[n] = 0;
-	st = pclose(p);
+	st = run_capture(cmd, out, sizeof out);
 	CHECK(st != 0 && strstr(out, "invalid UTF-8"), "invalid UTF-8 prompt: %s", out);
+	/* --chat: BOS, <｜User｜>, the text, <｜Assistant｜> */
+	snprintf(cmd, sizeof cmd,
+		 "%s --model %s/tiny-llama --chat 'Hello, world!' --print-ids --max-tokens 1 2>&1",
+		 worker_path, models_dir);
+	st = run_capture(cmd, out, sizeof out);
+	CHECK(st == 0 && strstr(out, "prompt ids: 0,128803,19923,14,2058,3,128804\n"), "--chat printed: %s", out);
+	snprintf(cmd, sizeof cmd, "%s --model %s/tiny-llama --chat hi --chat-template nope 2>&1",
+		 worker_path, models_dir);
+	st = run_capture(cmd, out, sizeof out);
+	CHECK(st != 0 && strstr(out, "--chat-template nope"), "a bad template name: %s", out);
 	return 0;
 }
 
-static const struct {
-	const char *name;
-	int (*fn)(void);
-} tests[] = {
+/* Every conversation of the family's fixture, rendered as transformers'
+ * apply_chat_template rendered it (tests/fixtures/chat/, made by
+ * scripts/chat_reference.py). */
+static int check_chat(const char *family)
+{
+	char path[256], err[EMBER_ERR_LEN];
+	snprintf(path, sizeof path, "tests/fixtures/chat/%s.json", family);
+	json_error_t je;
+	json_t *root = json_load_file(path, 0, &je);
+	CHECK(root, "%s: %s", path, je.text);
+	int f = chat_family_from_name(family);
+	CHECK(f >= 0, "no family %s", family);
+	const char *bos = json_string_value(json_object_get(root, "bos_token"));
+	json_t *cases = json_object_get(root, "cases");
+	int bad = 0;
+	for (size_t i = 0; i < json_array_size(cases); i++) {
+		json_t *c = json_array_get(cases, i), *msgs = json_object_get(c, "messages");
+		struct chat_msg m[16];
+		size_t n = json_array_size(msgs);
+		for (size_t k = 0; k < n && k < 16; k++) {
+			m[k].role = json_string_value(json_object_get(json_array_get(msgs, k), "role"));
+			m[k].content = json_string_value(json_object_get(json_array_get(msgs, k), "content"));
+		}
+		char *out;
+		const char *want = json_string_value(json_object_get(c, "rendered"));
+		if (chat_render((enum chat_family)f, m, n, json_is_true(json_object_get(c, "add_generation_prompt")),
+				bos, &out, err) < 0) {
+			bad += fail("case %zu: %s", i, err);
+			continue;
+		}
+		if (strcmp(out, want) != 0)
+			bad += fail("case %zu: rendered\n%s\n    transformers:\n%s", i, out, want);
+		free(out);
+	}
+	size_t n_cases = json_array_size(cases);
+	json_decref(root);
+	CHECK(n_cases >= 12, "only %zu conversations", n_cases);
+	printf("    %s: %zu conversations\n", family, n_cases);
+	return bad ? 1 : 0;
+}
+
+static int test_chat_deepseek_v3(void)
+{
+	return check_chat("deepseek-v3");
+}
+
+static int test_chat_qwen3(void)
+{
+	return check_chat("qwen3");
+}
+
+static int test_chat_llama3(void)
+{
+	return check_chat("llama3");
+}
+
+/* The models' own templates are recognised; anything else is an error that
+ * names the flag; bad conversations are refused. */
+static int test_chat_detect(void)
+{
+	struct tokenizer *t;
+	char err[EMBER_ERR_LEN];
+	if (open_tok("tiny-qwen2", &t))
+		return 1;
+	int f = chat_detect(tok_chat_template(t), err);
+	tok_free(t);
+	CHECK(f == CHAT_QWEN3, "tiny-qwen2's template detected as %d", f);
+	if (open_tok("tiny-llama", &t))
+		return 1;
+	f = chat_detect(tok_chat_template(t), err);
+	tok_free(t);
+	CHECK(f == CHAT_DEEPSEEK_V3, "tiny-llama's template detected as %d", f);
+	if (open_tok("../tokenizers/llama3", &t))
+		return 1;
+	f = chat_detect(tok_chat_template(t), err);
+	tok_free(t);
+	CHECK(f == CHAT_LLAMA3, "Llama 3's template detected as %d", f);
+	CHECK(chat_detect("{{ messages }}", err) == -ENOENT && strstr(err, "--chat-template"),
+	      "an unknown template: %s", err);
+	CHECK(chat_detect(NULL, err) == -ENOENT && strstr(err, "no chat template"), "no template: %s", err);
+	/* R1's template prompts with <think>: not taken for V3's. */
+	CHECK(chat_detect("<｜User｜>{{c}}<｜Assistant｜><think>\n", err) == -ENOENT, "R1 taken for V3");
+	char *out;
+	struct chat_msg tool = {"tool", "x"}, none = {"user", NULL};
+	CHECK(chat_render(CHAT_QWEN3, &tool, 1, true, "", &out, err) == -EINVAL && strstr(err, "'tool'"),
+	      "role tool: %s", err);
+	CHECK(chat_render(CHAT_QWEN3, &none, 1, true, "", &out, err) == -EINVAL, "no content accepted");
+	CHECK(chat_render(CHAT_DEEPSEEK_V3, &tool, 0, true, "", &out, err) == -EINVAL, "no messages accepted");
+	CHECK(chat_family_from_name("qwen3") == CHAT_QWEN3 && chat_family_from_name("llama2") == -1,
+	      "family names");
+	return 0;
+}
+
+static const struct test tests[] = {
 	{"identity_qwen", test_identity_qwen},
 	{"identity_deepseek", test_identity_deepseek},
+	{"identity_llama3", test_identity_llama3},
 	{"roundtrip_qwen", test_roundtrip_qwen},
 	{"roundtrip_deepseek", test_roundtrip_deepseek},
+	{"roundtrip_llama3", test_roundtrip_llama3},
 	{"stream_holds_partial_utf8", test_stream_holds_partial_utf8},
 	{"encode_rejects_invalid_utf8", test_encode_rejects_invalid_utf8},
 	{"load_rejects", test_load_rejects},
 	{"worker_prompt", test_worker_prompt},
+	{"chat_deepseek_v3", test_chat_deepseek_v3},
+	{"chat_qwen3", test_chat_qwen3},
+	{"chat_llama3", test_chat_llama3},
+	{"chat_detect", test_chat_detect},
 };
 
 int main(int argc, char **argv)
@@ -367,16 +462,5 @@ int main(int argc, char **argv)
 		}
 	}
 	printf("test-tokenizer: no random inputs (the corpus is fixed)\n");
-	int passed = 0, failed = 0;
-	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-		if (only && strcmp(only, tests[i].name) != 0)
-			continue;
-		fflush(stdout);
-		int rc = tests[i].fn();
-		printf("%s %s\n", rc ? "FAIL" : "PASS", tests[i].name);
-		passed += rc == 0;
-		failed += rc != 0;
-	}
-	printf("%d passed, %d failed, 0 skipped\n", passed, failed);
-	return failed ? 1 : 0;
+	return run_tests(tests, sizeof tests / sizeof tests[0], only, NULL);
 }

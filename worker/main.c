@@ -2,6 +2,7 @@
  * prints a greedy continuation of a prompt given as text or as token ids.
  * The FastCGI server modes come with the worker issue. Runs as its own
  * process. */
+#include "../engine/chat.h"
 #include "../engine/cpu.h"
 #include "../engine/generate.h"
 #include "../engine/matmul.h"
@@ -17,11 +18,15 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: ember-worker --model DIR (--prompt TEXT | --prompt-ids ID,ID,...) [options]\n"
+		"usage: ember-worker --model DIR (--prompt TEXT | --chat TEXT | --prompt-ids ID,...) [options]\n"
 		"\n"
 		"  --model DIR          Hugging Face model directory (config.json, safetensors,\n"
 		"                       tokenizer.json for --prompt)\n"
 		"  --prompt TEXT        prompt as text, tokenized with the model's tokenizer\n"
+		"  --chat TEXT          one user turn, through the model's chat template\n"
+		"  --system TEXT        with --chat: a system message before it\n"
+		"  --chat-template NAME with --chat: use this template family (deepseek-v3,\n"
+		"                       qwen3, llama3) instead of recognising the model's\n"
 		"  --prompt-ids LIST    prompt as comma-separated token ids\n"
 		"  --print-ids          print ids, not text (and the prompt's ids on stderr)\n"
 		"  --max-tokens N       tokens to generate (default 16)\n"
@@ -29,7 +34,7 @@ static void usage(FILE *f)
 		"  --ctx N              context length to allocate (default: the model's, at most 4096)\n"
 		"  --help               this text\n"
 		"\n"
-		"Prints the greedy continuation on stdout, as text for --prompt (ending at\n"
+		"Prints the greedy continuation on stdout, as text for --prompt and --chat (ending at\n"
 		"the end-of-sequence token) and as comma-separated ids for --prompt-ids or\n"
 		"--print-ids, and the timing on stderr.\n");
 }
@@ -122,7 +127,8 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-	const char *model_dir = NULL, *ids_arg = NULL, *text = NULL;
+	const char *model_dir = NULL, *ids_arg = NULL, *text = NULL, *chat = NULL, *system = NULL;
+	const char *template_name = NULL;
 	bool print_ids = false;
 	int max_tokens = 16;
 	struct cpu_opts opts = {0};
@@ -148,6 +154,12 @@ int main(int argc, char **argv)
 			ids_arg = v;
 		else if (strcmp(a, "--prompt") == 0)
 			text = v;
+		else if (strcmp(a, "--chat") == 0)
+			chat = v;
+		else if (strcmp(a, "--system") == 0)
+			system = v;
+		else if (strcmp(a, "--chat-template") == 0)
+			template_name = v;
 		else if (strcmp(a, "--max-tokens") == 0)
 			rc = parse_int(a, v, 0, 1 << 20, &max_tokens);
 		else if (strcmp(a, "--threads") == 0)
@@ -161,8 +173,14 @@ int main(int argc, char **argv)
 		if (rc < 0)
 			return 2;
 	}
-	if (!model_dir || !ids_arg == !text) {
+	if (!model_dir || (!!ids_arg + !!text + !!chat) != 1 || ((system || template_name) && !chat)) {
 		usage(stderr);
+		return 2;
+	}
+	int family = -1;
+	if (template_name && (family = chat_family_from_name(template_name)) < 0) {
+		fprintf(stderr, "ember-worker: --chat-template %s is not one of deepseek-v3, qwen3, llama3\n",
+			template_name);
 		return 2;
 	}
 	int32_t *ids = NULL;
@@ -184,11 +202,35 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ember-worker: %s\n", err);
 		goto done;
 	}
-	if (text) {
+	char *rendered = NULL;
+	if (text || chat) {
 		size_t nn = 0, cap = 0;
-		if (tok_load(m->files, &tok, err) < 0 || !(ctx = tok_ctx_create(tok)) ||
-		    tok_encode(tok, ctx, text, strlen(text), true, &ids, &nn, &cap, err) < 0) {
-			fprintf(stderr, "ember-worker: %s\n", ctx || !tok ? err : "out of memory");
+		if (tok_load(m->files, &tok, err) < 0 || !(ctx = tok_ctx_create(tok))) {
+			fprintf(stderr, "ember-worker: %s\n", tok ? "out of memory" : err);
+			goto done;
+		}
+		if (chat) {
+			/* The template writes the BOS itself, as text. */
+			struct chat_msg msgs[2] = {{"system", system}, {"user", chat}};
+			size_t blen = 0;
+			const char *bos = tok_bos(tok) >= 0 ? tok_piece(tok, tok_bos(tok), &blen) : "";
+			char bos_text[256];
+			snprintf(bos_text, sizeof bos_text, "%.*s", (int)blen, bos ? bos : "");
+			if (family < 0 && (family = chat_detect(tok_chat_template(tok), err)) < 0) {
+				fprintf(stderr, "ember-worker: %s\n", err);
+				goto done;
+			}
+			if (chat_render((enum chat_family)family, system ? msgs : msgs + 1, system ? 2 : 1,
+					true, bos_text, &rendered, err) < 0) {
+				fprintf(stderr, "ember-worker: %s\n", err);
+				goto done;
+			}
+		}
+		const char *in = chat ? rendered : text;
+		int rc = tok_encode(tok, ctx, in, strlen(in), !chat, &ids, &nn, &cap, err);
+		free(rendered);
+		if (rc < 0) {
+			fprintf(stderr, "ember-worker: %s\n", err);
 			goto done;
 		}
 		if (nn == 0 || nn > INT_MAX / 2) {
@@ -221,7 +263,7 @@ int main(int argc, char **argv)
 		goto done;
 	}
 	double t1 = now();
-	struct printer pr = {.m = m, .tok = text && !print_ids ? tok : NULL};
+	struct printer pr = {.m = m, .tok = tok && !print_ids ? tok : NULL};
 	int made = gen_greedy(b, 0, ids, n, max_tokens, out, logits, print_token, &pr, err);
 	if (made < 0) {
 		fprintf(stderr, "ember-worker: %s\n", err);

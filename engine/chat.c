@@ -1,0 +1,312 @@
+/* The chat template families. Each renderer follows its template's Jinja
+ * statement by statement; the comments quote the expressions they stand
+ * for. Python string methods used by the templates (split, strip, lstrip,
+ * rstrip) are spelled out as the small helpers below. */
+#include "chat.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+static const char *family_names[CHAT_FAMILIES] = {
+	[CHAT_DEEPSEEK_V3] = "deepseek-v3",
+	[CHAT_QWEN3] = "qwen3",
+	[CHAT_LLAMA3] = "llama3",
+};
+
+int chat_family_from_name(const char *name)
+{
+	for (int i = 0; i < CHAT_FAMILIES; i++)
+		if (strcmp(name, family_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+const char *chat_family_name(enum chat_family f)
+{
+	return (unsigned)f < CHAT_FAMILIES ? family_names[f] : "?";
+}
+
+int chat_detect(const char *t, char *err)
+{
+	if (t && strstr(t, "<｜User｜>") && strstr(t, "<｜Assistant｜>") && !strstr(t, "think>"))
+		return CHAT_DEEPSEEK_V3;
+	if (t && strstr(t, "<|im_start|>") && strstr(t, "reasoning_content") &&
+	    strstr(t, "enable_thinking") && strstr(t, "last_query_index"))
+		return CHAT_QWEN3;
+	/* Llama 3's own template, not 3.1's with tools and a knowledge date. */
+	if (t && strstr(t, "<|start_header_id|>") && strstr(t, "<|eot_id|>") && strstr(t, "| trim") &&
+	    !strstr(t, "tools") && !strstr(t, "Knowledge"))
+		return CHAT_LLAMA3;
+	return ember_err(err, -ENOENT,
+			 "%s; name one with --chat-template (deepseek-v3, qwen3, llama3)",
+			 t ? "the model's chat template is not one ember knows"
+			   : "the model has no chat template");
+}
+
+/* ---- a growing string ---------------------------------------------------- */
+
+struct buf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+static void put(struct buf *b, const char *s, size_t n)
+{
+	if (b->failed)
+		return;
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		char *p = realloc(b->p, cap);
+		if (!p) {
+			b->failed = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = 0;
+}
+
+static void puts_(struct buf *b, const char *s)
+{
+	put(b, s, strlen(s));
+}
+
+/* A view of part of a string, for the Python string methods. */
+struct view {
+	const char *p;
+	size_t n;
+};
+
+static struct view view_of(const char *s)
+{
+	return (struct view){s, strlen(s)};
+}
+
+/* s.split(sep)[-1]: after the last sep (the whole string without one). */
+static struct view after_last(struct view s, const char *sep)
+{
+	size_t k = strlen(sep);
+	for (size_t i = s.n; i >= k; i--)
+		if (memcmp(s.p + i - k, sep, k) == 0)
+			return (struct view){s.p + i, s.n - i};
+	return s;
+}
+
+/* s.split(sep)[0]: before the first sep. */
+static struct view before_first(struct view s, const char *sep)
+{
+	size_t k = strlen(sep);
+	for (size_t i = 0; i + k <= s.n; i++)
+		if (memcmp(s.p + i, sep, k) == 0)
+			return (struct view){s.p, i};
+	return s;
+}
+
+static struct view lstrip_nl(struct view s)
+{
+	while (s.n && s.p[0] == '\n')
+		s.p++, s.n--;
+	return s;
+}
+
+static struct view rstrip_nl(struct view s)
+{
+	while (s.n && s.p[s.n - 1] == '\n')
+		s.n--;
+	return s;
+}
+
+static bool contains(const char *s, const char *sub)
+{
+	return strstr(s, sub) != NULL;
+}
+
+static bool starts_ends(const char *s, const char *a, const char *z)
+{
+	size_t n = strlen(s), na = strlen(a), nz = strlen(z);
+	return n >= na && n >= nz && memcmp(s, a, na) == 0 && memcmp(s + n - nz, z, nz) == 0;
+}
+
+/* Python's str.strip() with no argument, as Jinja's trim filter: every
+ * character whose isspace() is true, at both ends. */
+static size_t space_len(const char *p, size_t n, bool at_end)
+{
+	static const char *const spaces[] = {
+		"\t", "\n", "\v", "\f", "\r", "\x1c", "\x1d", "\x1e", "\x1f", " ",
+		"\xc2\x85", "\xc2\xa0", "\xe1\x9a\x80", "\xe2\x80\x80", "\xe2\x80\x81",
+		"\xe2\x80\x82", "\xe2\x80\x83", "\xe2\x80\x84", "\xe2\x80\x85", "\xe2\x80\x86",
+		"\xe2\x80\x87", "\xe2\x80\x88", "\xe2\x80\x89", "\xe2\x80\x8a", "\xe2\x80\xa8",
+		"\xe2\x80\xa9", "\xe2\x80\xaf", "\xe2\x81\x9f", "\xe3\x80\x80",
+	};
+	for (size_t i = 0; i < sizeof spaces / sizeof spaces[0]; i++) {
+		size_t k = strlen(spaces[i]);
+		if (k <= n && memcmp(at_end ? p + n - k : p, spaces[i], k) == 0)
+			return k;
+	}
+	return 0;
+}
+
+static struct view trim(struct view s)
+{
+	size_t k;
+	while (s.n && (k = space_len(s.p, s.n, false)))
+		s.p += k, s.n -= k;
+	while (s.n && (k = space_len(s.p, s.n, true)))
+		s.n -= k;
+	return s;
+}
+
+/* ---- DeepSeek-V3 ---------------------------------------------------------- */
+
+/* {{bos_token}}{{ns.system_prompt}} where the system prompt is every system
+ * message joined by "\n\n"; then '<｜User｜>' + content for a user,
+ * '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' for an assistant, and
+ * '<｜Assistant｜>' to prompt a reply. */
+static void render_deepseek_v3(struct buf *b, const struct chat_msg *m, size_t n, bool gen,
+			       const char *bos)
+{
+	puts_(b, bos);
+	bool first = true;
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(m[i].role, "system") != 0)
+			continue;
+		if (!first)
+			puts_(b, "\n\n");
+		puts_(b, m[i].content);
+		first = false;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(m[i].role, "user") == 0) {
+			puts_(b, "<｜User｜>");
+			puts_(b, m[i].content);
+		} else if (strcmp(m[i].role, "assistant") == 0) {
+			puts_(b, "<｜Assistant｜>");
+			puts_(b, m[i].content);
+			puts_(b, "<｜end▁of▁sentence｜>");
+		}
+	}
+	if (gen)
+		puts_(b, "<｜Assistant｜>");
+}
+
+/* ---- Qwen3 ---------------------------------------------------------------- */
+
+static void render_qwen3(struct buf *b, const struct chat_msg *m, size_t n, bool gen)
+{
+	/* messages[0] as the system turn when it is one */
+	if (strcmp(m[0].role, "system") == 0) {
+		puts_(b, "<|im_start|>system\n");
+		puts_(b, m[0].content);
+		puts_(b, "<|im_end|>\n");
+	}
+	/* ns.last_query_index: the last user message that is not a wrapped
+	 * tool response (the whole list when there is none). */
+	size_t last_query = n - 1;
+	for (size_t k = n; k-- > 0;) {
+		if (strcmp(m[k].role, "user") == 0 &&
+		    !starts_ends(m[k].content, "<tool_response>", "</tool_response>")) {
+			last_query = k;
+			break;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		const char *role = m[i].role;
+		if (strcmp(role, "user") == 0 || (strcmp(role, "system") == 0 && i > 0)) {
+			puts_(b, "<|im_start|>");
+			puts_(b, role);
+			puts_(b, "\n");
+			puts_(b, m[i].content);
+			puts_(b, "<|im_end|>\n");
+			continue;
+		}
+		if (strcmp(role, "assistant") != 0)
+			continue;
+		struct view content = view_of(m[i].content), reasoning = {"", 0};
+		if (contains(m[i].content, "</think>")) {
+			/* content.split('</think>')[-1].lstrip('\n') and
+			 * content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') */
+			struct view all = content;
+			content = lstrip_nl(after_last(all, "</think>"));
+			reasoning = lstrip_nl(after_last(rstrip_nl(before_first(all, "</think>")), "<think>"));
+		}
+		puts_(b, "<|im_start|>assistant\n");
+		if (i > last_query && (i + 1 == n || reasoning.n > 0)) {
+			/* '<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') */
+			struct view r = rstrip_nl(lstrip_nl(reasoning));
+			puts_(b, "<think>\n");
+			put(b, r.p, r.n);
+			puts_(b, "\n</think>\n\n");
+			content = lstrip_nl(content);
+		}
+		put(b, content.p, content.n);
+		puts_(b, "<|im_end|>\n");
+	}
+	if (gen)
+		puts_(b, "<|im_start|>assistant\n");
+}
+
+/* ---- Llama 3 --------------------------------------------------------------- */
+
+/* '<|start_header_id|>' + role + '<|end_header_id|>\n\n' + content | trim +
+ * '<|eot_id|>' per message, the first after bos_token; then the assistant's
+ * header to prompt a reply. */
+static void render_llama3(struct buf *b, const struct chat_msg *m, size_t n, bool gen,
+			  const char *bos)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (i == 0)
+			puts_(b, bos);
+		puts_(b, "<|start_header_id|>");
+		puts_(b, m[i].role);
+		puts_(b, "<|end_header_id|>\n\n");
+		struct view c = trim(view_of(m[i].content));
+		put(b, c.p, c.n);
+		puts_(b, "<|eot_id|>");
+	}
+	if (gen)
+		puts_(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+int chat_render(enum chat_family f, const struct chat_msg *m, size_t n, bool gen, const char *bos,
+		char **out, char *err)
+{
+	*out = NULL;
+	if (n == 0)
+		return ember_err(err, -EINVAL, "a conversation needs at least one message");
+	for (size_t i = 0; i < n; i++) {
+		if (!m[i].role || !m[i].content)
+			return ember_err(err, -EINVAL, "message %zu has no role or content", i);
+		if (strcmp(m[i].role, "system") && strcmp(m[i].role, "user") &&
+		    strcmp(m[i].role, "assistant"))
+			return ember_err(err, -EINVAL,
+					 "message %zu: role '%.32s' is not one of system, user, assistant",
+					 i, m[i].role);
+	}
+	struct buf b = {0};
+	switch (f) {
+	case CHAT_DEEPSEEK_V3:
+		render_deepseek_v3(&b, m, n, gen, bos ? bos : "");
+		break;
+	case CHAT_QWEN3:
+		render_qwen3(&b, m, n, gen);
+		break;
+	case CHAT_LLAMA3:
+		render_llama3(&b, m, n, gen, bos ? bos : "");
+		break;
+	default:
+		return ember_err(err, -EINVAL, "unknown chat template family %d", (int)f);
+	}
+	puts_(&b, "");
+	if (b.failed) {
+		free(b.p);
+		return ember_err(err, -ENOMEM, "out of memory");
+	}
+	*out = b.p;
+	return 0;
+}

