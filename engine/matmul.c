@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <immintrin.h>
 #include <stdlib.h>
-#include <stdatomic.h>
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define ROWS_PER_CHUNK 64
@@ -358,39 +357,31 @@ struct mm_task {
 	int T;
 	const struct mm_job *jobs;
 	int n_jobs;
-	int chunks[8 + 1]; /* prefix sums of each job's chunk count */
-	atomic_int next;
 };
 
+/* Each thread takes one contiguous share of every job's rows, so that it
+ * reads the weights as a few long streams, which the hardware prefetchers
+ * follow best. */
 static void mm_worker(void *arg, int tid, int nt)
 {
-	(void)tid;
-	(void)nt;
 	struct mm_task *mt = arg;
-	int total = mt->chunks[mt->n_jobs];
-	for (;;) {
-		int c = atomic_fetch_add_explicit(&mt->next, 1, memory_order_relaxed);
-		if (c >= total)
-			return;
-		int j = 0;
-		while (c >= mt->chunks[j + 1])
-			j++;
+	for (int j = 0; j < mt->n_jobs; j++) {
 		const struct mm_job *job = &mt->jobs[j];
-		int r0 = (c - mt->chunks[j]) * ROWS_PER_CHUNK;
-		int r1 = r0 + ROWS_PER_CHUNK < job->w->rows ? r0 + ROWS_PER_CHUNK : job->w->rows;
-		isa.rows(job->w->dtype, mt->x, mt->T, job->w->cols, job->w->data, r0, r1, job->y,
-			 job->w->rows, job->bias);
+		int rows = job->w->rows;
+		int r0 = (int)((long)rows * tid / nt), r1 = (int)((long)rows * (tid + 1) / nt);
+		/* In chunks, so that for a batch of tokens a chunk's rows stay in
+		 * L2 while every group of four tokens passes over them. */
+		for (int r = r0; r < r1; r += ROWS_PER_CHUNK)
+			isa.rows(job->w->dtype, mt->x, mt->T, job->w->cols, job->w->data, r,
+				 r + ROWS_PER_CHUNK < r1 ? r + ROWS_PER_CHUNK : r1, job->y, rows,
+				 job->bias);
 	}
 }
 
 void cpu_matmul(struct tpool *tp, const float *x, int T, const struct mm_job *jobs, int n_jobs)
 {
 	isa_pick();
-	assert(n_jobs >= 1 && n_jobs <= 8);
+	assert(n_jobs >= 1);
 	struct mm_task mt = {.x = x, .T = T, .jobs = jobs, .n_jobs = n_jobs};
-	mt.chunks[0] = 0;
-	for (int j = 0; j < n_jobs; j++)
-		mt.chunks[j + 1] = mt.chunks[j] + (jobs[j].w->rows + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK;
-	atomic_init(&mt.next, 0);
 	tp_run(tp, mm_worker, &mt);
 }
