@@ -275,6 +275,7 @@ int main(int argc, char **argv)
 		fwrite(tail, 1, (size_t)tok_stream_flush(&pr.stream, tail, sizeof tail), stdout);
 	}
 	printf("\n");
+	fflush(stdout); /* before the timing line on stderr */
 	fprintf(stderr, "ember-worker: %s (%s), %d prompt + %d new tokens in %.3f s (load %.3f s)\n",
 		m->cfg.arch_name, cpu_isa(), n, made, t2 - t1, t1 - t0);
 	status = 0;
