@@ -1,0 +1,380 @@
+/* Sampling. The order is the one transformers' logits processors use:
+ * penalties, temperature, top-k, top-p, min-p, then one draw from what is
+ * left. Candidates are ranked by probability, then by lower id, so a draw
+ * depends only on the logits and the sequence's random state. */
+#include "sampler.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+
+void sampler_params_default(struct sampler_params *p)
+{
+	*p = (struct sampler_params){
+		.temperature = 1.0f,
+		.top_p = 1.0f,
+		.repetition_penalty = 1.0f,
+	};
+}
+
+int sampler_params_check(const struct sampler_params *p, char *err)
+{
+	if (!(p->temperature >= 0 && p->temperature <= 100))
+		return ember_err(err, -EINVAL, "temperature must be in [0, 100]");
+	if (p->top_k < 0)
+		return ember_err(err, -EINVAL, "top_k must be 0 (off) or positive");
+	if (!(p->top_p > 0 && p->top_p <= 1))
+		return ember_err(err, -EINVAL, "top_p must be in (0, 1]");
+	if (!(p->min_p >= 0 && p->min_p <= 1))
+		return ember_err(err, -EINVAL, "min_p must be in [0, 1]");
+	if (!(p->presence_penalty >= -2 && p->presence_penalty <= 2))
+		return ember_err(err, -EINVAL, "presence_penalty must be in [-2, 2]");
+	if (!(p->frequency_penalty >= -2 && p->frequency_penalty <= 2))
+		return ember_err(err, -EINVAL, "frequency_penalty must be in [-2, 2]");
+	if (!(p->repetition_penalty > 0 && p->repetition_penalty <= 100))
+		return ember_err(err, -EINVAL, "repetition_penalty must be in (0, 100]");
+	if (p->top_logprobs < 0 || p->top_logprobs > SAMPLER_MAX_TOP_LOGPROBS)
+		return ember_err(err, -EINVAL, "top_logprobs must be in [0, %d]", SAMPLER_MAX_TOP_LOGPROBS);
+	return 0;
+}
+
+/* ---- random numbers: splitmix64 to seed, xoshiro256** to draw ----------- */
+
+static uint64_t splitmix(uint64_t *x)
+{
+	uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+void sampler_rng_seed(struct sampler_rng *r, uint64_t seed)
+{
+	for (int i = 0; i < 4; i++)
+		r->s[i] = splitmix(&seed);
+}
+
+static inline uint64_t rotl(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
+
+double sampler_rng_uniform(struct sampler_rng *r)
+{
+	uint64_t *s = r->s;
+	uint64_t out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+	s[2] ^= s[0];
+	s[3] ^= s[1];
+	s[1] ^= s[2];
+	s[0] ^= s[3];
+	s[2] ^= t;
+	s[3] = rotl(s[3], 45);
+	return (double)(out >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* ---- what a sequence has seen -------------------------------------------- */
+
+struct seen {
+	int32_t token;      /* -1: empty */
+	uint32_t generated; /* times generated */
+	bool in_prompt;
+};
+
+struct sampler_seq {
+	struct sampler_params p;
+	struct sampler_rng rng;
+	int vocab;
+	struct seen *table;  /* (mask + 1) open addressing */
+	size_t mask;
+	int32_t *order;      /* (max) the distinct tokens, in first-seen order */
+	size_t n, max;
+};
+
+struct sampler_seq *sampler_seq_create(const struct sampler_params *p, int vocab,
+				       size_t max_tokens)
+{
+	struct sampler_seq *s = calloc(1, sizeof *s);
+	if (!s)
+		return NULL;
+	s->p = *p;
+	s->vocab = vocab;
+	sampler_rng_seed(&s->rng, p->seed);
+	size_t cap = 16;
+	while (cap < 2 * max_tokens && cap < ((size_t)1 << 40))
+		cap <<= 1;
+	s->table = malloc(cap * sizeof *s->table);
+	s->order = malloc((max_tokens ? max_tokens : 1) * sizeof *s->order);
+	if (!s->table || !s->order) {
+		sampler_seq_destroy(s);
+		return NULL;
+	}
+	for (size_t i = 0; i < cap; i++)
+		s->table[i].token = -1;
+	s->mask = cap - 1;
+	s->max = max_tokens;
+	return s;
+}
+
+void sampler_seq_destroy(struct sampler_seq *s)
+{
+	if (!s)
+		return;
+	free(s->table);
+	free(s->order);
+	free(s);
+}
+
+static struct seen *seen_slot(struct sampler_seq *s, int32_t token)
+{
+	size_t i = ((uint64_t)(uint32_t)token * 0x9e3779b97f4a7c15ull) >> 20 & s->mask;
+	while (s->table[i].token != -1 && s->table[i].token != token)
+		i = (i + 1) & s->mask;
+	return &s->table[i];
+}
+
+int sampler_seq_add(struct sampler_seq *s, int32_t token, bool generated)
+{
+	struct seen *e = seen_slot(s, token);
+	if (e->token == -1) {
+		if (s->n == s->max)
+			return -ENOSPC;
+		*e = (struct seen){token, 0, false};
+		s->order[s->n++] = token;
+	}
+	if (generated)
+		e->generated++;
+	else
+		e->in_prompt = true;
+	return 0;
+}
+
+/* ---- scratch ------------------------------------------------------------- */
+
+struct sampler_scratch {
+	int vocab;
+	float *raw;     /* (vocab) the logits as the model gave them */
+	float *prob;    /* (vocab) unnormalised probabilities of candidates */
+	int32_t *heap;  /* (vocab) candidate ids */
+};
+
+struct sampler_scratch *sampler_scratch_create(int vocab)
+{
+	struct sampler_scratch *s = calloc(1, sizeof *s);
+	if (!s)
+		return NULL;
+	s->vocab = vocab;
+	s->raw = malloc((size_t)vocab * sizeof *s->raw);
+	s->prob = malloc((size_t)vocab * sizeof *s->prob);
+	s->heap = malloc((size_t)vocab * sizeof *s->heap);
+	if (!s->raw || !s->prob || !s->heap) {
+		sampler_scratch_destroy(s);
+		return NULL;
+	}
+	return s;
+}
+
+void sampler_scratch_destroy(struct sampler_scratch *s)
+{
+	if (!s)
+		return;
+	free(s->raw);
+	free(s->prob);
+	free(s->heap);
+	free(s);
+}
+
+/* ---- sampling ------------------------------------------------------------ */
+
+/* a ranks before b: higher value, then lower id. */
+static inline bool before(const float *v, int32_t a, int32_t b)
+{
+	return v[a] > v[b] || (v[a] == v[b] && a < b);
+}
+
+/* Heap of ids, best (by before()) at the top when max_first, else worst. */
+static void sift_down(int32_t *h, size_t n, size_t i, const float *v, bool max_first)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, m = i;
+		for (size_t k = l; k < l + 2 && k < n; k++)
+			if (max_first ? before(v, h[k], h[m]) : before(v, h[m], h[k]))
+				m = k;
+		if (m == i)
+			return;
+		int32_t t = h[i];
+		h[i] = h[m];
+		h[m] = t;
+		i = m;
+	}
+}
+
+static int32_t heap_pop(int32_t *h, size_t *n, const float *v)
+{
+	int32_t top = h[0];
+	h[0] = h[--*n];
+	sift_down(h, *n, 0, v, true);
+	return top;
+}
+
+static bool usable(float x)
+{
+	return !isnan(x) && x != -INFINITY;
+}
+
+/* The k best ids of v by before(), best first, into out. */
+static int top_ids(const float *v, int vocab, int k, int32_t *out)
+{
+	int n = 0;
+	for (int32_t i = 0; i < vocab; i++) {
+		if (!usable(v[i]))
+			continue;
+		if (n < k) {
+			int j = n++;
+			while (j > 0 && before(v, i, out[j - 1])) {
+				out[j] = out[j - 1];
+				j--;
+			}
+			out[j] = i;
+		} else if (before(v, i, out[k - 1])) {
+			int j = k - 1;
+			while (j > 0 && before(v, i, out[j - 1])) {
+				out[j] = out[j - 1];
+				j--;
+			}
+			out[j] = i;
+		}
+	}
+	return n;
+}
+
+static void apply_penalties(struct sampler_seq *s, float *logits)
+{
+	const struct sampler_params *p = &s->p;
+	if (p->repetition_penalty == 1 && p->presence_penalty == 0 && p->frequency_penalty == 0)
+		return;
+	for (size_t i = 0; i < s->n; i++) {
+		int32_t t = s->order[i];
+		if (t < 0 || t >= s->vocab)
+			continue;
+		const struct seen *e = seen_slot(s, t);
+		float *l = &logits[t];
+		if (p->repetition_penalty != 1)
+			*l = *l > 0 ? *l / p->repetition_penalty : *l * p->repetition_penalty;
+		if (e->generated) {
+			*l -= p->frequency_penalty * (float)e->generated;
+			*l -= p->presence_penalty;
+		}
+	}
+}
+
+/* Draws from the candidates, taken best first out of a max-heap of all
+ * usable ids, keeping the smallest set whose mass reaches top_p and whose
+ * members reach min_p of the best. */
+static int32_t draw_nucleus(struct sampler_seq *s, struct sampler_scratch *sc, size_t n,
+			    double total, double pmax)
+{
+	const float *prob = sc->prob;
+	int32_t *h = sc->heap;
+	for (size_t i = n / 2; i-- > 0;)
+		sift_down(h, n, i, prob, true);
+	/* Pop the kept set to the end of the array, in order. */
+	double kept = 0, floor_p = s->p.min_p * pmax, want = s->p.top_p * total;
+	size_t n_kept = 0, left = n;
+	while (left > 0) {
+		int32_t id = heap_pop(h, &left, prob);
+		if (n_kept > 0 && prob[id] < floor_p)
+			break;
+		h[n - 1 - n_kept++] = id;
+		kept += prob[id];
+		if (kept >= want)
+			break;
+	}
+	double u = sampler_rng_uniform(&s->rng) * kept, acc = 0;
+	for (size_t i = 0; i < n_kept; i++) {
+		int32_t id = h[n - 1 - i];
+		acc += prob[id];
+		if (u < acc)
+			return id;
+	}
+	return h[n - n_kept]; /* rounding: the last kept */
+}
+
+/* The index of the largest usable logit (the first on ties), or 0. */
+static int32_t argmax(const float *v, int n)
+{
+	int32_t best = -1;
+	for (int32_t i = 0; i < n; i++)
+		if (usable(v[i]) && (best < 0 || v[i] > v[best]))
+			best = i;
+	return best < 0 ? 0 : best;
+}
+
+void sampler_sample(struct sampler_seq *s, struct sampler_scratch *sc, float *logits,
+		    struct sampler_result *out)
+{
+	const struct sampler_params *p = &s->p;
+	int V = s->vocab;
+	/* The model's own log-probabilities, before anything changes the logits. */
+	memcpy(sc->raw, logits, (size_t)V * sizeof *sc->raw);
+	float mx = logits[argmax(logits, V)];
+	double sum = 0;
+	for (int i = 0; i < V; i++)
+		if (usable(logits[i]))
+			sum += exp((double)logits[i] - mx);
+	float lse = mx + (float)log(sum > 0 ? sum : 1);
+	out->n_top = 0;
+	if (p->top_logprobs > 0) {
+		out->n_top = top_ids(logits, V, p->top_logprobs, out->top_token);
+		for (int i = 0; i < out->n_top; i++)
+			out->top_logprob[i] = logits[out->top_token[i]] - lse;
+	}
+
+	apply_penalties(s, logits);
+	int32_t tok;
+	if (p->temperature == 0 || p->top_k == 1) {
+		tok = argmax(logits, V);
+	} else {
+		float inv_t = 1.0f / p->temperature;
+		for (int i = 0; i < V; i++)
+			logits[i] *= inv_t;
+		float m2 = logits[argmax(logits, V)];
+		/* Candidates and their unnormalised probabilities exp(l - max). */
+		size_t n = 0;
+		double total = 0;
+		if (p->top_k > 0 && p->top_k < V) {
+			n = (size_t)top_ids(logits, V, p->top_k, sc->heap);
+			for (size_t i = 0; i < n; i++) {
+				int32_t id = sc->heap[i];
+				sc->prob[id] = (float)exp((double)logits[id] - m2);
+				total += sc->prob[id];
+			}
+		} else {
+			for (int32_t i = 0; i < V; i++) {
+				if (!usable(logits[i]))
+					continue;
+				sc->prob[i] = (float)exp((double)logits[i] - m2);
+				sc->heap[n++] = i;
+				total += sc->prob[i];
+			}
+		}
+		if (n == 0) {
+			tok = argmax(logits, V);
+		} else if (p->top_p >= 1 && p->min_p == 0) {
+			/* Everything stays: one pass over the candidates. */
+			double u = sampler_rng_uniform(&s->rng) * total, acc = 0;
+			tok = sc->heap[n - 1];
+			for (size_t i = 0; i < n; i++) {
+				acc += sc->prob[sc->heap[i]];
+				if (u < acc) {
+					tok = sc->heap[i];
+					break;
+				}
+			}
+		} else {
+			tok = draw_nucleus(s, sc, n, total, 1.0 /* the best has exp(0) */);
+		}
+	}
+	out->token = tok;
+	out->logprob = usable(sc->raw[tok]) ? sc->raw[tok] - lse : -INFINITY;
+	sampler_seq_add(s, tok, true);
+}

@@ -1,0 +1,344 @@
+/* The sampler's test runner: each filter keeps what it should, a seed
+ * reproduces, penalties and log-probabilities come out as defined.
+ *   build/test-sampler [--only NAME] */
+#include "../engine/sampler.h"
+#include "runner.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+
+#define V 8
+
+/* logits whose softmax is probs (natural log of each). */
+static void from_probs(float *logits, const double *probs)
+{
+	for (int i = 0; i < V; i++)
+		logits[i] = probs[i] > 0 ? (float)log(probs[i]) : -INFINITY;
+}
+
+static const double P[V] = {0.05, 0.5, 0.15, 0.3, 0, 0, 0, 0};
+
+/* Draws n tokens with params p from the distribution P, counting them. */
+static int draw(const struct sampler_params *p, int n, int counts[V])
+{
+	struct sampler_scratch *sc = sampler_scratch_create(V);
+	struct sampler_seq *s = sampler_seq_create(p, V, (size_t)n + 1);
+	if (!sc || !s)
+		return fail("out of memory");
+	memset(counts, 0, V * sizeof *counts);
+	for (int i = 0; i < n; i++) {
+		float l[V];
+		from_probs(l, P);
+		struct sampler_result r;
+		sampler_sample(s, sc, l, &r);
+		if (r.token < 0 || r.token >= V)
+			return fail("token %d out of range", r.token);
+		counts[r.token]++;
+	}
+	sampler_seq_destroy(s);
+	sampler_scratch_destroy(sc);
+	return 0;
+}
+
+static int test_rng(void)
+{
+	struct sampler_rng a, b, c;
+	sampler_rng_seed(&a, 42);
+	sampler_rng_seed(&b, 42);
+	sampler_rng_seed(&c, 43);
+	int same = 0;
+	double sum = 0;
+	for (int i = 0; i < 10000; i++) {
+		double x = sampler_rng_uniform(&a), y = sampler_rng_uniform(&b), z = sampler_rng_uniform(&c);
+		CHECK(x == y, "the same seed gave different draws at %d", i);
+		CHECK(x >= 0 && x < 1, "draw %g outside [0, 1)", x);
+		same += x == z;
+		sum += x;
+	}
+	CHECK(same < 5, "seeds 42 and 43 agree %d times in 10000", same);
+	CHECK(fabs(sum / 10000 - 0.5) < 0.02, "mean of draws %g", sum / 10000);
+	return 0;
+}
+
+static int test_greedy(void)
+{
+	struct sampler_params p;
+	sampler_params_default(&p);
+	p.temperature = 0;
+	int c[V];
+	if (draw(&p, 50, c))
+		return 1;
+	CHECK(c[1] == 50, "greedy chose other than the most likely token");
+	/* Ties go to the lower id; NaN and -inf are never chosen. */
+	float l[V] = {NAN, 1, 3, 3, -INFINITY, 0, 0, 0};
+	struct sampler_scratch *sc = sampler_scratch_create(V);
+	struct sampler_seq *s = sampler_seq_create(&p, V, 4);
+	struct sampler_result r;
+	sampler_sample(s, sc, l, &r);
+	CHECK(r.token == 2, "tie broken to %d", r.token);
+	sampler_seq_destroy(s);
+	p.temperature = 1;
+	p.top_k = 1;
+	s = sampler_seq_create(&p, V, 4);
+	float l2[V] = {NAN, 1, 3, 3, -INFINITY, 0, 0, 0};
+	sampler_sample(s, sc, l2, &r);
+	CHECK(r.token == 2, "top_k 1 is not greedy: %d", r.token);
+	sampler_seq_destroy(s);
+	sampler_scratch_destroy(sc);
+	return 0;
+}
+
+/* Frequencies within 4 standard deviations of the expected ones. */
+static int check_freq(const int c[V], int n, const double want[V])
+{
+	for (int i = 0; i < V; i++) {
+		double f = (double)c[i] / n, sd = sqrt(want[i] * (1 - want[i]) / n);
+		if (want[i] == 0 && c[i] != 0)
+			return fail("token %d drawn %d times, should never be", i, c[i]);
+		if (fabs(f - want[i]) > 4 * sd + 1e-9)
+			return fail("token %d: frequency %.4f, expected %.4f", i, f, want[i]);
+	}
+	return 0;
+}
+
+static int test_temperature_one(void)
+{
+	struct sampler_params p;
+	sampler_params_default(&p);
+	p.seed = 7;
+	int c[V], n = 20000;
+	if (draw(&p, n, c))
+		return 1;
+	return check_freq(c, n, P);
+}
+
+/* top_p keeps the smallest set, best first, whose mass reaches p. */
+static int test_top_p(void)
+{
+	struct sampler_params p;
+	sampler_params_default(&p);
+	p.seed = 8;
+	p.top_p = 0.79f; /* 0.5 + 0.3 reach it */
+	int c[V], n = 20000;
+	if (draw(&p, n, c))
+		return 1;
+	const double want[V] = {0, 0.5 / 0.8, 0, 0.3 / 0.8};
+	if (check_freq(c, n, want))
+		return 1;
+	p.top_p = 0.81f; /* 0.15 more is needed to reach 0.81 */
+	if (draw(&p, n, c))
+		return 1;
+	const double want2[V] = {0, 0.5 / 0.95, 0.15 / 0.95, 0.3 / 0.95};
+	return check_freq(c, n, want2);
+}
+
+static int test_top_k(void)
+{
+	struct sampler_params p;
+	sampler_params_default(&p);
+	p.seed = 9;
+	p.top_k = 2;
+	int c[V], n = 20000;
+	if (draw(&p, n, c))
+		return 1;
+	const double want[V] = {0, 0.5 / 0.8, 0, 0.3 / 0.8};
+	return check_freq(c, n, want);
+}
+
+/* min_p keeps tokens at least min_p times as likely as the best. */
+static int test_min_p(void)
+{
+	struct sampler_params p;
+	sampler_params_default(&p);
+	p.seed = 10;
+	p.min_p = 0.3f; /* 0.15 and 0.05 are under 0.3 * 0.5 */
+	int c[V], n = 20000;
+	if (draw(&p, n, c))
+		return 1;
+	const double want[V] = {0, 0.5 / 0.8, 0, 0.3 / 0.8};
+	return check_freq(c, n, want);
+}
+
+/* Temperature 0.5 squares the probabilities before renormalising. */
+static int test_temperature_half(void)
+{
+	struct sampler_params p;
+	sampler_params_default(&p);
+	p.seed = 11;
+	p.temperature = 0.5f;
+	int c[V], n = 20000;
+	if (draw(&p, n, c))
+		return 1;
+	double want[V], z = 0;
+	for (int i = 0; i < V; i++)
+		z += P[i] * P[i];
+	for (int i = 0; i < V; i++)
+		want[i] = P[i] * P[i] / z;
+	return check_freq(c, n, want);
+}
+
+static int test_seed_reproduces(void)
+{
+	struct sampler_params p;
+	sampler_params_default(&p);
+	p.temperature = 0.8f;
+	p.top_p = 0.95f;
+	p.seed = 1234;
+	struct sampler_scratch *sc = sampler_scratch_create(V);
+	struct sampler_seq *s1 = sampler_seq_create(&p, V, 300), *s2 = sampler_seq_create(&p, V, 300);
+	p.seed = 1235;
+	struct sampler_seq *s3 = sampler_seq_create(&p, V, 300);
+	int differ = 0;
+	for (int i = 0; i < 200; i++) {
+		float l1[V], l2[V], l3[V];
+		from_probs(l1, P);
+		from_probs(l2, P);
+		from_probs(l3, P);
+		struct sampler_result r1, r2, r3;
+		sampler_sample(s1, sc, l1, &r1);
+		sampler_sample(s3, sc, l3, &r3); /* interleaved: must not disturb s1 or s2 */
+		sampler_sample(s2, sc, l2, &r2);
+		CHECK(r1.token == r2.token, "the same seed diverged at step %d", i);
+		differ += r1.token != r3.token;
+	}
+	CHECK(differ > 20, "another seed gave nearly the same tokens (%d differ)", differ);
+	sampler_seq_destroy(s1);
+	sampler_seq_destroy(s2);
+	sampler_seq_destroy(s3);
+	sampler_scratch_destroy(sc);
+	return 0;
+}
+
+static int test_penalties(void)
+{
+	struct sampler_params p;
+	sampler_params_default(&p);
+	p.temperature = 0;
+	struct sampler_scratch *sc = sampler_scratch_create(V);
+	struct sampler_result r;
+	/* repetition: a prompt token's positive logit is divided, a negative one
+	 * multiplied. */
+	p.repetition_penalty = 1.2f;
+	struct sampler_seq *s = sampler_seq_create(&p, V, 16);
+	sampler_seq_add(s, 0, false);
+	sampler_seq_add(s, 2, false);
+	float l[V] = {2.0f, 1.9f, -1.0f, -1.1f, -5, -5, -5, -5};
+	sampler_sample(s, sc, l, &r);
+	CHECK(r.token == 1 && fabsf(l[0] - 2.0f / 1.2f) < 1e-6 && fabsf(l[2] + 1.2f) < 1e-6,
+	      "repetition penalty: token %d, logits %g %g", r.token, l[0], l[2]);
+	sampler_seq_destroy(s);
+	/* frequency and presence: only generated tokens, by count. */
+	sampler_params_default(&p);
+	p.temperature = 0;
+	p.frequency_penalty = 0.5f;
+	p.presence_penalty = 0.25f;
+	s = sampler_seq_create(&p, V, 16);
+	sampler_seq_add(s, 3, false); /* a prompt token: not penalised */
+	float l1[V] = {3, 0, 0, 2.9f, 0, 0, 0, 0};
+	sampler_sample(s, sc, l1, &r); /* 0, now generated once */
+	CHECK(r.token == 0, "first pick %d", r.token);
+	float l2[V] = {3, 0, 0, 2.9f, 0, 0, 0, 0};
+	sampler_sample(s, sc, l2, &r);
+	CHECK(r.token == 3 && fabsf(l2[0] - (3 - 0.5f - 0.25f)) < 1e-6 && l2[3] == 2.9f,
+	      "after one use: token %d, logits %g %g", r.token, l2[0], l2[3]);
+	sampler_seq_destroy(s);
+	sampler_scratch_destroy(sc);
+	return 0;
+}
+
+static int test_logprobs(void)
+{
+	struct sampler_params p;
+	sampler_params_default(&p);
+	p.temperature = 0;
+	p.top_logprobs = 3;
+	p.repetition_penalty = 2; /* changes the choice, not the reported logprobs */
+	struct sampler_scratch *sc = sampler_scratch_create(V);
+	struct sampler_seq *s = sampler_seq_create(&p, V, 8);
+	sampler_seq_add(s, 1, false);
+	float l[V];
+	from_probs(l, P);
+	struct sampler_result r;
+	sampler_sample(s, sc, l, &r);
+	CHECK(r.token == 3, "chose %d", r.token);
+	CHECK(fabs(r.logprob - log(0.3)) < 1e-5, "logprob %g, want %g", r.logprob, log(0.3));
+	CHECK(r.n_top == 3 && r.top_token[0] == 1 && r.top_token[1] == 3 && r.top_token[2] == 2,
+	      "top tokens %d %d %d", r.top_token[0], r.top_token[1], r.top_token[2]);
+	CHECK(fabs(r.top_logprob[0] - log(0.5)) < 1e-5 && fabs(r.top_logprob[2] - log(0.15)) < 1e-5,
+	      "top logprobs %g %g", r.top_logprob[0], r.top_logprob[2]);
+	sampler_seq_destroy(s);
+	sampler_scratch_destroy(sc);
+	return 0;
+}
+
+static int test_params_check(void)
+{
+	struct sampler_params p;
+	char err[EMBER_ERR_LEN];
+	sampler_params_default(&p);
+	CHECK(sampler_params_check(&p, err) == 0, "defaults rejected: %s", err);
+	p.temperature = -1;
+	CHECK(sampler_params_check(&p, err) == -EINVAL && strstr(err, "temperature"), "temperature -1");
+	sampler_params_default(&p);
+	p.top_p = 0;
+	CHECK(sampler_params_check(&p, err) == -EINVAL && strstr(err, "top_p"), "top_p 0");
+	sampler_params_default(&p);
+	p.top_p = NAN;
+	CHECK(sampler_params_check(&p, err) == -EINVAL, "top_p NaN");
+	sampler_params_default(&p);
+	p.min_p = 1.5f;
+	CHECK(sampler_params_check(&p, err) == -EINVAL && strstr(err, "min_p"), "min_p 1.5");
+	sampler_params_default(&p);
+	p.presence_penalty = 3;
+	CHECK(sampler_params_check(&p, err) == -EINVAL && strstr(err, "presence"), "presence 3");
+	sampler_params_default(&p);
+	p.frequency_penalty = -2.5f;
+	CHECK(sampler_params_check(&p, err) == -EINVAL && strstr(err, "frequency"), "frequency -2.5");
+	sampler_params_default(&p);
+	p.repetition_penalty = 0;
+	CHECK(sampler_params_check(&p, err) == -EINVAL && strstr(err, "repetition"), "repetition 0");
+	sampler_params_default(&p);
+	p.top_logprobs = 21;
+	CHECK(sampler_params_check(&p, err) == -EINVAL && strstr(err, "top_logprobs"), "top_logprobs 21");
+	sampler_params_default(&p);
+	p.top_k = -1;
+	CHECK(sampler_params_check(&p, err) == -EINVAL && strstr(err, "top_k"), "top_k -1");
+	/* A sequence's table is bounded. */
+	sampler_params_default(&p);
+	struct sampler_seq *s = sampler_seq_create(&p, V, 2);
+	CHECK(sampler_seq_add(s, 1, false) == 0 && sampler_seq_add(s, 2, true) == 0 &&
+		      sampler_seq_add(s, 1, true) == 0 && sampler_seq_add(s, 3, false) == -ENOSPC,
+	      "distinct tokens past the bound accepted");
+	sampler_seq_destroy(s);
+	return 0;
+}
+
+static const struct test tests[] = {
+	{"rng", test_rng},
+	{"greedy", test_greedy},
+	{"temperature_one", test_temperature_one},
+	{"temperature_half", test_temperature_half},
+	{"top_p", test_top_p},
+	{"top_k", test_top_k},
+	{"min_p", test_min_p},
+	{"seed_reproduces", test_seed_reproduces},
+	{"penalties", test_penalties},
+	{"logprobs", test_logprobs},
+	{"params_check", test_params_check},
+};
+
+int main(int argc, char **argv)
+{
+	const char *only = NULL;
+	for (int i = 1; i + 1 < argc; i += 2) {
+		if (strcmp(argv[i], "--only") == 0) {
+			only = argv[i + 1];
+		} else {
+			fprintf(stderr, "usage: test-sampler [--only NAME]\n");
+			return 2;
+		}
+	}
+	printf("test-sampler: fixed seeds in each test\n");
+	return run_tests(tests, sizeof tests / sizeof tests[0], only, NULL);
+}
