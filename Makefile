@@ -21,7 +21,7 @@ endif
 
 ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c \
               engine/config.c engine/model.c engine/threads.c engine/matmul.c engine/cpu.c \
-              engine/generate.c engine/sha256.c engine/backend.c engine/tokenizer.c engine/chat.c engine/sampler.c
+              engine/generate.c engine/sha256.c engine/backend.c engine/tokenizer.c engine/chat.c engine/sampler.c engine/stop.c
 ENGINE_HDR := $(wildcard engine/*.h)
 
 TINY_MODELS := tiny-qwen2 tiny-llama

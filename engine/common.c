@@ -100,3 +100,40 @@ uint16_t f32_to_f16(float f)
 		h++; /* may carry into the exponent, which is right */
 	return (uint16_t)h;
 }
+
+size_t utf8_valid_prefix(const uint8_t *s, size_t len)
+{
+	size_t i = 0;
+	while (i < len) {
+		uint8_t c = s[i];
+		size_t n;
+		uint32_t cp;
+		if (c < 0x80) {
+			i++;
+			continue;
+		} else if (c >= 0xc2 && c <= 0xdf) {
+			n = 2;
+			cp = c & 0x1f;
+		} else if (c >= 0xe0 && c <= 0xef) {
+			n = 3;
+			cp = c & 0x0f;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			n = 4;
+			cp = c & 0x07;
+		} else {
+			return i;
+		}
+		if (len - i < n)
+			return i;
+		for (size_t k = 1; k < n; k++) {
+			if ((s[i + k] & 0xc0) != 0x80)
+				return i;
+			cp = cp << 6 | (s[i + k] & 0x3f);
+		}
+		if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+		    (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+			return i;
+		i += n;
+	}
+	return len;
+}

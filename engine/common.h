@@ -55,6 +55,10 @@ static inline uint16_t f32_to_bf16(float f)
 	return (uint16_t)(u >> 16);
 }
 
+/* The length of the longest prefix of buf[0..len) that is valid UTF-8
+ * (no overlong forms, surrogates or code points past U+10FFFF). */
+size_t utf8_valid_prefix(const uint8_t *buf, size_t len);
+
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 

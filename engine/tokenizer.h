@@ -67,7 +67,4 @@ long tok_stream_push(const struct tokenizer *t, struct tok_stream *s, int32_t id
 		     size_t cap);
 long tok_stream_flush(struct tok_stream *s, char *out, size_t cap);
 
-/* The longest prefix of buf[0..len) that is valid UTF-8 (used for input). */
-size_t utf8_valid_prefix(const uint8_t *buf, size_t len);
-
 #endif

@@ -1,7 +1,9 @@
 /* The sampler's test runner: each filter keeps what it should, a seed
- * reproduces, penalties and log-probabilities come out as defined.
+ * reproduces, penalties and log-probabilities come out as defined, and stop
+ * strings are caught across token boundaries.
  *   build/test-sampler [--only NAME] */
 #include "../engine/sampler.h"
+#include "../engine/stop.h"
 #include "runner.h"
 
 #include <errno.h>
@@ -314,6 +316,84 @@ static int test_params_check(void)
 	return 0;
 }
 
+/* Feeds the pieces one at a time and returns what came out, joined. */
+static const char *feed_all(struct stop_matcher *m, const char *const *pieces, int n,
+			    bool flush)
+{
+	static char all[4096];
+	char out[2048];
+	size_t w = 0;
+	for (int i = 0; i < n; i++) {
+		size_t k = stop_feed(m, pieces[i], strlen(pieces[i]), out);
+		memcpy(all + w, out, k);
+		w += k;
+	}
+	if (flush) {
+		size_t k = stop_flush(m, out);
+		memcpy(all + w, out, k);
+		w += k;
+	}
+	all[w] = 0;
+	return all;
+}
+
+static int test_stop_strings(void)
+{
+	struct stop_matcher m;
+	char err[EMBER_ERR_LEN];
+	const char *world[] = {"world"};
+	CHECK(stop_init(&m, world, 1, err) == 0, "%s", err);
+	const char *p1[] = {"Hello wo", "rld! more", "ignored"};
+	CHECK(!strcmp(feed_all(&m, p1, 3, true), "Hello ") && m.stopped,
+	      "a stop split across tokens: '%s'", feed_all(&m, p1, 0, false));
+	stop_init(&m, world, 1, err);
+	const char *p2[] = {"wo", "nder", "ful"};
+	CHECK(!strcmp(feed_all(&m, p2, 3, true), "wonderful") && !m.stopped, "a false start");
+	stop_init(&m, world, 1, err);
+	char out[512];
+	CHECK(stop_feed(&m, "wor", 3, out) == 0 && stop_flush(&m, out) == 3 && !memcmp(out, "wor", 3),
+	      "held text at the end comes out");
+	/* The first stop string to complete ends the text, as each token comes:
+	 * "b" completes before "abc" could. */
+	const char *two[] = {"b", "abc"};
+	stop_init(&m, two, 2, err);
+	const char *p3[] = {"xab", "c"};
+	CHECK(!strcmp(feed_all(&m, p3, 2, true), "xa"), "first stop to complete");
+	stop_init(&m, two, 2, err);
+	const char *p3b[] = {"xa", "bc"};
+	CHECK(!strcmp(feed_all(&m, p3b, 2, true), "x"), "two complete at once: the earlier");
+	/* Characters of several bytes. */
+	const char *cjk[] = {"世界"};
+	stop_init(&m, cjk, 1, err);
+	const char *p4[] = {"你好世", "纪"};
+	CHECK(!strcmp(feed_all(&m, p4, 2, true), "你好世纪"), "multibyte false start");
+	stop_init(&m, cjk, 1, err);
+	const char *p5[] = {"你好世", "界!"};
+	CHECK(!strcmp(feed_all(&m, p5, 2, true), "你好"), "multibyte stop");
+	/* A piece longer than a window, with the stop at its end. */
+	char longp[1200];
+	memset(longp, 'a', 1000);
+	strcpy(longp + 1000, "world tail");
+	const char *p6[] = {longp};
+	stop_init(&m, world, 1, err);
+	const char *got = feed_all(&m, p6, 1, true);
+	CHECK(strlen(got) == 1000 && m.stopped, "long piece: %zu bytes", strlen(got));
+	/* No stop strings: everything passes straight through. */
+	stop_init(&m, NULL, 0, err);
+	CHECK(!strcmp(feed_all(&m, p1, 3, true), "Hello world! moreignored"), "no stops");
+	/* Bad stop strings. */
+	const char *five[] = {"a", "b", "c", "d", "e"}, *empty[] = {""}, *bad[] = {"\xff"};
+	CHECK(stop_init(&m, five, 5, err) == -EINVAL, "5 stops accepted");
+	CHECK(stop_init(&m, empty, 1, err) == -EINVAL, "an empty stop accepted");
+	CHECK(stop_init(&m, bad, 1, err) == -EINVAL && strstr(err, "UTF-8"), "invalid UTF-8 accepted");
+	char big[STOP_MAX_LEN + 2];
+	memset(big, 'z', sizeof big - 1);
+	big[sizeof big - 1] = 0;
+	const char *toolong[] = {big};
+	CHECK(stop_init(&m, toolong, 1, err) == -EINVAL, "a stop of %d bytes accepted", STOP_MAX_LEN + 1);
+	return 0;
+}
+
 static const struct test tests[] = {
 	{"rng", test_rng},
 	{"greedy", test_greedy},
@@ -326,6 +406,7 @@ static const struct test tests[] = {
 	{"penalties", test_penalties},
 	{"logprobs", test_logprobs},
 	{"params_check", test_params_check},
+	{"stop_strings", test_stop_strings},
 };
 
 int main(int argc, char **argv)
