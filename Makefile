@@ -21,7 +21,7 @@ endif
 
 ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c \
               engine/config.c engine/model.c engine/threads.c engine/matmul.c engine/cpu.c \
-              engine/generate.c engine/sha256.c engine/backend.c engine/tokenizer.c engine/chat.c engine/sampler.c engine/stop.c
+              engine/generate.c engine/sha256.c engine/backend.c engine/tokenizer.c engine/chat.c engine/sampler.c engine/stop.c engine/sched.c
 ENGINE_HDR := $(wildcard engine/*.h)
 
 TINY_MODELS := tiny-qwen2 tiny-llama
@@ -35,7 +35,7 @@ FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weig
 .PHONY: all deps models test asan asan-build bench run clean fuzz
 .SECONDARY:
 all: $(BUILD)/ember-worker $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
-     $(BUILD)/test-sampler \
+     $(BUILD)/test-sampler $(BUILD)/test-sched \
      $(BUILD)/bench-engine $(BUILD)/bench-tokenizer \
      $(patsubst %,$(BUILD)/fuzz-replay-%,$(FUZZERS))
 
@@ -108,7 +108,7 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 asan-build:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" \
 		LDFLAGS="$(ASAN_FLAGS) $(LDFLAGS)" $(BUILD)/asan/test-engine $(BUILD)/asan/test-tokenizer \
-		$(BUILD)/asan/test-sampler \
+		$(BUILD)/asan/test-sampler $(BUILD)/asan/test-sched \
 		$(patsubst %,$(BUILD)/asan/fuzz-replay-%,$(FUZZERS)) $(BUILD)/asan/ember-worker
 
 FUZZ_SECONDS ?= 600
@@ -151,4 +151,7 @@ $(BUILD)/bench-tokenizer: $(BUILD)/scripts/bench_tokenizer.o $(BUILD)/libember-e
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test-sampler: $(BUILD)/tests/test_sampler.o $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/test-sched: $(BUILD)/tests/test_sched.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -7,6 +7,10 @@
 
 #include "common.h"
 
+/* The KV cache is paged: blocks of KV_BLOCK positions, and a table per
+ * sequence saying which block holds its positions i * KV_BLOCK onwards. */
+#define KV_BLOCK 16
+
 /* One token of a forward step: token `token` of sequence `seq` at position
  * `pos`. Its key and value are written into the sequence's cache at pos; it
  * attends to positions 0..pos of that sequence, which earlier steps or
@@ -28,6 +32,12 @@ struct backend_ops {
 	 * err set when an entry is out of range (nothing is computed then). */
 	int (*forward)(struct backend *b, const struct be_entry *e, int n, float *logits,
 		       char *err);
+	/* Makes blocks[0..n) the block table of sequence seq, until bound
+	 * again (blocks stays the caller's and must outlive the binding; the
+	 * caller may append to it and bind again). With blocks NULL the
+	 * sequence gets its own fixed blocks back, if the backend was made
+	 * with them. Returns 0 or -EINVAL for an id out of range. */
+	int (*bind)(struct backend *b, int seq, const int32_t *blocks, int n, char *err);
 	void (*destroy)(struct backend *b);
 };
 
@@ -38,12 +48,19 @@ struct backend {
 	int max_seqs;       /* sequence ids are 0..max_seqs-1 */
 	int max_ctx;        /* positions are 0..max_ctx-1 */
 	int vocab;
+	int kv_blocks;      /* blocks in the cache: ids 0..kv_blocks-1 */
+	size_t kv_block_bytes; /* memory of one block (all layers, K and V) */
 };
 
 static inline int be_forward(struct backend *b, const struct be_entry *e, int n, float *logits,
 			     char *err)
 {
 	return b->ops->forward(b, e, n, logits, err);
+}
+
+static inline int be_bind(struct backend *b, int seq, const int32_t *blocks, int n, char *err)
+{
+	return b->ops->bind(b, seq, blocks, n, err);
 }
 
 static inline void be_destroy(struct backend *b)

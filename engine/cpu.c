@@ -29,8 +29,11 @@ struct cpu_backend {
 	float *scores;   /* (threads, max_ctx) attention weights */
 	float *rope_cos; /* (max_ctx, head_dim / 2) */
 	float *rope_sin; /* (max_ctx, head_dim / 2) */
-	float *kcache;   /* (max_seqs, n_layers, max_ctx, kv_dim) */
-	float *vcache;   /* (max_seqs, n_layers, max_ctx, kv_dim) */
+	float *kcache;   /* (kv_blocks, n_layers, KV_BLOCK, kv_dim) */
+	float *vcache;   /* (kv_blocks, n_layers, KV_BLOCK, kv_dim) */
+	const int32_t **table; /* (max_seqs) bound block tables, or NULL */
+	int *table_len;  /* (max_seqs) blocks in each bound table */
+	bool fixed;      /* each sequence has max_ctx / KV_BLOCK blocks of its own */
 	int *lm_src;     /* (max_tokens) entry index of each logits row */
 };
 
@@ -124,9 +127,17 @@ struct attn_task {
 	int layer;
 };
 
+static int blocks_per_seq(const struct cpu_backend *cb)
+{
+	return (cb->base.max_ctx + KV_BLOCK - 1) / KV_BLOCK;
+}
+
+/* Where position pos of sequence seq keeps its key or value for layer. */
 static float *cache_at(struct cpu_backend *cb, float *cache, int seq, int layer, int pos)
 {
-	size_t i = ((size_t)seq * cb->c->n_layers + layer) * cb->base.max_ctx + pos;
+	int32_t block = cb->table[seq] ? cb->table[seq][pos / KV_BLOCK]
+				       : seq * blocks_per_seq(cb) + pos / KV_BLOCK;
+	size_t i = ((size_t)block * cb->c->n_layers + layer) * KV_BLOCK + pos % KV_BLOCK;
 	return cache + i * cb->kv_dim;
 }
 
@@ -146,11 +157,10 @@ static void attn_worker(void *arg, int tid, int nt)
 		const struct be_entry *e = &at->e[t];
 		const float *q = cb->q + (size_t)t * cb->q_dim + (size_t)h * hd;
 		float *out = cb->att + (size_t)t * cb->q_dim + (size_t)h * hd;
-		const float *K = cache_at(cb, cb->kcache, e->seq, at->layer, 0) + (size_t)kvh * hd;
-		const float *V = cache_at(cb, cb->vcache, e->seq, at->layer, 0) + (size_t)kvh * hd;
+		size_t off = (size_t)kvh * hd;
 		float mx = -INFINITY;
 		for (int p = 0; p <= e->pos; p++) {
-			s[p] = cpu_dot(q, K + (size_t)p * cb->kv_dim, hd) * scale;
+			s[p] = cpu_dot(q, cache_at(cb, cb->kcache, e->seq, at->layer, p) + off, hd) * scale;
 			if (s[p] > mx)
 				mx = s[p];
 		}
@@ -161,7 +171,7 @@ static void attn_worker(void *arg, int tid, int nt)
 		}
 		memset(out, 0, (size_t)hd * sizeof *out);
 		for (int p = 0; p <= e->pos; p++)
-			cpu_axpy(out, s[p], V + (size_t)p * cb->kv_dim, hd);
+			cpu_axpy(out, s[p], cache_at(cb, cb->vcache, e->seq, at->layer, p) + off, hd);
 		float inv = (float)(1.0 / sum);
 		for (int i = 0; i < hd; i++)
 			out[i] *= inv;
@@ -183,6 +193,12 @@ static int cpu_forward(struct backend *b, const struct be_entry *e, int n, float
 	int rows = be_check(b, e, n, err);
 	if (rows < 0)
 		return rows;
+	for (int t = 0; t < n; t++) {
+		int seq = e[t].seq;
+		if (cb->table[seq] ? e[t].pos >= cb->table_len[seq] * KV_BLOCK : !cb->fixed)
+			return ember_err(err, -EINVAL, "entry %d: sequence %d has no block for position %d",
+					 t, seq, e[t].pos);
+	}
 	int H = c->hidden, half = c->head_dim / 2;
 
 	for (int t = 0; t < n; t++)
@@ -237,6 +253,19 @@ static int cpu_forward(struct backend *b, const struct be_entry *e, int n, float
 	return 0;
 }
 
+static int cpu_bind(struct backend *b, int seq, const int32_t *blocks, int n, char *err)
+{
+	struct cpu_backend *cb = (struct cpu_backend *)b;
+	if (seq < 0 || seq >= b->max_seqs || n < 0 || n > blocks_per_seq(cb))
+		return ember_err(err, -EINVAL, "sequence %d with %d blocks: out of range", seq, n);
+	for (int i = 0; blocks && i < n; i++)
+		if (blocks[i] < 0 || blocks[i] >= b->kv_blocks)
+			return ember_err(err, -EINVAL, "block %d is not in the cache", blocks[i]);
+	cb->table[seq] = blocks;
+	cb->table_len[seq] = blocks ? n : 0;
+	return 0;
+}
+
 static void cpu_destroy(struct backend *b)
 {
 	struct cpu_backend *cb = (struct cpu_backend *)b;
@@ -256,12 +285,15 @@ static void cpu_destroy(struct backend *b)
 	free(cb->rope_sin);
 	free(cb->kcache);
 	free(cb->vcache);
+	free(cb->table);
+	free(cb->table_len);
 	free(cb->lm_src);
 	free(cb);
 }
 
 static const struct backend_ops cpu_ops = {
 	.forward = cpu_forward,
+	.bind = cpu_bind,
 	.destroy = cpu_destroy,
 };
 
@@ -298,7 +330,10 @@ int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct b
 	if (rc < 0)
 		goto fail;
 	size_t T = (size_t)cb->base.max_tokens, ctx_n = (size_t)cb->base.max_ctx;
-	size_t cache_rows = (size_t)cb->base.max_seqs * (size_t)c->n_layers * ctx_n;
+	cb->fixed = o->kv_blocks <= 0;
+	cb->base.kv_blocks = cb->fixed ? cb->base.max_seqs * blocks_per_seq(cb) : o->kv_blocks;
+	cb->base.kv_block_bytes = 2 * (size_t)c->n_layers * KV_BLOCK * (size_t)cb->kv_dim * sizeof(float);
+	size_t cache_rows = (size_t)cb->base.kv_blocks * (size_t)c->n_layers * KV_BLOCK;
 	cb->x = fbuf(T, (size_t)c->hidden, 1);
 	cb->xn = fbuf(T, (size_t)c->hidden, 1);
 	cb->q = fbuf(T, (size_t)cb->q_dim, 1);
@@ -313,9 +348,11 @@ int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct b
 	cb->kcache = fbuf(cache_rows, (size_t)cb->kv_dim, 1);
 	cb->vcache = fbuf(cache_rows, (size_t)cb->kv_dim, 1);
 	cb->lm_src = calloc(T, sizeof *cb->lm_src);
+	cb->table = calloc((size_t)cb->base.max_seqs, sizeof *cb->table);
+	cb->table_len = calloc((size_t)cb->base.max_seqs, sizeof *cb->table_len);
 	if (!cb->x || !cb->xn || !cb->q || !cb->k || !cb->v || !cb->att || !cb->gate || !cb->up ||
 	    !cb->scores || !cb->rope_cos || !cb->rope_sin || !cb->kcache || !cb->vcache ||
-	    !cb->lm_src) {
+	    !cb->lm_src || !cb->table || !cb->table_len) {
 		rc = ember_err(err, -ENOMEM,
 			       "out of memory for the CPU buffers (%zu tokens, %zu sequences of %zu positions)",
 			       T, (size_t)cb->base.max_seqs, ctx_n);

@@ -12,6 +12,9 @@ struct cpu_opts {
 	int max_tokens; /* entries per step; 0: 512 */
 	int max_seqs;   /* 0: 1 */
 	int max_ctx;    /* 0: min(max_position_embeddings, 4096) */
+	int kv_blocks;  /* 0: max_seqs fixed runs of max_ctx positions, each
+	                 * sequence using its own until a table is bound;
+	                 * otherwise this many blocks for tables alone */
 };
 
 /* Creates a CPU backend over m (which must outlive it), allocating every

@@ -42,6 +42,8 @@ for build in "$@"; do
 	count "$log"
 	"$build/test-sampler" | tee "$log"
 	count "$log"
+	"$build/test-sched" --models "$models" | tee "$log"
+	count "$log"
 	for f in tests/fuzz/corpus/*; do
 		name=$(basename "$f")
 		one "fuzz corpus $name ($(ls "$f" | wc -l) inputs)" "$build/fuzz-replay-$name" "$f"

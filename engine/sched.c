@@ -1,0 +1,382 @@
+/* The scheduler. Every sequence is a list of tokens (prompt, then what was
+ * generated) of which the first n_cached have their keys and values in the
+ * cache; a step feeds each sequence some of the rest, and samples for those
+ * whose feed reaches their last token. A decoding sequence has one token
+ * left to feed; a new or preempted one has many, fed in chunks. */
+#include "sched.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <time.h>
+
+struct seq {
+	uint64_t id;
+	struct sched_request req;
+	int32_t *tokens;        /* (n_prompt + max_tokens) prompt, then generated */
+	int n_tokens, n_prompt, n_generated;
+	int n_cached;           /* tokens whose keys and values are in the cache */
+	int slot;               /* the backend's sequence id, or -1 */
+	int32_t *blocks;        /* (blocks_per_seq) the block table */
+	int n_blocks;
+	struct sampler_seq *sampler;
+	struct seq *next;
+	/* this step */
+	int take;               /* tokens fed */
+	int row;                /* logits row, or -1 */
+};
+
+struct sched {
+	struct backend *b;
+	int max_batch;
+	int blocks_per_seq;
+	int32_t *free_blocks;   /* (kv_blocks) a stack */
+	int n_free;
+	int *free_slots;        /* (max_seqs) a stack */
+	int n_free_slots;
+	struct seq *active;     /* in submission order */
+	struct be_entry *entries; /* (max_batch) */
+	float *logits;          /* (max_seqs, vocab) */
+	struct sampler_scratch *scratch;
+	uint64_t preemptions;
+	pthread_mutex_t mu;     /* guards what other threads touch: */
+	struct seq *incoming;   /* submitted, not yet seen by a step */
+	uint64_t next_id;
+	uint64_t *cancels;      /* ids to cancel */
+	size_t n_cancels, cap_cancels;
+};
+
+const char *finish_reason_name(enum finish_reason r)
+{
+	static const char *names[] = {"none", "stop", "length", "cancelled", "deadline"};
+	return (unsigned)r < sizeof names / sizeof names[0] ? names[r] : "?";
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int sched_create(struct backend *b, const struct sched_opts *o, struct sched **out, char *err)
+{
+	*out = NULL;
+	if (b->kv_blocks <= 0)
+		return ember_err(err, -EINVAL, "the backend has no block pool");
+	struct sched *s = calloc(1, sizeof *s);
+	if (!s)
+		return ember_err(err, -ENOMEM, "out of memory");
+	s->b = b;
+	s->max_batch = o->max_batch_tokens > 0 && o->max_batch_tokens < b->max_tokens
+			       ? o->max_batch_tokens
+			       : b->max_tokens;
+	s->blocks_per_seq = (b->max_ctx + KV_BLOCK - 1) / KV_BLOCK;
+	s->free_blocks = malloc((size_t)b->kv_blocks * sizeof *s->free_blocks);
+	s->free_slots = malloc((size_t)b->max_seqs * sizeof *s->free_slots);
+	s->entries = malloc((size_t)s->max_batch * sizeof *s->entries);
+	s->logits = malloc((size_t)b->max_seqs * (size_t)b->vocab * sizeof *s->logits);
+	s->scratch = sampler_scratch_create(b->vocab);
+	pthread_mutex_init(&s->mu, NULL);
+	if (!s->free_blocks || !s->free_slots || !s->entries || !s->logits || !s->scratch) {
+		sched_destroy(s);
+		return ember_err(err, -ENOMEM, "out of memory for the scheduler");
+	}
+	/* Stacks, so that block 0 and slot 0 are handed out first. */
+	for (int i = 0; i < b->kv_blocks; i++)
+		s->free_blocks[i] = b->kv_blocks - 1 - i;
+	s->n_free = b->kv_blocks;
+	for (int i = 0; i < b->max_seqs; i++)
+		s->free_slots[i] = b->max_seqs - 1 - i;
+	s->n_free_slots = b->max_seqs;
+	s->next_id = 1;
+	*out = s;
+	return 0;
+}
+
+static void seq_free(struct seq *q)
+{
+	if (!q)
+		return;
+	free(q->tokens);
+	free(q->blocks);
+	sampler_seq_destroy(q->sampler);
+	free(q);
+}
+
+void sched_destroy(struct sched *s)
+{
+	if (!s)
+		return;
+	for (struct seq *q = s->active, *n; q; q = n) {
+		n = q->next;
+		seq_free(q);
+	}
+	for (struct seq *q = s->incoming, *n; q; q = n) {
+		n = q->next;
+		seq_free(q);
+	}
+	pthread_mutex_destroy(&s->mu);
+	free(s->free_blocks);
+	free(s->free_slots);
+	free(s->entries);
+	free(s->logits);
+	free(s->cancels);
+	sampler_scratch_destroy(s->scratch);
+	free(s);
+}
+
+int sched_submit(struct sched *s, const struct sched_request *r, uint64_t *id, char *err)
+{
+	int rc = sampler_params_check(&r->sampling, err);
+	if (rc < 0)
+		return rc;
+	if (r->n_prompt < 1 || r->n_prompt >= s->b->max_ctx)
+		return ember_err(err, -EINVAL, "a prompt of %d tokens does not fit a context of %d",
+				 r->n_prompt, s->b->max_ctx);
+	if (r->max_tokens < 1)
+		return ember_err(err, -EINVAL, "max_tokens must be at least 1");
+	if (r->n_stop_ids < 0 || r->n_stop_ids > SCHED_MAX_STOP_IDS)
+		return ember_err(err, -EINVAL, "at most %d stop ids", SCHED_MAX_STOP_IDS);
+	for (int i = 0; i < r->n_prompt; i++)
+		if (r->prompt[i] < 0 || r->prompt[i] >= s->b->vocab)
+			return ember_err(err, -EINVAL, "prompt token %d is not in the vocabulary", r->prompt[i]);
+	/* Never more than the context holds. */
+	int max_new = r->max_tokens < s->b->max_ctx - r->n_prompt ? r->max_tokens
+								   : s->b->max_ctx - r->n_prompt;
+	size_t cap = (size_t)r->n_prompt + (size_t)max_new;
+	struct seq *q = calloc(1, sizeof *q);
+	if (!q)
+		return ember_err(err, -ENOMEM, "out of memory");
+	q->req = *r;
+	q->req.prompt = NULL;
+	q->tokens = malloc(cap * sizeof *q->tokens);
+	q->blocks = malloc((size_t)s->blocks_per_seq * sizeof *q->blocks);
+	q->sampler = sampler_seq_create(&r->sampling, s->b->vocab, cap);
+	if (!q->tokens || !q->blocks || !q->sampler) {
+		seq_free(q);
+		return ember_err(err, -ENOMEM, "out of memory for a sequence of %zu tokens", cap);
+	}
+	memcpy(q->tokens, r->prompt, (size_t)r->n_prompt * sizeof *q->tokens);
+	for (int i = 0; i < r->n_prompt; i++)
+		sampler_seq_add(q->sampler, r->prompt[i], false);
+	q->n_tokens = q->n_prompt = r->n_prompt;
+	q->slot = -1;
+	pthread_mutex_lock(&s->mu);
+	q->id = s->next_id++;
+	struct seq **tail = &s->incoming;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = q;
+	pthread_mutex_unlock(&s->mu);
+	if (id)
+		*id = q->id;
+	return 0;
+}
+
+void sched_cancel(struct sched *s, uint64_t id)
+{
+	pthread_mutex_lock(&s->mu);
+	if (s->n_cancels == s->cap_cancels) {
+		size_t cap = s->cap_cancels ? 2 * s->cap_cancels : 16;
+		uint64_t *c = realloc(s->cancels, cap * sizeof *c);
+		if (c) {
+			s->cancels = c;
+			s->cap_cancels = cap;
+		}
+	}
+	if (s->n_cancels < s->cap_cancels)
+		s->cancels[s->n_cancels++] = id;
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* Gives back q's blocks and slot; its tokens stay, to be fed again. */
+static void release(struct sched *s, struct seq *q)
+{
+	for (int i = 0; i < q->n_blocks; i++)
+		s->free_blocks[s->n_free++] = q->blocks[i];
+	q->n_blocks = 0;
+	q->n_cached = 0;
+	if (q->slot >= 0) {
+		be_bind(s->b, q->slot, NULL, 0, NULL);
+		s->free_slots[s->n_free_slots++] = q->slot;
+		q->slot = -1;
+	}
+}
+
+static void finish(struct sched *s, struct seq **link, enum finish_reason why)
+{
+	struct seq *q = *link;
+	*link = q->next;
+	release(s, q);
+	if (q->req.on_finish)
+		q->req.on_finish(q->req.arg, why);
+	seq_free(q);
+}
+
+/* Gives q the blocks for its first `upto` positions; false when the pool or
+ * the slots are short (q keeps what it had). */
+static bool reserve(struct sched *s, struct seq *q, int upto)
+{
+	int need = (upto + KV_BLOCK - 1) / KV_BLOCK - q->n_blocks;
+	if (need <= 0)
+		return true;
+	if (need > s->n_free || (q->slot < 0 && s->n_free_slots == 0))
+		return false;
+	if (q->slot < 0)
+		q->slot = s->free_slots[--s->n_free_slots];
+	while (need-- > 0)
+		q->blocks[q->n_blocks++] = s->free_blocks[--s->n_free];
+	be_bind(s->b, q->slot, q->blocks, q->n_blocks, NULL);
+	return true;
+}
+
+/* The newest sequence holding blocks, to preempt. */
+static struct seq *newest_holder(struct sched *s)
+{
+	struct seq *last = NULL;
+	for (struct seq *q = s->active; q; q = q->next)
+		if (q->n_blocks > 0)
+			last = q;
+	return last;
+}
+
+static void take_submissions_and_cancels(struct sched *s)
+{
+	pthread_mutex_lock(&s->mu);
+	struct seq **tail = &s->active;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = s->incoming;
+	s->incoming = NULL;
+	for (size_t i = 0; i < s->n_cancels; i++)
+		for (struct seq **l = &s->active; *l; l = &(*l)->next)
+			if ((*l)->id == s->cancels[i]) {
+				finish(s, l, FINISH_CANCELLED);
+				break;
+			}
+	s->n_cancels = 0;
+	pthread_mutex_unlock(&s->mu);
+}
+
+int sched_step(struct sched *s, char *err)
+{
+	take_submissions_and_cancels(s);
+	double t = now();
+	for (struct seq **l = &s->active; *l;) {
+		if ((*l)->req.deadline > 0 && t > (*l)->req.deadline)
+			finish(s, l, FINISH_DEADLINE);
+		else
+			l = &(*l)->next;
+	}
+	for (struct seq *q = s->active; q; q = q->next)
+		q->take = 0, q->row = -1;
+
+	/* Decoding sequences first, one token each, so that prompts being
+	 * prefilled never stall them; a sequence that cannot grow preempts the
+	 * newest one holding blocks (perhaps itself). */
+	int budget = s->max_batch;
+	for (struct seq *q = s->active; q && budget > 0; q = q->next) {
+		if (q->n_cached == 0 || q->n_tokens - q->n_cached != 1)
+			continue;
+		while (!reserve(s, q, q->n_tokens)) {
+			struct seq *victim = newest_holder(s);
+			release(s, victim);
+			s->preemptions++;
+			if (victim == q)
+				break;
+		}
+		if (q->n_cached == 0)
+			continue; /* preempted itself */
+		q->take = 1;
+		budget--;
+	}
+	/* Then prompts, first come first served, in chunks of what is left of
+	 * the budget and the pool. */
+	for (struct seq *q = s->active; q && budget > 0; q = q->next) {
+		int pending = q->n_tokens - q->n_cached;
+		if (q->take || pending == 0 || (q->n_cached > 0 && pending == 1))
+			continue;
+		int take = pending < budget ? pending : budget;
+		int have = q->n_blocks * KV_BLOCK - q->n_cached;
+		int can = have + s->n_free * KV_BLOCK;
+		if (q->slot < 0 && s->n_free_slots == 0)
+			can = 0;
+		if (take > can)
+			take = can;
+		if (take <= 0 || !reserve(s, q, q->n_cached + take))
+			break; /* the pool is short: later prompts wait too */
+		q->take = take;
+		budget -= take;
+	}
+
+	int n = 0, rows = 0;
+	for (struct seq *q = s->active; q; q = q->next) {
+		for (int i = 0; i < q->take; i++) {
+			int pos = q->n_cached + i;
+			s->entries[n++] = (struct be_entry){q->slot, pos, q->tokens[pos], -1};
+		}
+		if (q->take && q->n_cached + q->take == q->n_tokens) {
+			q->row = rows++;
+			s->entries[n - 1].logits_row = q->row;
+		}
+	}
+	if (n > 0) {
+		int rc = be_forward(s->b, s->entries, n, s->logits, err);
+		if (rc < 0) {
+			while (s->active)
+				finish(s, &s->active, FINISH_CANCELLED);
+			return rc;
+		}
+	}
+	for (struct seq **l = &s->active; *l;) {
+		struct seq *q = *l;
+		q->n_cached += q->take;
+		if (q->row < 0) {
+			l = &q->next;
+			continue;
+		}
+		struct sampler_result r;
+		sampler_sample(q->sampler, s->scratch, s->logits + (size_t)q->row * s->b->vocab, &r);
+		bool stop = false;
+		for (int i = 0; i < q->req.n_stop_ids; i++)
+			stop |= r.token == q->req.stop_ids[i];
+		if (stop) {
+			finish(s, l, FINISH_STOP);
+			continue;
+		}
+		q->tokens[q->n_tokens++] = r.token;
+		q->n_generated++;
+		if (q->req.on_token)
+			q->req.on_token(q->req.arg, &r);
+		if (q->n_generated >= q->req.max_tokens || q->n_tokens >= s->b->max_ctx) {
+			finish(s, l, FINISH_LENGTH);
+			continue;
+		}
+		l = &q->next;
+	}
+	int left = 0;
+	for (struct seq *q = s->active; q; q = q->next)
+		left++;
+	pthread_mutex_lock(&s->mu);
+	for (struct seq *q = s->incoming; q; q = q->next)
+		left++;
+	pthread_mutex_unlock(&s->mu);
+	return left;
+}
+
+int sched_free_blocks(struct sched *s)
+{
+	return s->n_free;
+}
+
+int sched_total_blocks(struct sched *s)
+{
+	return s->b->kv_blocks;
+}
+
+uint64_t sched_preemptions(struct sched *s)
+{
+	return s->preemptions;
+}
