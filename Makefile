@@ -36,7 +36,7 @@ FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weig
 .SECONDARY:
 all: $(BUILD)/ember-worker $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
      $(BUILD)/test-sampler $(BUILD)/test-sched \
-     $(BUILD)/bench-engine $(BUILD)/bench-tokenizer \
+     $(BUILD)/bench-engine $(BUILD)/bench-tokenizer $(BUILD)/bench-sched \
      $(patsubst %,$(BUILD)/fuzz-replay-%,$(FUZZERS))
 
 deps:
@@ -134,6 +134,7 @@ $(BUILD)/models/$(BENCH_SHAPE)/.done-bench: $(BUILD)/make-model
 
 bench: deps models all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
 	$(BUILD)/bench-engine --model $(BUILD)/models/$(BENCH_SHAPE)
+	$(BUILD)/bench-sched --model $(BUILD)/models/$(BENCH_SHAPE)
 	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-qwen2
 	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-llama
 
@@ -154,4 +155,7 @@ $(BUILD)/test-sampler: $(BUILD)/tests/test_sampler.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test-sched: $(BUILD)/tests/test_sched.o $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bench-sched: $(BUILD)/scripts/bench_sched.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -306,6 +306,12 @@ static float *fbuf(size_t a, size_t b, size_t c)
 	return calloc(n ? n : 1, sizeof(float));
 }
 
+size_t cpu_kv_block_bytes(const struct model *m)
+{
+	const struct model_config *c = &m->cfg;
+	return 2 * (size_t)c->n_layers * KV_BLOCK * (size_t)(c->n_kv_heads * c->head_dim) * sizeof(float);
+}
+
 int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct backend **out,
 		       char *err)
 {
@@ -332,7 +338,7 @@ int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct b
 	size_t T = (size_t)cb->base.max_tokens, ctx_n = (size_t)cb->base.max_ctx;
 	cb->fixed = o->kv_blocks <= 0;
 	cb->base.kv_blocks = cb->fixed ? cb->base.max_seqs * blocks_per_seq(cb) : o->kv_blocks;
-	cb->base.kv_block_bytes = 2 * (size_t)c->n_layers * KV_BLOCK * (size_t)cb->kv_dim * sizeof(float);
+	cb->base.kv_block_bytes = cpu_kv_block_bytes(m);
 	size_t cache_rows = (size_t)cb->base.kv_blocks * (size_t)c->n_layers * KV_BLOCK;
 	cb->x = fbuf(T, (size_t)c->hidden, 1);
 	cb->xn = fbuf(T, (size_t)c->hidden, 1);

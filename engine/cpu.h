@@ -17,6 +17,9 @@ struct cpu_opts {
 	                 * otherwise this many blocks for tables alone */
 };
 
+/* Bytes of one KV cache block for model m on the CPU backend. */
+size_t cpu_kv_block_bytes(const struct model *m);
+
 /* Creates a CPU backend over m (which must outlive it), allocating every
  * buffer the forward pass needs. Returns 0 or a negative errno with err set. */
 int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct backend **out,

@@ -292,13 +292,19 @@ int sched_step(struct sched *s, char *err)
 		q->take = 1;
 		budget--;
 	}
-	/* Then prompts, first come first served, in chunks of what is left of
-	 * the budget and the pool. */
+	/* Then prompts, first come first served, in chunks: what is left of the
+	 * budget is shared among them, so a short prompt behind a long one is
+	 * not kept waiting for the whole of it. */
+	int n_prefill = 0;
+	for (struct seq *q = s->active; q; q = q->next)
+		n_prefill += !q->take && q->n_tokens - q->n_cached > (q->n_cached > 0);
 	for (struct seq *q = s->active; q && budget > 0; q = q->next) {
 		int pending = q->n_tokens - q->n_cached;
 		if (q->take || pending == 0 || (q->n_cached > 0 && pending == 1))
 			continue;
-		int take = pending < budget ? pending : budget;
+		int share = (budget + n_prefill - 1) / n_prefill;
+		n_prefill--;
+		int take = pending < share ? pending : share;
 		int have = q->n_blocks * KV_BLOCK - q->n_cached;
 		int can = have + s->n_free * KV_BLOCK;
 		if (q->slot < 0 && s->n_free_slots == 0)

@@ -1,8 +1,8 @@
 /* The scheduler: many sequences in one forward pass. Sequences are
  * submitted from any thread and stepped by one engine thread: each step
  * decodes one token of every running sequence and prefills chunks of new
- * prompts within a token budget, over a paged KV cache of a fixed number of
- * blocks. When blocks run out, new prompts wait and, if a running sequence
+ * prompts within a token budget (shared among the prompts waiting, first
+ * come first served), over a paged KV cache of a fixed number of blocks. When blocks run out, new prompts wait and, if a running sequence
  * cannot grow, the newest one is preempted (its blocks freed, recomputed
  * later, with the same tokens). Runs in the worker's engine thread. */
 #ifndef EMBER_SCHED_H

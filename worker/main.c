@@ -7,6 +7,7 @@
 #include "../engine/generate.h"
 #include "../engine/matmul.h"
 #include "../engine/model.h"
+#include "../engine/sched.h"
 #include "../engine/tokenizer.h"
 
 #include <errno.h>
@@ -32,6 +33,11 @@ static void usage(FILE *f)
 		"  --max-tokens N       tokens to generate (default 16)\n"
 		"  --threads N          CPU threads (default: one per processor)\n"
 		"  --ctx N              context length to allocate (default: the model's, at most 4096)\n"
+		"  --temperature T      sampling temperature (default 0: greedy)\n"
+		"  --seed N             random seed (default 0); copy i of --parallel uses N + i\n"
+		"  --parallel N         N copies of the prompt, run as one batch (default 1)\n"
+		"  --kv-cache-mb N      KV cache budget (default: room for every copy's context)\n"
+		"  --max-batch-tokens N tokens per forward step (default 512)\n"
 		"  --help               this text\n"
 		"\n"
 		"Prints the greedy continuation on stdout, as text for --prompt and --chat (ending at\n"
@@ -84,27 +90,18 @@ struct printer {
 	const struct model *m;
 	const struct tokenizer *tok; /* NULL: print ids */
 	struct tok_stream stream;
-	int n;
+	bool stream_now;             /* print as tokens come, else at the end */
+	int32_t *ids;                /* (cap) the tokens made */
+	int n, cap;
 };
 
-static bool is_eos(const struct model *m, const struct tokenizer *tok, int32_t id)
+/* Writes token id, the k-th of its sequence, as text or as an id. */
+static void emit(struct printer *p, int32_t id, int k)
 {
-	for (int i = 0; i < m->cfg.n_eos; i++)
-		if (m->cfg.eos_ids[i] == id)
-			return true;
-	return tok && id == tok_eos(tok);
-}
-
-/* Prints each token as it is made; text stops at an end-of-sequence token. */
-static bool print_token(void *arg, int32_t id)
-{
-	struct printer *p = arg;
 	if (!p->tok) {
-		printf("%s%d", p->n++ ? "," : "", id);
-		return false;
+		printf("%s%d", k ? "," : "", id);
+		return;
 	}
-	if (is_eos(p->m, p->tok, id))
-		return true;
 	size_t len;
 	if (!tok_piece(p->tok, id, &len))
 		len = 0;
@@ -113,9 +110,24 @@ static bool print_token(void *arg, int32_t id)
 		long w = tok_stream_push(p->tok, &p->stream, id, buf, sizeof buf);
 		fwrite(buf, 1, (size_t)(w > 0 ? w : 0), stdout);
 	}
-	fflush(stdout);
+}
+
+static void print_token(void *arg, const struct sampler_result *r)
+{
+	struct printer *p = arg;
+	if (p->n < p->cap)
+		p->ids[p->n] = r->token;
+	if (p->stream_now) {
+		emit(p, r->token, p->n);
+		fflush(stdout);
+	}
 	p->n++;
-	return false;
+}
+
+static void print_finish(void *arg, enum finish_reason why)
+{
+	(void)arg;
+	(void)why;
 }
 
 static double now(void)
@@ -130,7 +142,9 @@ int main(int argc, char **argv)
 	const char *model_dir = NULL, *ids_arg = NULL, *text = NULL, *chat = NULL, *system = NULL;
 	const char *template_name = NULL;
 	bool print_ids = false;
-	int max_tokens = 16;
+	int max_tokens = 16, parallel = 1, kv_mb = 0, max_batch = 0;
+	float temperature = 0;
+	uint64_t seed = 0;
 	struct cpu_opts opts = {0};
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -166,6 +180,24 @@ int main(int argc, char **argv)
 			rc = parse_int(a, v, 1, 1024, &opts.threads);
 		else if (strcmp(a, "--ctx") == 0)
 			rc = parse_int(a, v, 1, 1 << 24, &opts.max_ctx);
+		else if (strcmp(a, "--parallel") == 0)
+			rc = parse_int(a, v, 1, 256, &parallel);
+		else if (strcmp(a, "--kv-cache-mb") == 0)
+			rc = parse_int(a, v, 1, 1 << 24, &kv_mb);
+		else if (strcmp(a, "--max-batch-tokens") == 0)
+			rc = parse_int(a, v, 1, 1 << 16, &max_batch);
+		else if (strcmp(a, "--seed") == 0) {
+			int sd;
+			rc = parse_int(a, v, 0, INT_MAX, &sd);
+			seed = (uint64_t)sd;
+		} else if (strcmp(a, "--temperature") == 0) {
+			char *end;
+			temperature = strtof(v, &end);
+			if (*end || end == v || !(temperature >= 0 && temperature <= 100)) {
+				fprintf(stderr, "ember-worker: --temperature wants a number in 0..100\n");
+				rc = -1;
+			}
+		}
 		else {
 			fprintf(stderr, "ember-worker: unknown option %s (see --help)\n", a);
 			return 2;
@@ -194,8 +226,8 @@ int main(int argc, char **argv)
 	struct backend *b = NULL;
 	struct tokenizer *tok = NULL;
 	struct tok_ctx *ctx = NULL;
-	float *logits = NULL;
-	int32_t *out = NULL;
+	struct sched *sched = NULL;
+	struct printer *printers = NULL;
 	int status = 1;
 	double t0 = now();
 	if (model_open_dir(model_dir, &m, err) < 0) {
@@ -252,36 +284,95 @@ int main(int argc, char **argv)
 			goto done;
 		}
 	}
-	if (cpu_backend_create(m, &opts, &b, err) < 0) {
+	/* Every copy of the prompt has a sequence of its own in the pool. */
+	int ctx_len = opts.max_ctx > 0 ? opts.max_ctx : 4096;
+	if (ctx_len > m->cfg.max_pos)
+		ctx_len = m->cfg.max_pos;
+	opts.max_seqs = parallel;
+	size_t block_bytes = cpu_kv_block_bytes(m);
+	opts.kv_blocks = kv_mb > 0 ? (int)((size_t)kv_mb * 1024 * 1024 / block_bytes)
+				   : parallel * ((ctx_len + KV_BLOCK - 1) / KV_BLOCK);
+	if (opts.kv_blocks < 1) {
+		fprintf(stderr, "ember-worker: --kv-cache-mb %d holds no block of %zu bytes\n", kv_mb,
+			block_bytes);
+		goto done;
+	}
+	if (n + max_tokens > ctx_len) {
+		fprintf(stderr, "ember-worker: %d prompt tokens and %d new ones exceed the context of %d\n",
+			n, max_tokens, ctx_len);
+		goto done;
+	}
+	if (cpu_backend_create(m, &opts, &b, err) < 0 ||
+	    sched_create(b, &(struct sched_opts){.max_batch_tokens = max_batch}, &sched, err) < 0) {
 		fprintf(stderr, "ember-worker: %s\n", err);
 		goto done;
 	}
-	logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
-	out = malloc(((size_t)max_tokens + 1) * sizeof *out);
-	if (!logits || !out) {
+	printers = calloc((size_t)parallel, sizeof *printers);
+	if (!printers) {
 		fprintf(stderr, "ember-worker: out of memory\n");
 		goto done;
 	}
 	double t1 = now();
-	struct printer pr = {.m = m, .tok = tok && !print_ids ? tok : NULL};
-	int made = gen_greedy(b, 0, ids, n, max_tokens, out, logits, print_token, &pr, err);
-	if (made < 0) {
+	for (int i = 0; i < parallel; i++) {
+		struct printer *pr = &printers[i];
+		pr->m = m;
+		pr->tok = tok && !print_ids ? tok : NULL;
+		pr->stream_now = parallel == 1;
+		pr->cap = max_tokens;
+		if (!(pr->ids = malloc((size_t)max_tokens * sizeof *pr->ids))) {
+			fprintf(stderr, "ember-worker: out of memory\n");
+			goto done;
+		}
+		struct sched_request q = {.prompt = ids, .n_prompt = n, .max_tokens = max_tokens,
+					  .on_token = print_token, .on_finish = print_finish, .arg = pr};
+		sampler_params_default(&q.sampling);
+		q.sampling.temperature = temperature;
+		q.sampling.seed = seed + (uint64_t)i;
+		/* Text ends at an end-of-sequence token; ids run to --max-tokens. */
+		if (tok) {
+			for (int k = 0; k < m->cfg.n_eos && q.n_stop_ids < SCHED_MAX_STOP_IDS; k++)
+				q.stop_ids[q.n_stop_ids++] = m->cfg.eos_ids[k];
+			if (tok_eos(tok) >= 0 && q.n_stop_ids < SCHED_MAX_STOP_IDS)
+				q.stop_ids[q.n_stop_ids++] = tok_eos(tok);
+		}
+		if (sched_submit(sched, &q, NULL, err) < 0) {
+			fprintf(stderr, "ember-worker: %s\n", err);
+			goto done;
+		}
+	}
+	int left;
+	while ((left = sched_step(sched, err)) > 0)
+		;
+	if (left < 0) {
 		fprintf(stderr, "ember-worker: %s\n", err);
 		goto done;
 	}
 	double t2 = now();
-	if (pr.tok) {
-		char tail[4];
-		fwrite(tail, 1, (size_t)tok_stream_flush(&pr.stream, tail, sizeof tail), stdout);
+	int made = 0;
+	for (int i = 0; i < parallel; i++) {
+		struct printer *pr = &printers[i];
+		if (!pr->stream_now) {
+			printf("[%d] ", i);
+			pr->stream_now = true;
+			for (int k = 0; k < pr->n; k++)
+				emit(pr, pr->ids[k], k);
+		}
+		if (pr->tok) {
+			char tail[4];
+			fwrite(tail, 1, (size_t)tok_stream_flush(&pr->stream, tail, sizeof tail), stdout);
+		}
+		printf("\n");
+		made += pr->n;
 	}
-	printf("\n");
 	fflush(stdout); /* before the timing line on stderr */
 	fprintf(stderr, "ember-worker: %s (%s), %d prompt + %d new tokens in %.3f s (load %.3f s)\n",
 		m->cfg.arch_name, cpu_isa(), n, made, t2 - t1, t1 - t0);
 	status = 0;
 done:
-	free(out);
-	free(logits);
+	for (int i = 0; printers && i < parallel; i++)
+		free(printers[i].ids);
+	free(printers);
+	sched_destroy(sched);
 	tok_ctx_destroy(ctx);
 	tok_free(tok);
 	be_destroy(b);
