@@ -21,6 +21,8 @@ struct seq {
 	int32_t *blocks;        /* (blocks_per_seq) the block table */
 	int n_blocks;
 	struct sampler_seq *sampler;
+	struct tok_stream stream;   /* with a tokenizer: the text so far */
+	struct stop_matcher stop;
 	struct seq *next;
 	/* this step */
 	int take;               /* tokens fed */
@@ -39,6 +41,10 @@ struct sched {
 	struct be_entry *entries; /* (max_batch) */
 	float *logits;          /* (max_seqs, vocab) */
 	struct sampler_scratch *scratch;
+	const struct tokenizer *tok;
+	char *piece;            /* (piece_cap) one token's text */
+	char *text;             /* (piece_cap + STOP_MAX_LEN) what it lets out */
+	size_t piece_cap;
 	uint64_t preemptions;
 	pthread_mutex_t mu;     /* guards what other threads touch: */
 	struct seq *incoming;   /* submitted, not yet seen by a step */
@@ -78,8 +84,19 @@ int sched_create(struct backend *b, const struct sched_opts *o, struct sched **o
 	s->entries = malloc((size_t)s->max_batch * sizeof *s->entries);
 	s->logits = malloc((size_t)b->max_seqs * (size_t)b->vocab * sizeof *s->logits);
 	s->scratch = sampler_scratch_create(b->vocab);
+	s->tok = o->tok;
+	/* Room for the longest token's bytes and a held UTF-8 sequence. */
+	s->piece_cap = 8;
+	for (int i = 0; s->tok && i < tok_n_ids(s->tok); i++) {
+		size_t len;
+		if (tok_piece(s->tok, i, &len) && len + 8 > s->piece_cap)
+			s->piece_cap = len + 8;
+	}
+	s->piece = malloc(s->piece_cap);
+	s->text = malloc(s->piece_cap + STOP_MAX_LEN);
 	pthread_mutex_init(&s->mu, NULL);
-	if (!s->free_blocks || !s->free_slots || !s->entries || !s->logits || !s->scratch) {
+	if (!s->free_blocks || !s->free_slots || !s->entries || !s->logits || !s->scratch ||
+	    !s->piece || !s->text) {
 		sched_destroy(s);
 		return ember_err(err, -ENOMEM, "out of memory for the scheduler");
 	}
@@ -123,6 +140,8 @@ void sched_destroy(struct sched *s)
 	free(s->entries);
 	free(s->logits);
 	free(s->cancels);
+	free(s->piece);
+	free(s->text);
 	sampler_scratch_destroy(s->scratch);
 	free(s);
 }
@@ -142,6 +161,11 @@ int sched_submit(struct sched *s, const struct sched_request *r, uint64_t *id, c
 	for (int i = 0; i < r->n_prompt; i++)
 		if (r->prompt[i] < 0 || r->prompt[i] >= s->b->vocab)
 			return ember_err(err, -EINVAL, "prompt token %d is not in the vocabulary", r->prompt[i]);
+	if (r->n_stop > 0 && !s->tok)
+		return ember_err(err, -EINVAL, "stop strings need a tokenizer");
+	struct stop_matcher stop;
+	if ((rc = stop_init(&stop, r->stop, r->n_stop, err)) < 0)
+		return rc;
 	/* Never more than the context holds. */
 	int max_new = r->max_tokens < s->b->max_ctx - r->n_prompt ? r->max_tokens
 								   : s->b->max_ctx - r->n_prompt;
@@ -163,6 +187,9 @@ int sched_submit(struct sched *s, const struct sched_request *r, uint64_t *id, c
 		sampler_seq_add(q->sampler, r->prompt[i], false);
 	q->n_tokens = q->n_prompt = r->n_prompt;
 	q->slot = -1;
+	q->stop = stop;
+	for (int i = 0; i < STOP_MAX; i++)
+		q->req.stop[i] = NULL; /* the matcher holds its own copies */
 	pthread_mutex_lock(&s->mu);
 	q->id = s->next_id++;
 	struct seq **tail = &s->incoming;
@@ -210,9 +237,28 @@ static void finish(struct sched *s, struct seq **link, enum finish_reason why)
 	struct seq *q = *link;
 	*link = q->next;
 	release(s, q);
+	/* What was held back: a stop string's possible start, a character's
+	 * first bytes (which come out as U+FFFD). */
+	size_t n = 0;
+	if (s->tok) {
+		n = stop_flush(&q->stop, s->text);
+		if (!q->stop.stopped)
+			n += (size_t)tok_stream_flush(&q->stream, s->text + n, 4);
+	}
 	if (q->req.on_finish)
-		q->req.on_finish(q->req.arg, why);
+		q->req.on_finish(q->req.arg, why, s->tok ? s->text : NULL, n);
 	seq_free(q);
+}
+
+/* The text token id lets out; true when it completes a stop string. */
+static bool token_text(struct sched *s, struct seq *q, int32_t id, size_t *len)
+{
+	*len = 0;
+	if (!s->tok)
+		return false;
+	long w = tok_stream_push(s->tok, &q->stream, id, s->piece, s->piece_cap);
+	*len = stop_feed(&q->stop, s->piece, w > 0 ? (size_t)w : 0, s->text);
+	return q->stop.stopped;
 }
 
 /* Gives q the blocks for its first `upto` positions; false when the pool or
@@ -354,8 +400,14 @@ int sched_step(struct sched *s, char *err)
 		}
 		q->tokens[q->n_tokens++] = r.token;
 		q->n_generated++;
+		size_t len;
+		bool stopped = token_text(s, q, r.token, &len);
 		if (q->req.on_token)
-			q->req.on_token(q->req.arg, &r);
+			q->req.on_token(q->req.arg, &r, s->tok ? s->text : NULL, len);
+		if (stopped) {
+			finish(s, l, FINISH_STOP);
+			continue;
+		}
 		if (q->n_generated >= q->req.max_tokens || q->n_tokens >= s->b->max_ctx) {
 			finish(s, l, FINISH_LENGTH);
 			continue;

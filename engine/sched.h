@@ -10,12 +10,14 @@
 
 #include "backend.h"
 #include "sampler.h"
+#include "stop.h"
+#include "tokenizer.h"
 
 #define SCHED_MAX_STOP_IDS 8
 
 enum finish_reason {
 	FINISH_NONE,
-	FINISH_STOP,      /* a stop token (EOS) */
+	FINISH_STOP,      /* a stop token (EOS) or stop string */
 	FINISH_LENGTH,    /* max_tokens, or the context is full */
 	FINISH_CANCELLED, /* sched_cancel */
 	FINISH_DEADLINE,  /* the request's deadline passed */
@@ -30,16 +32,21 @@ struct sched_request {
 	int max_tokens;
 	int32_t stop_ids[SCHED_MAX_STOP_IDS];
 	int n_stop_ids;
+	const char *stop[STOP_MAX]; /* stop strings (copied); need a tokenizer */
+	int n_stop;
 	double deadline;            /* CLOCK_MONOTONIC seconds; 0: none */
-	/* Called from the engine thread: each token as it is chosen, then once
-	 * at the end (after which the sequence is gone). */
-	void (*on_token)(void *arg, const struct sampler_result *r);
-	void (*on_finish)(void *arg, enum finish_reason why);
+	/* Called from the engine thread: each token as it is chosen, with the
+	 * text it adds (with a tokenizer: whole characters only, and nothing of
+	 * a stop string; without one, NULL), then once at the end with the text
+	 * held back till then (after which the sequence is gone). */
+	void (*on_token)(void *arg, const struct sampler_result *r, const char *text, size_t len);
+	void (*on_finish)(void *arg, enum finish_reason why, const char *text, size_t len);
 	void *arg;
 };
 
 struct sched_opts {
 	int max_batch_tokens;       /* entries per step; 0: the backend's max_tokens */
+	const struct tokenizer *tok; /* for text and stop strings; may be NULL */
 };
 
 struct sched;

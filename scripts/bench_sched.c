@@ -28,17 +28,17 @@ struct seqstat {
 	bool done;
 };
 
-static void on_token(void *arg, const struct sampler_result *r)
+static void on_token(void *arg, const struct sampler_result *r, const char *text, size_t len)
 {
-	(void)r;
+	(void)r, (void)text, (void)len;
 	struct seqstat *st = arg;
 	if (st->n++ == 0)
 		st->first = now();
 }
 
-static void on_finish(void *arg, enum finish_reason why)
+static void on_finish(void *arg, enum finish_reason why, const char *text, size_t len)
 {
-	(void)why;
+	(void)why, (void)text, (void)len;
 	((struct seqstat *)arg)->done = true;
 }
 

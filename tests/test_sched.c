@@ -17,6 +17,8 @@ static const char *models_dir = "build/models";
 #define MAX_OUT 512
 
 struct collected {
+	char text[8192];
+	size_t n_text;
 	int32_t tokens[MAX_OUT];
 	float logprobs[MAX_OUT];
 	float top[MAX_OUT][3];
@@ -25,9 +27,19 @@ struct collected {
 	bool done;
 };
 
-static void on_token(void *arg, const struct sampler_result *r)
+static void add_text(struct collected *c, const char *text, size_t len)
+{
+	if (text && c->n_text + len < sizeof c->text) {
+		memcpy(c->text + c->n_text, text, len);
+		c->n_text += len;
+		c->text[c->n_text] = 0;
+	}
+}
+
+static void on_token(void *arg, const struct sampler_result *r, const char *text, size_t len)
 {
 	struct collected *c = arg;
+	add_text(c, text, len);
 	if (c->n < MAX_OUT) {
 		c->tokens[c->n] = r->token;
 		c->logprobs[c->n] = r->logprob;
@@ -37,9 +49,10 @@ static void on_token(void *arg, const struct sampler_result *r)
 	}
 }
 
-static void on_finish(void *arg, enum finish_reason why)
+static void on_finish(void *arg, enum finish_reason why, const char *text, size_t len)
 {
 	struct collected *c = arg;
+	add_text(c, text, len);
 	c->why = why;
 	c->done = true;
 }
@@ -48,9 +61,19 @@ struct rig {
 	struct model *m;
 	struct backend *b;
 	struct sched *s;
+	struct tokenizer *tok;
 };
 
+static int rig_open_tok(struct rig *r, const char *model, int seqs, int blocks, int batch,
+			bool with_tok);
+
 static int rig_open(struct rig *r, const char *model, int seqs, int blocks, int batch)
+{
+	return rig_open_tok(r, model, seqs, blocks, batch, false);
+}
+
+static int rig_open_tok(struct rig *r, const char *model, int seqs, int blocks, int batch,
+			bool with_tok)
 {
 	char dir[512], err[EMBER_ERR_LEN];
 	snprintf(dir, sizeof dir, "%s/%s", models_dir, model);
@@ -61,7 +84,9 @@ static int rig_open(struct rig *r, const char *model, int seqs, int blocks, int 
 			     .kv_blocks = blocks};
 	if (cpu_backend_create(r->m, &o, &r->b, err) < 0)
 		return fail("%s", err);
-	struct sched_opts so = {.max_batch_tokens = batch};
+	if (with_tok && tok_load(r->m->files, &r->tok, err) < 0)
+		return fail("%s", err);
+	struct sched_opts so = {.max_batch_tokens = batch, .tok = r->tok};
 	if (sched_create(r->b, &so, &r->s, err) < 0)
 		return fail("%s", err);
 	return 0;
@@ -70,6 +95,7 @@ static int rig_open(struct rig *r, const char *model, int seqs, int blocks, int 
 static void rig_close(struct rig *r)
 {
 	sched_destroy(r->s);
+	tok_free(r->tok);
 	be_destroy(r->b);
 	model_close(r->m);
 }
@@ -323,12 +349,61 @@ static int test_cancel(void)
 	return 0;
 }
 
+/* Stop strings on the decoded text, across token boundaries: the text ends
+ * just before the first one, which is not emitted. */
+static int test_stop_strings(void)
+{
+	char err[EMBER_ERR_LEN];
+	struct rig r;
+	if (rig_open_tok(&r, "tiny-llama", 4, 64, 64, true))
+		return 1;
+	int32_t p[12];
+	uint64_t x = 5;
+	random_prompt(p, 12, &x);
+	struct collected full, cut;
+	struct sched_request q = request(p, 12, 30, 0, 0, &full);
+	CHECK(sched_submit(r.s, &q, NULL, err) == 0, "%s", err);
+	if (run_all(&r))
+		return 1;
+	CHECK(full.why == FINISH_LENGTH && full.n_text > 24, "%zu bytes of text", full.n_text);
+	/* A stop string from the middle of the text, on character boundaries. */
+	size_t a = full.n_text / 3, z;
+	while (a > 0 && ((uint8_t)full.text[a] & 0xc0) == 0x80)
+		a--;
+	z = a + 8;
+	while (z < full.n_text && ((uint8_t)full.text[z] & 0xc0) == 0x80)
+		z++;
+	char stop[64];
+	snprintf(stop, sizeof stop, "%.*s", (int)(z - a), full.text + a);
+	size_t first = (size_t)(strstr(full.text, stop) - full.text);
+	q = request(p, 12, 30, 0, 0, &cut);
+	q.stop[0] = stop;
+	q.n_stop = 1;
+	CHECK(sched_submit(r.s, &q, NULL, err) == 0, "%s", err);
+	if (run_all(&r))
+		return 1;
+	CHECK(cut.why == FINISH_STOP && cut.n_text == first && !memcmp(cut.text, full.text, first),
+	      "with stop '%s': %s, %zu bytes (want %zu)", stop, finish_reason_name(cut.why), cut.n_text,
+	      first);
+	CHECK(cut.n < full.n, "no fewer tokens");
+	/* Without a tokenizer, stop strings are refused. */
+	struct rig plain;
+	if (rig_open(&plain, "tiny-llama", 2, 16, 64))
+		return 1;
+	CHECK(sched_submit(plain.s, &q, NULL, err) == -EINVAL && strstr(err, "tokenizer"),
+	      "stop strings without a tokenizer: %s", err);
+	rig_close(&plain);
+	rig_close(&r);
+	return 0;
+}
+
 static const struct test tests[] = {
 	{"greedy_qwen2", test_greedy_qwen2},
 	{"greedy_llama", test_greedy_llama},
 	{"batch_invariance", test_batch_invariance},
 	{"preemption", test_preemption},
 	{"cancel", test_cancel},
+	{"stop_strings", test_stop_strings},
 };
 
 int main(int argc, char **argv)

@@ -36,6 +36,7 @@ static void usage(FILE *f)
 		"  --temperature T      sampling temperature (default 0: greedy)\n"
 		"  --seed N             random seed (default 0); copy i of --parallel uses N + i\n"
 		"  --parallel N         N copies of the prompt, run as one batch (default 1)\n"
+		"  --stop TEXT          end the text before TEXT (up to 4 times; with --prompt or --chat)\n"
 		"  --kv-cache-mb N      KV cache budget (default: room for every copy's context)\n"
 		"  --max-batch-tokens N tokens per forward step (default 512)\n"
 		"  --help               this text\n"
@@ -87,47 +88,54 @@ static int parse_ids(const char *s, int32_t **out)
 }
 
 struct printer {
-	const struct model *m;
-	const struct tokenizer *tok; /* NULL: print ids */
-	struct tok_stream stream;
+	bool ids_only;               /* print ids, not text */
 	bool stream_now;             /* print as tokens come, else at the end */
-	int32_t *ids;                /* (cap) the tokens made */
-	int n, cap;
+	int n;                       /* tokens made */
+	char *out;                   /* (cap) what to print at the end */
+	size_t len, cap;
 };
 
-/* Writes token id, the k-th of its sequence, as text or as an id. */
-static void emit(struct printer *p, int32_t id, int k)
+/* Prints, or keeps for the end, len bytes. */
+static void put(struct printer *p, const char *s, size_t len)
 {
-	if (!p->tok) {
-		printf("%s%d", k ? "," : "", id);
+	if (p->stream_now) {
+		fwrite(s, 1, len, stdout);
+		fflush(stdout);
 		return;
 	}
-	size_t len;
-	if (!tok_piece(p->tok, id, &len))
-		len = 0;
-	char buf[4096 + 8];
-	if (len + 4 <= sizeof buf) {
-		long w = tok_stream_push(p->tok, &p->stream, id, buf, sizeof buf);
-		fwrite(buf, 1, (size_t)(w > 0 ? w : 0), stdout);
+	if (p->len + len + 1 > p->cap) {
+		size_t cap = p->cap ? p->cap : 256;
+		while (cap < p->len + len + 1)
+			cap *= 2;
+		char *o = realloc(p->out, cap);
+		if (!o)
+			return;
+		p->out = o;
+		p->cap = cap;
 	}
+	memcpy(p->out + p->len, s, len);
+	p->len += len;
 }
 
-static void print_token(void *arg, const struct sampler_result *r)
+static void print_token(void *arg, const struct sampler_result *r, const char *text, size_t len)
 {
 	struct printer *p = arg;
-	if (p->n < p->cap)
-		p->ids[p->n] = r->token;
-	if (p->stream_now) {
-		emit(p, r->token, p->n);
-		fflush(stdout);
+	if (p->ids_only) {
+		char buf[16];
+		int k = snprintf(buf, sizeof buf, "%s%d", p->n ? "," : "", r->token);
+		put(p, buf, (size_t)k);
+	} else {
+		put(p, text, len);
 	}
 	p->n++;
 }
 
-static void print_finish(void *arg, enum finish_reason why)
+static void print_finish(void *arg, enum finish_reason why, const char *text, size_t len)
 {
-	(void)arg;
+	struct printer *p = arg;
 	(void)why;
+	if (!p->ids_only)
+		put(p, text, len);
 }
 
 static double now(void)
@@ -145,6 +153,8 @@ int main(int argc, char **argv)
 	int max_tokens = 16, parallel = 1, kv_mb = 0, max_batch = 0;
 	float temperature = 0;
 	uint64_t seed = 0;
+	const char *stops[STOP_MAX];
+	int n_stop = 0;
 	struct cpu_opts opts = {0};
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -180,7 +190,14 @@ int main(int argc, char **argv)
 			rc = parse_int(a, v, 1, 1024, &opts.threads);
 		else if (strcmp(a, "--ctx") == 0)
 			rc = parse_int(a, v, 1, 1 << 24, &opts.max_ctx);
-		else if (strcmp(a, "--parallel") == 0)
+		else if (strcmp(a, "--stop") == 0) {
+			if (n_stop == STOP_MAX) {
+				fprintf(stderr, "ember-worker: at most %d --stop strings\n", STOP_MAX);
+				rc = -1;
+			} else {
+				stops[n_stop++] = v;
+			}
+		} else if (strcmp(a, "--parallel") == 0)
 			rc = parse_int(a, v, 1, 256, &parallel);
 		else if (strcmp(a, "--kv-cache-mb") == 0)
 			rc = parse_int(a, v, 1, 1 << 24, &kv_mb);
@@ -205,7 +222,8 @@ int main(int argc, char **argv)
 		if (rc < 0)
 			return 2;
 	}
-	if (!model_dir || (!!ids_arg + !!text + !!chat) != 1 || ((system || template_name) && !chat)) {
+	if (!model_dir || (!!ids_arg + !!text + !!chat) != 1 || ((system || template_name) && !chat) ||
+	    (n_stop && ids_arg)) {
 		usage(stderr);
 		return 2;
 	}
@@ -303,7 +321,8 @@ int main(int argc, char **argv)
 		goto done;
 	}
 	if (cpu_backend_create(m, &opts, &b, err) < 0 ||
-	    sched_create(b, &(struct sched_opts){.max_batch_tokens = max_batch}, &sched, err) < 0) {
+	    sched_create(b, &(struct sched_opts){.max_batch_tokens = max_batch, .tok = tok}, &sched,
+			 err) < 0) {
 		fprintf(stderr, "ember-worker: %s\n", err);
 		goto done;
 	}
@@ -315,14 +334,8 @@ int main(int argc, char **argv)
 	double t1 = now();
 	for (int i = 0; i < parallel; i++) {
 		struct printer *pr = &printers[i];
-		pr->m = m;
-		pr->tok = tok && !print_ids ? tok : NULL;
+		pr->ids_only = !tok || print_ids;
 		pr->stream_now = parallel == 1;
-		pr->cap = max_tokens;
-		if (!(pr->ids = malloc((size_t)max_tokens * sizeof *pr->ids))) {
-			fprintf(stderr, "ember-worker: out of memory\n");
-			goto done;
-		}
 		struct sched_request q = {.prompt = ids, .n_prompt = n, .max_tokens = max_tokens,
 					  .on_token = print_token, .on_finish = print_finish, .arg = pr};
 		sampler_params_default(&q.sampling);
@@ -335,6 +348,8 @@ int main(int argc, char **argv)
 			if (tok_eos(tok) >= 0 && q.n_stop_ids < SCHED_MAX_STOP_IDS)
 				q.stop_ids[q.n_stop_ids++] = tok_eos(tok);
 		}
+		for (int k = 0; k < n_stop; k++)
+			q.stop[q.n_stop++] = stops[k];
 		if (sched_submit(sched, &q, NULL, err) < 0) {
 			fprintf(stderr, "ember-worker: %s\n", err);
 			goto done;
@@ -351,16 +366,8 @@ int main(int argc, char **argv)
 	int made = 0;
 	for (int i = 0; i < parallel; i++) {
 		struct printer *pr = &printers[i];
-		if (!pr->stream_now) {
-			printf("[%d] ", i);
-			pr->stream_now = true;
-			for (int k = 0; k < pr->n; k++)
-				emit(pr, pr->ids[k], k);
-		}
-		if (pr->tok) {
-			char tail[4];
-			fwrite(tail, 1, (size_t)tok_stream_flush(&pr->stream, tail, sizeof tail), stdout);
-		}
+		if (!pr->stream_now)
+			printf("[%d] %.*s", i, (int)pr->len, pr->out ? pr->out : "");
 		printf("\n");
 		made += pr->n;
 	}
@@ -370,7 +377,7 @@ int main(int argc, char **argv)
 	status = 0;
 done:
 	for (int i = 0; printers && i < parallel; i++)
-		free(printers[i].ids);
+		free(printers[i].out);
 	free(printers);
 	sched_destroy(sched);
 	tok_ctx_destroy(ctx);
