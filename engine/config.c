@@ -257,3 +257,80 @@ int cfg_parse(const uint8_t *buf, size_t len, struct model_config *out, char *er
 		*out = c;
 	return rc;
 }
+
+/* generation_config.json: a few sampling defaults and the stop ids. */
+int gen_parse(const uint8_t *buf, size_t len, struct gen_defaults *out, char *err)
+{
+	json_error_t je;
+	json_t *root = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &je);
+	if (!root)
+		return ember_err(err, -EINVAL, "generation_config.json: %s (line %d)", je.text, je.line);
+	struct gen_defaults g = {.temperature = -1, .top_p = -1, .top_k = -1, .repetition_penalty = -1};
+	int rc = -EINVAL;
+	if (!json_is_object(root)) {
+		ember_err(err, rc, "generation_config.json: not a JSON object");
+		goto out;
+	}
+	json_t *v = json_object_get(root, "do_sample");
+	if (v && !json_is_null(v)) {
+		if (!json_is_boolean(v)) {
+			ember_err(err, rc, "generation_config.json: do_sample is not a boolean");
+			goto out;
+		}
+		g.have_sampling = true;
+		g.do_sample = json_is_true(v);
+	}
+	static const struct {
+		const char *key;
+		double lo, hi;
+	} nums[] = {{"temperature", 0, 100}, {"top_p", 0, 1}, {"repetition_penalty", 1e-6, 100}};
+	float *dst[] = {&g.temperature, &g.top_p, &g.repetition_penalty};
+	for (int i = 0; i < 3; i++) {
+		v = json_object_get(root, nums[i].key);
+		if (!v || json_is_null(v))
+			continue;
+		double x = json_is_number(v) ? json_number_value(v) : -1;
+		if (!(x >= nums[i].lo && x <= nums[i].hi)) {
+			ember_err(err, rc, "generation_config.json: %s must be a number in %g..%g",
+				  nums[i].key, nums[i].lo, nums[i].hi);
+			goto out;
+		}
+		*dst[i] = (float)x;
+	}
+	v = json_object_get(root, "top_k");
+	if (v && !json_is_null(v)) {
+		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > (1 << 24)) {
+			ember_err(err, rc, "generation_config.json: top_k must be an integer in 0..2^24");
+			goto out;
+		}
+		g.top_k = (int)json_integer_value(v);
+	}
+	v = json_object_get(root, "eos_token_id");
+	if (json_is_integer(v))
+		v = json_pack("[O]", v);
+	else
+		json_incref(v);
+	if (v && !json_is_null(v)) {
+		if (!json_is_array(v) || json_array_size(v) > CFG_MAX_EOS) {
+			json_decref(v);
+			ember_err(err, rc, "generation_config.json: eos_token_id is not an id or a list of at most %d",
+				  CFG_MAX_EOS);
+			goto out;
+		}
+		for (size_t i = 0; i < json_array_size(v); i++) {
+			json_t *x = json_array_get(v, i);
+			if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > MAX_VOCAB) {
+				json_decref(v);
+				ember_err(err, rc, "generation_config.json: eos_token_id[%zu] is not a token id", i);
+				goto out;
+			}
+			g.eos_ids[g.n_eos++] = (int)json_integer_value(x);
+		}
+	}
+	json_decref(v);
+	*out = g;
+	rc = 0;
+out:
+	json_decref(root);
+	return rc;
+}

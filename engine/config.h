@@ -38,6 +38,22 @@ struct model_config {
 	int n_eos;
 };
 
+/* What generation_config.json says, where it says it. */
+struct gen_defaults {
+	bool have_sampling;     /* do_sample given */
+	bool do_sample;
+	float temperature;      /* < 0: not given */
+	float top_p;            /* < 0: not given */
+	int top_k;              /* < 0: not given */
+	float repetition_penalty; /* < 0: not given */
+	int eos_ids[CFG_MAX_EOS];
+	int n_eos;
+};
+
+/* Parses generation_config.json held in buf[0..len). Returns 0 or -EINVAL
+ * with err naming the field; *g is fully written only on success. */
+int gen_parse(const uint8_t *buf, size_t len, struct gen_defaults *g, char *err);
+
 /* Parses config.json held in buf[0..len). Unsupported architectures, rope
  * scaling types and features are errors that name them. Returns 0 or -EINVAL
  * with err set; *c is fully written only on success. */

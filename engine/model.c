@@ -124,6 +124,25 @@ int model_open(struct mfiles *mf, struct model **out, char *err)
 		ember_err(err, rc, "%s/%s", mf_origin(mf), why);
 		goto fail;
 	}
+	m->gen = (struct gen_defaults){.temperature = -1, .top_p = -1, .top_k = -1,
+				       .repetition_penalty = -1};
+	rc = mf_get(mf, "generation_config.json", &buf, &len, why);
+	if (rc == 0 && (rc = gen_parse(buf, len, &m->gen, why)) < 0) {
+		ember_err(err, rc, "%s/%s", mf_origin(mf), why);
+		goto fail;
+	}
+	if (rc < 0 && rc != -ENOENT) {
+		ember_err(err, rc, "%s", why);
+		goto fail;
+	}
+	for (int i = 0; i < m->cfg.n_eos + m->gen.n_eos; i++) {
+		int32_t id = i < m->cfg.n_eos ? m->cfg.eos_ids[i] : m->gen.eos_ids[i - m->cfg.n_eos];
+		bool seen = false;
+		for (int k = 0; k < m->n_stop_ids; k++)
+			seen |= m->stop_ids[k] == id;
+		if (!seen)
+			m->stop_ids[m->n_stop_ids++] = id;
+	}
 	if ((rc = wts_open(mf, &m->weights, err)) < 0)
 		goto fail;
 	const struct model_config *c = &m->cfg;

@@ -30,6 +30,7 @@ struct layer_weights {
 
 struct model {
 	struct model_config cfg;
+	struct gen_defaults gen;   /* generation_config.json; all "not given" without one */
 	struct mfiles *files;
 	struct weights *weights;
 	struct tview embed;        /* (vocab, hidden) */
@@ -38,6 +39,9 @@ struct model {
 	struct layer_weights *layers; /* (n_layers) */
 	float *small;              /* norms and biases converted to f32, one block */
 	size_t weight_bytes;       /* bytes of the matrices read per token */
+	int32_t stop_ids[2 * CFG_MAX_EOS]; /* end-of-sequence ids of config.json and
+	                                    * generation_config.json, each once */
+	int n_stop_ids;
 };
 
 /* Opens the model directory dir: config.json and its safetensors. Returns 0

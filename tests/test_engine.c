@@ -314,6 +314,46 @@ static int test_config_rejects(void)
 	return 0;
 }
 
+static int test_generation_config(void)
+{
+	char dir[512], err[EMBER_ERR_LEN];
+	snprintf(dir, sizeof dir, "%s/tiny-qwen2", models_dir);
+	struct model *m;
+	CHECK(model_open_dir(dir, &m, err) == 0, "%s", err);
+	CHECK(m->gen.have_sampling && !m->gen.do_sample && m->gen.n_eos == 2 &&
+		      m->gen.eos_ids[0] == 151645 && m->gen.temperature < 0,
+	      "tiny-qwen2's generation_config.json read wrong");
+	/* config.json and generation_config.json name the same ids: once each. */
+	CHECK(m->n_stop_ids == 2 && m->stop_ids[0] == 151645 && m->stop_ids[1] == 151643,
+	      "%d stop ids", m->n_stop_ids);
+	model_close(m);
+	static const struct {
+		const char *json, *why;
+	} cases[] = {
+		{"[]", "not a JSON object"},
+		{"{\"do_sample\": 1}", "do_sample"},
+		{"{\"temperature\": -1}", "temperature"},
+		{"{\"top_p\": 2}", "top_p"},
+		{"{\"top_k\": 1.5}", "top_k"},
+		{"{\"repetition_penalty\": 0}", "repetition_penalty"},
+		{"{\"eos_token_id\": \"x\"}", "eos_token_id"},
+		{"{\"eos_token_id\": [1, -2]}", "eos_token_id[1]"},
+	};
+	struct gen_defaults g;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		err[0] = 0;
+		CHECK(gen_parse((const uint8_t *)cases[i].json, strlen(cases[i].json), &g, err) == -EINVAL &&
+			      strstr(err, cases[i].why),
+		      "case %zu: '%s'", i, err);
+	}
+	const char *ok = "{\"do_sample\": true, \"temperature\": 0.6, \"top_p\": 0.95, \"eos_token_id\": 7}";
+	CHECK(gen_parse((const uint8_t *)ok, strlen(ok), &g, err) == 0 && g.do_sample &&
+		      g.temperature == 0.6f && g.top_p == 0.95f && g.n_eos == 1 && g.eos_ids[0] == 7 &&
+		      g.top_k == -1,
+	      "a valid generation_config.json: %s", err);
+	return 0;
+}
+
 /* ---- model directories with something wrong ----------------------------- */
 
 static int write_text(const char *path, const char *text)
@@ -756,6 +796,7 @@ static const struct test tests[] = {
 	{"safetensors_rejects", test_safetensors_rejects},
 	{"config_models", test_config_models},
 	{"config_rejects", test_config_rejects},
+	{"generation_config", test_generation_config},
 	{"model_errors", test_model_errors},
 	{"matmul_kernels", test_matmul_kernels},
 	{"reference_tiny_qwen2", test_reference_tiny_qwen2},

@@ -33,7 +33,8 @@ static void usage(FILE *f)
 		"  --max-tokens N       tokens to generate (default 16)\n"
 		"  --threads N          CPU threads (default: one per processor)\n"
 		"  --ctx N              context length to allocate (default: the model's, at most 4096)\n"
-		"  --temperature T      sampling temperature (default 0: greedy)\n"
+		"  --temperature T      sampling temperature (default: generation_config.json's\n"
+		"                       when it samples, else 0: greedy)\n"
 		"  --seed N             random seed (default 0); copy i of --parallel uses N + i\n"
 		"  --parallel N         N copies of the prompt, run as one batch (default 1)\n"
 		"  --stop TEXT          end the text before TEXT (up to 4 times; with --prompt or --chat)\n"
@@ -152,6 +153,7 @@ int main(int argc, char **argv)
 	bool print_ids = false;
 	int max_tokens = 16, parallel = 1, kv_mb = 0, max_batch = 0;
 	float temperature = 0;
+	bool temperature_set = false;
 	uint64_t seed = 0;
 	const char *stops[STOP_MAX];
 	int n_stop = 0;
@@ -210,6 +212,7 @@ int main(int argc, char **argv)
 		} else if (strcmp(a, "--temperature") == 0) {
 			char *end;
 			temperature = strtof(v, &end);
+			temperature_set = true;
 			if (*end || end == v || !(temperature >= 0 && temperature <= 100)) {
 				fprintf(stderr, "ember-worker: --temperature wants a number in 0..100\n");
 				rc = -1;
@@ -339,12 +342,24 @@ int main(int argc, char **argv)
 		struct sched_request q = {.prompt = ids, .n_prompt = n, .max_tokens = max_tokens,
 					  .on_token = print_token, .on_finish = print_finish, .arg = pr};
 		sampler_params_default(&q.sampling);
-		q.sampling.temperature = temperature;
+		/* generation_config.json's defaults, unless a flag says otherwise. */
+		const struct gen_defaults *g = &m->gen;
+		q.sampling.temperature = 0; /* greedy, unless the model says it samples */
+		if (g->have_sampling && g->do_sample)
+			q.sampling.temperature = g->temperature >= 0 ? g->temperature : 1.0f;
+		if (g->top_p > 0)
+			q.sampling.top_p = g->top_p;
+		if (g->top_k >= 0)
+			q.sampling.top_k = g->top_k;
+		if (g->repetition_penalty > 0)
+			q.sampling.repetition_penalty = g->repetition_penalty;
+		if (temperature_set)
+			q.sampling.temperature = temperature;
 		q.sampling.seed = seed + (uint64_t)i;
 		/* Text ends at an end-of-sequence token; ids run to --max-tokens. */
 		if (tok) {
-			for (int k = 0; k < m->cfg.n_eos && q.n_stop_ids < SCHED_MAX_STOP_IDS; k++)
-				q.stop_ids[q.n_stop_ids++] = m->cfg.eos_ids[k];
+			for (int k = 0; k < m->n_stop_ids && q.n_stop_ids < SCHED_MAX_STOP_IDS; k++)
+				q.stop_ids[q.n_stop_ids++] = m->stop_ids[k];
 			if (tok_eos(tok) >= 0 && q.n_stop_ids < SCHED_MAX_STOP_IDS)
 				q.stop_ids[q.n_stop_ids++] = tok_eos(tok);
 		}

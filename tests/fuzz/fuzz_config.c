@@ -1,4 +1,4 @@
-/* Fuzz target: config.json. An accepted config must satisfy the invariants
+/* Fuzz target: config.json, and the same bytes as generation_config.json. An accepted config must satisfy the invariants
  * the rest of the engine relies on for its size arithmetic. */
 #include "../../engine/config.h"
 
@@ -20,6 +20,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		    c.intermediate < 1 || c.max_pos < 1 || c.n_eos > CFG_MAX_EOS)
 			abort();
 	}
+	struct gen_defaults g;
+	if (gen_parse(buf, size, &g, err) == 0 && g.n_eos > CFG_MAX_EOS)
+		abort();
 	free(buf);
 	return 0;
 }
