@@ -55,7 +55,7 @@ struct sched {
 
 const char *finish_reason_name(enum finish_reason r)
 {
-	static const char *names[] = {"none", "stop", "length", "cancelled", "deadline"};
+	static const char *names[] = {"none", "stop", "length", "cancelled", "deadline", "error"};
 	return (unsigned)r < sizeof names / sizeof names[0] ? names[r] : "?";
 }
 
@@ -378,7 +378,7 @@ int sched_step(struct sched *s, char *err)
 		int rc = be_forward(s->b, s->entries, n, s->logits, err);
 		if (rc < 0) {
 			while (s->active)
-				finish(s, &s->active, FINISH_CANCELLED);
+				finish(s, &s->active, FINISH_ERROR);
 			return rc;
 		}
 	}

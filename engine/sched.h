@@ -21,6 +21,7 @@ enum finish_reason {
 	FINISH_LENGTH,    /* max_tokens, or the context is full */
 	FINISH_CANCELLED, /* sched_cancel */
 	FINISH_DEADLINE,  /* the request's deadline passed */
+	FINISH_ERROR,     /* the backend failed */
 };
 
 const char *finish_reason_name(enum finish_reason r);
@@ -67,7 +68,7 @@ void sched_cancel(struct sched *s, uint64_t id);
 
 /* Runs one step. Returns the number of sequences still queued or running
  * afterwards, or a negative errno if the backend failed (every sequence is
- * then finished and the error is in err). */
+ * then finished with FINISH_ERROR and the error is in err). */
 int sched_step(struct sched *s, char *err);
 
 /* Blocks free in the pool, and in all; for tests and /metrics. */
