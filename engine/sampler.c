@@ -221,10 +221,37 @@ static bool usable(float x)
 	return !isnan(x) && x != -INFINITY;
 }
 
-/* The k best ids of v by before(), best first, into out. */
-static int top_ids(const float *v, int vocab, int k, int32_t *out)
+/* The k best ids of v by before(), best first, into out (room for k). A
+ * few by insertion; many by popping a heap of every usable id built in
+ * heap (room for vocab), which may be out itself. */
+static int top_ids(const float *v, int vocab, int k, int32_t *out, int32_t *heap)
 {
 	int n = 0;
+	if (k > 32) {
+		size_t hn = 0;
+		for (int32_t i = 0; i < vocab; i++)
+			if (usable(v[i]))
+				heap[hn++] = i;
+		for (size_t i = hn / 2; i-- > 0;)
+			sift_down(heap, hn, i, v, true);
+		/* Popped ids go to the heap's free end; then into out in order. */
+		size_t total = hn;
+		while (n < k && hn > 0) {
+			int32_t id = heap_pop(heap, &hn, v);
+			heap[total - 1 - (size_t)n] = id;
+			n++;
+		}
+		/* heap[total - n, total) holds them worst first: reverse it, then
+		 * move it (out may be heap itself). */
+		int32_t *blk = heap + total - (size_t)n;
+		for (int i = 0, j = n - 1; i < j; i++, j--) {
+			int32_t t = blk[i];
+			blk[i] = blk[j];
+			blk[j] = t;
+		}
+		memmove(out, blk, (size_t)n * sizeof *out);
+		return n;
+	}
 	for (int32_t i = 0; i < vocab; i++) {
 		if (!usable(v[i]))
 			continue;
@@ -324,7 +351,7 @@ void sampler_sample(struct sampler_seq *s, struct sampler_scratch *sc, float *lo
 	float lse = mx + (float)log(sum > 0 ? sum : 1);
 	out->n_top = 0;
 	if (p->top_logprobs > 0) {
-		out->n_top = top_ids(logits, V, p->top_logprobs, out->top_token);
+		out->n_top = top_ids(logits, V, p->top_logprobs, out->top_token, NULL);
 		for (int i = 0; i < out->n_top; i++)
 			out->top_logprob[i] = logits[out->top_token[i]] - lse;
 	}
@@ -342,7 +369,7 @@ void sampler_sample(struct sampler_seq *s, struct sampler_scratch *sc, float *lo
 		size_t n = 0;
 		double total = 0;
 		if (p->top_k > 0 && p->top_k < V) {
-			n = (size_t)top_ids(logits, V, p->top_k, sc->heap);
+			n = (size_t)top_ids(logits, V, p->top_k, sc->heap, sc->heap);
 			for (size_t i = 0; i < n; i++) {
 				int32_t id = sc->heap[i];
 				sc->prob[id] = (float)exp((double)logits[id] - m2);

@@ -34,7 +34,7 @@ struct sched {
 	int max_batch;
 	int blocks_per_seq;
 	int32_t *free_blocks;   /* (kv_blocks) a stack */
-	int n_free;
+	atomic_int n_free;      /* read by other threads (sched_free_blocks) */
 	int *free_slots;        /* (max_seqs) a stack */
 	int n_free_slots;
 	struct seq *active;     /* in submission order */
@@ -45,7 +45,7 @@ struct sched {
 	char *piece;            /* (piece_cap) one token's text */
 	char *text;             /* (piece_cap + STOP_MAX_LEN) what it lets out */
 	size_t piece_cap;
-	uint64_t preemptions;
+	atomic_uint_least64_t preemptions;
 	pthread_mutex_t mu;     /* guards what other threads touch: */
 	struct seq *incoming;   /* submitted, not yet seen by a step */
 	uint64_t next_id;
@@ -85,12 +85,12 @@ int sched_create(struct backend *b, const struct sched_opts *o, struct sched **o
 	s->logits = malloc((size_t)b->max_seqs * (size_t)b->vocab * sizeof *s->logits);
 	s->scratch = sampler_scratch_create(b->vocab);
 	s->tok = o->tok;
-	/* Room for the longest token's bytes and a held UTF-8 sequence. */
-	s->piece_cap = 8;
+	/* Room for what the longest token can let out. */
+	s->piece_cap = TOK_STREAM_ROOM(0);
 	for (int i = 0; s->tok && i < tok_n_ids(s->tok); i++) {
 		size_t len;
-		if (tok_piece(s->tok, i, &len) && len + 8 > s->piece_cap)
-			s->piece_cap = len + 8;
+		if (tok_piece(s->tok, i, &len) && TOK_STREAM_ROOM(len) > s->piece_cap)
+			s->piece_cap = TOK_STREAM_ROOM(len);
 	}
 	s->piece = malloc(s->piece_cap);
 	s->text = malloc(s->piece_cap + STOP_MAX_LEN);
@@ -112,6 +112,8 @@ int sched_create(struct backend *b, const struct sched_opts *o, struct sched **o
 	return 0;
 }
 
+static void finish_all(struct sched *s, enum finish_reason why);
+
 static void seq_free(struct seq *q)
 {
 	if (!q)
@@ -126,11 +128,8 @@ void sched_destroy(struct sched *s)
 {
 	if (!s)
 		return;
+	finish_all(s, FINISH_CANCELLED); /* tell whoever waits */
 	for (struct seq *q = s->active, *n; q; q = n) {
-		n = q->next;
-		seq_free(q);
-	}
-	for (struct seq *q = s->incoming, *n; q; q = n) {
 		n = q->next;
 		seq_free(q);
 	}
@@ -169,6 +168,13 @@ int sched_submit(struct sched *s, const struct sched_request *r, uint64_t *id, c
 	/* Never more than the context holds. */
 	int max_new = r->max_tokens < s->b->max_ctx - r->n_prompt ? r->max_tokens
 								   : s->b->max_ctx - r->n_prompt;
+	/* Alone in the pool, a sequence must be able to reach its end, or it
+	 * would preempt itself for ever. */
+	long need = ((long)r->n_prompt + max_new + KV_BLOCK - 1) / KV_BLOCK;
+	if (need > s->b->kv_blocks)
+		return ember_err(err, -EINVAL,
+				 "%d prompt tokens and %d new ones need %ld KV cache blocks; the cache has %d",
+				 r->n_prompt, max_new, need, s->b->kv_blocks);
 	size_t cap = (size_t)r->n_prompt + (size_t)max_new;
 	struct seq *q = calloc(1, sizeof *q);
 	if (!q)
@@ -191,14 +197,14 @@ int sched_submit(struct sched *s, const struct sched_request *r, uint64_t *id, c
 	for (int i = 0; i < STOP_MAX; i++)
 		q->req.stop[i] = NULL; /* the matcher holds its own copies */
 	pthread_mutex_lock(&s->mu);
-	q->id = s->next_id++;
+	uint64_t mine = q->id = s->next_id++; /* q may be gone once unlocked */
 	struct seq **tail = &s->incoming;
 	while (*tail)
 		tail = &(*tail)->next;
 	*tail = q;
 	pthread_mutex_unlock(&s->mu);
 	if (id)
-		*id = q->id;
+		*id = mine;
 	return 0;
 }
 
@@ -288,6 +294,8 @@ static struct seq *newest_holder(struct sched *s)
 	return last;
 }
 
+/* Moves new submissions into the active list and finishes the cancelled
+ * sequences; callbacks run with the lock released, so they may submit. */
 static void take_submissions_and_cancels(struct sched *s)
 {
 	pthread_mutex_lock(&s->mu);
@@ -296,14 +304,32 @@ static void take_submissions_and_cancels(struct sched *s)
 		tail = &(*tail)->next;
 	*tail = s->incoming;
 	s->incoming = NULL;
-	for (size_t i = 0; i < s->n_cancels; i++)
+	uint64_t *ids = s->cancels;
+	size_t n = s->n_cancels;
+	s->cancels = NULL;
+	s->n_cancels = s->cap_cancels = 0;
+	pthread_mutex_unlock(&s->mu);
+	for (size_t i = 0; i < n; i++)
 		for (struct seq **l = &s->active; *l; l = &(*l)->next)
-			if ((*l)->id == s->cancels[i]) {
+			if ((*l)->id == ids[i]) {
 				finish(s, l, FINISH_CANCELLED);
 				break;
 			}
-	s->n_cancels = 0;
+	free(ids);
+}
+
+/* Ends every sequence, active or just submitted, with why. */
+static void finish_all(struct sched *s, enum finish_reason why)
+{
+	pthread_mutex_lock(&s->mu);
+	struct seq **tail = &s->active;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = s->incoming;
+	s->incoming = NULL;
 	pthread_mutex_unlock(&s->mu);
+	while (s->active)
+		finish(s, &s->active, why);
 }
 
 int sched_step(struct sched *s, char *err)
@@ -350,17 +376,12 @@ int sched_step(struct sched *s, char *err)
 			continue;
 		int share = (budget + n_prefill - 1) / n_prefill;
 		n_prefill--;
-		int take = pending < share ? pending : share;
-		int have = q->n_blocks * KV_BLOCK - q->n_cached;
-		int can = have + s->n_free * KV_BLOCK;
-		if (q->slot < 0 && s->n_free_slots == 0)
-			can = 0;
-		if (take > can)
-			take = can;
-		if (take <= 0 || !reserve(s, q, q->n_cached + take))
+		/* A prompt starts only with blocks for all of it, so prompts part
+		 * way through never wait on each other for blocks. */
+		if (!reserve(s, q, q->n_tokens))
 			break; /* the pool is short: later prompts wait too */
-		q->take = take;
-		budget -= take;
+		q->take = pending < share ? pending : share;
+		budget -= q->take;
 	}
 
 	int n = 0, rows = 0;
@@ -377,8 +398,7 @@ int sched_step(struct sched *s, char *err)
 	if (n > 0) {
 		int rc = be_forward(s->b, s->entries, n, s->logits, err);
 		if (rc < 0) {
-			while (s->active)
-				finish(s, &s->active, FINISH_ERROR);
+			finish_all(s, FINISH_ERROR);
 			return rc;
 		}
 	}

@@ -13,7 +13,7 @@
 #include "stop.h"
 #include "tokenizer.h"
 
-#define SCHED_MAX_STOP_IDS 8
+#define SCHED_MAX_STOP_IDS 16
 
 enum finish_reason {
 	FINISH_NONE,
@@ -55,11 +55,14 @@ struct sched;
 /* A scheduler over backend b, which must have been made with a block pool
  * (kv_blocks > 0). Returns 0 or a negative errno with err set. */
 int sched_create(struct backend *b, const struct sched_opts *o, struct sched **out, char *err);
+/* Ends every sequence left with FINISH_CANCELLED (callbacks run) and frees
+ * the scheduler. */
 void sched_destroy(struct sched *s);
 
 /* Queues a sequence; thread-safe. On success *id names it for
  * sched_cancel. Returns -EINVAL (bad parameters, a prompt that does not fit
- * the context) or -ENOMEM, with err set; nothing is queued then. */
+ * the context, a prompt and max_tokens that need more blocks than the pool
+ * has) or -ENOMEM, with err set; nothing is queued then. */
 int sched_submit(struct sched *s, const struct sched_request *r, uint64_t *id, char *err);
 
 /* Ends sequence id at the next step with FINISH_CANCELLED, freeing its
@@ -71,7 +74,7 @@ void sched_cancel(struct sched *s, uint64_t id);
  * then finished with FINISH_ERROR and the error is in err). */
 int sched_step(struct sched *s, char *err);
 
-/* Blocks free in the pool, and in all; for tests and /metrics. */
+/* Blocks free in the pool, and in all; for tests and /metrics (any thread). */
 int sched_free_blocks(struct sched *s);
 int sched_total_blocks(struct sched *s);
 /* Sequences preempted so far. */

@@ -517,6 +517,9 @@ static int load_vocab(struct tokenizer *t, json_t *model, json_t *added, char *e
 			return ember_err(err, -EINVAL, "tokenizer.json: added_tokens[%zu] has no content", i);
 		int32_t id = (int32_t)json_integer_value(json_object_get(a, "id"));
 		const char *s = json_string_value(content);
+		for (size_t k = 0; k < t->n_added; k++)
+			if (t->added[k].id == id)
+				return ember_err(err, -EINVAL, "tokenizer.json: added token id %d is given twice", id);
 		if (!t->text[id] && !(t->text[id] = strdup(s)))
 			return ember_err(err, -ENOMEM, "out of memory");
 		/* An added token's bytes are its text, not byte-level symbols. */
@@ -1029,8 +1032,9 @@ static int pretokenize(struct tok_ctx *c, const struct pretok *pt, size_t n_in, 
 			continue;
 		}
 		/* Segments alternate gap, match, gap, ...; a match is a delimiter
-		 * unless the pattern is inverted. */
-		size_t pos = 0;
+		 * unless the pattern is inverted. An empty match is a boundary
+		 * between gaps, as in tokenizers. */
+		size_t pos = 0, gap = 0;
 		bool have = false, cur_delim = false, cur_merged = false;
 		size_t pend_off = 0, pend_len = 0;
 		bool pend = false;
@@ -1043,25 +1047,16 @@ static int pretokenize(struct tok_ctx *c, const struct pretok *pt, size_t n_in, 
 				PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
 				ms = ov[0];
 				me = ov[1];
-				if (me == ms) { /* empty match: step over one character */
-					size_t step = 1;
-					while (ms + step < len && ((uint8_t)c->arena[off + ms + step] & 0xc0) == 0x80)
-						step++;
-					if (ms >= len)
-						rc = PCRE2_ERROR_NOMATCH, ms = me = len;
-					else {
-						pos = ms + step;
-						continue;
-					}
-				}
+				if (ms < gap || me < ms || me > len)
+					return -EINVAL; /* \K can move a start back: not ours */
 			} else if (rc != PCRE2_ERROR_NOMATCH) {
 				return -EINVAL;
 			}
-			/* Two segments: the gap [last end, ms) and the match [ms, me). */
+			/* Two segments: the gap [gap, ms) and the match [ms, me). */
 			struct {
 				size_t o, l;
 				bool delim;
-			} seg[2] = {{pos, ms - pos, pt->invert}, {ms, me - ms, !pt->invert}};
+			} seg[2] = {{gap, ms - gap, pt->invert}, {ms, me - ms, !pt->invert}};
 			for (int k = 0; k < 2; k++) {
 				if (seg[k].l == 0)
 					continue;
@@ -1110,9 +1105,16 @@ static int pretokenize(struct tok_ctx *c, const struct pretok *pt, size_t n_in, 
 					break;
 				}
 			}
-			if (me >= len)
+			if (rc < 0 || me >= len)
 				break;
-			pos = me;
+			gap = me;
+			if (me > ms) {
+				pos = me;
+			} else { /* empty: search again one character on */
+				pos = ms + 1;
+				while (pos < len && ((uint8_t)c->arena[off + pos] & 0xc0) == 0x80)
+					pos++;
+			}
 		}
 		if (pend && !span_push(&c->b, &nb, &c->cap_b, pend_off, pend_len))
 			return -ENOMEM;
@@ -1241,7 +1243,9 @@ int tok_encode(const struct tokenizer *t, struct tok_ctx *c, const char *text, s
 					next++;
 		}
 		if ((rc = encode_segment(c, text + pos, seg_end - pos, ids, n, cap)) < 0)
-			return ember_err(err, rc, rc == -ENOMEM ? "out of memory" : "text could not be normalized");
+			return ember_err(err, rc, rc == -ENOMEM ? "out of memory"
+						 : rc == -EILSEQ ? "text could not be normalized"
+								  : "the pre-tokenizer's regex failed");
 		if (!a)
 			break;
 		if (!push_ids(ids, n, cap, &a->id, 1))
@@ -1271,6 +1275,8 @@ long tok_stream_push(const struct tokenizer *t, struct tok_stream *s, int32_t id
 	const char *p = tok_piece(t, id, &plen);
 	if (!p)
 		plen = 0;
+	if (cap < TOK_STREAM_ROOM(plen))
+		return -1;
 	size_t w = 0;
 	/* Each byte is appended to the held bytes; complete, valid sequences go
 	 * out, a sequence that turns out invalid goes out as U+FFFD. */

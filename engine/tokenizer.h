@@ -60,9 +60,13 @@ struct tok_stream {
 	size_t n_held;
 };
 
-/* Appends the text of token id to out (cap bytes; 4 + the piece's length
- * always suffice) and returns the number of bytes written, or -1 when cap is
- * too small. tok_stream_flush ends the stream. */
+/* TOK_STREAM_ROOM(len) bytes always hold what a piece of len bytes lets out:
+ * each byte, held ones included, becomes at most a 3-byte U+FFFD. */
+#define TOK_STREAM_ROOM(len) (3 * ((size_t)(len) + 3))
+
+/* Appends the text of token id to out (cap bytes) and returns the number
+ * of bytes written, or -1 (the stream unchanged) when cap is less than
+ * TOK_STREAM_ROOM of the piece's length. tok_stream_flush ends the stream. */
 long tok_stream_push(const struct tokenizer *t, struct tok_stream *s, int32_t id, char *out,
 		     size_t cap);
 long tok_stream_flush(struct tok_stream *s, char *out, size_t cap);

@@ -135,6 +135,40 @@ static int test_top_p(void)
 	return check_freq(c, n, want2);
 }
 
+/* top_k past the small-k path (a heap of the whole vocabulary): with a
+ * vocabulary of 100 and k = 40, only the 40 best are ever drawn. */
+static int test_top_k_large(void)
+{
+	enum { W = 100 };
+	struct sampler_params p;
+	sampler_params_default(&p);
+	p.top_k = 40;
+	p.temperature = 5; /* flat enough that the 40th comes up */
+	p.seed = 3;
+	struct sampler_scratch *sc = sampler_scratch_create(W);
+	struct sampler_seq *s = sampler_seq_create(&p, W, 5001);
+	int seen[W] = {0};
+	for (int i = 0; i < 5000; i++) {
+		float l[W];
+		for (int k = 0; k < W; k++)
+			l[k] = (float)((k * 37) % W) / 10.0f; /* a permutation of 0..9.9 */
+		struct sampler_result r;
+		sampler_sample(s, sc, l, &r);
+		seen[r.token]++;
+	}
+	int drawn = 0;
+	for (int k = 0; k < W; k++) {
+		int rank = W - 1 - (k * 37) % W; /* 0 is the best */
+		if (seen[k] && rank >= 40)
+			return fail("token of rank %d drawn", rank);
+		drawn += seen[k] > 0;
+	}
+	CHECK(drawn == 40, "%d distinct tokens drawn, want 40", drawn);
+	sampler_seq_destroy(s);
+	sampler_scratch_destroy(sc);
+	return 0;
+}
+
 static int test_top_k(void)
 {
 	struct sampler_params p;
@@ -401,6 +435,7 @@ static const struct test tests[] = {
 	{"temperature_half", test_temperature_half},
 	{"top_p", test_top_p},
 	{"top_k", test_top_k},
+	{"top_k_large", test_top_k_large},
 	{"min_p", test_min_p},
 	{"seed_reproduces", test_seed_reproduces},
 	{"penalties", test_penalties},

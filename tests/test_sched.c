@@ -286,6 +286,36 @@ static int test_preemption(void)
 	return 0;
 }
 
+/* A pool that holds one prompt at a time: prompts take turns instead of
+ * each holding half of it for ever; a request the pool can never hold is
+ * refused. */
+static int test_small_pool(void)
+{
+	char err[EMBER_ERR_LEN];
+	struct rig r;
+	if (rig_open(&r, "tiny-qwen2", 4, 4, 64))
+		return 1;
+	int32_t p[2][60];
+	uint64_t x = 11;
+	struct collected c[2];
+	for (int i = 0; i < 2; i++) {
+		random_prompt(p[i], 60, &x);
+		struct sched_request q = request(p[i], 60, 4, 0, 0, &c[i]);
+		CHECK(sched_submit(r.s, &q, NULL, err) == 0, "%s", err);
+	}
+	int steps = 0;
+	while (sched_step(r.s, err) > 0)
+		CHECK(++steps < 1000, "no progress after %d steps", steps);
+	CHECK(c[0].why == FINISH_LENGTH && c[1].why == FINISH_LENGTH && c[0].n == 4 && c[1].n == 4,
+	      "%s, %s", finish_reason_name(c[0].why), finish_reason_name(c[1].why));
+	struct sched_request q = request(p[0], 60, 5, 0, 0, &c[0]);
+	CHECK(sched_submit(r.s, &q, NULL, err) == -EINVAL && strstr(err, "blocks"),
+	      "a request larger than the pool: %s", err);
+	CHECK(sched_free_blocks(r.s) == 4, "blocks left in use");
+	rig_close(&r);
+	return 0;
+}
+
 /* Cancelling in the middle of a prefill and of a decode returns all blocks. */
 static int test_cancel(void)
 {
@@ -402,6 +432,7 @@ static const struct test tests[] = {
 	{"greedy_llama", test_greedy_llama},
 	{"batch_invariance", test_batch_invariance},
 	{"preemption", test_preemption},
+	{"small_pool", test_small_pool},
 	{"cancel", test_cancel},
 	{"stop_strings", test_stop_strings},
 };

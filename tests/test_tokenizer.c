@@ -264,6 +264,30 @@ static int test_encode_rejects_invalid_utf8(void)
 	return 0;
 }
 
+/* Split with a pattern that matches empty: every empty match is a
+ * boundary, as in tokenizers ("abxab" by x* isolated is a, b, x, a, b). */
+static int test_split_empty_matches(void)
+{
+	const char *json =
+		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"x\":2,\"ab\":3},"
+		"\"merges\":[\"a b\"]},"
+		"\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"x*\"},"
+		"\"behavior\":\"Isolated\",\"invert\":false}}";
+	struct tokenizer *t;
+	char err[EMBER_ERR_LEN];
+	CHECK(tok_load_json((const uint8_t *)json, strlen(json), NULL, 0, &t, err) == 0, "%s", err);
+	struct tok_ctx *c = tok_ctx_create(t);
+	int32_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	CHECK(tok_encode(t, c, "abxab", 5, false, &ids, &n, &cap, err) == 0, "%s", err);
+	CHECK(n == 5 && ids[0] == 0 && ids[1] == 1 && ids[2] == 2 && ids[3] == 0 && ids[4] == 1,
+	      "%zu ids: %d %d %d", n, n > 0 ? ids[0] : -1, n > 1 ? ids[1] : -1, n > 2 ? ids[2] : -1);
+	free(ids);
+	tok_ctx_destroy(c);
+	tok_free(t);
+	return 0;
+}
+
 static int test_load_rejects(void)
 {
 	static const struct {
@@ -293,6 +317,9 @@ static int test_load_rejects(void)
 		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
 		 "\"decoder\":{\"type\":\"WordPiece\"}}",
 		 "decoder 'WordPiece'"},
+		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+		 "\"added_tokens\":[{\"id\":5,\"content\":\"<x>\"},{\"id\":5,\"content\":\"<y>\"}]}",
+		 "given twice"},
 		{"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
 		 "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\"}}]}}",
 		 "'<s>' is unknown"},
@@ -439,6 +466,7 @@ static const struct test tests[] = {
 	{"stream_holds_partial_utf8", test_stream_holds_partial_utf8},
 	{"encode_rejects_invalid_utf8", test_encode_rejects_invalid_utf8},
 	{"load_rejects", test_load_rejects},
+	{"split_empty_matches", test_split_empty_matches},
 	{"worker_prompt", test_worker_prompt},
 	{"chat_deepseek_v3", test_chat_deepseek_v3},
 	{"chat_qwen3", test_chat_qwen3},

@@ -187,7 +187,7 @@ int main(int argc, char **argv)
 		else if (strcmp(a, "--chat-template") == 0)
 			template_name = v;
 		else if (strcmp(a, "--max-tokens") == 0)
-			rc = parse_int(a, v, 0, 1 << 20, &max_tokens);
+			rc = parse_int(a, v, 1, 1 << 20, &max_tokens);
 		else if (strcmp(a, "--threads") == 0)
 			rc = parse_int(a, v, 1, 1024, &opts.threads);
 		else if (strcmp(a, "--ctx") == 0)

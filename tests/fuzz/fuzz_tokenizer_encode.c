@@ -39,8 +39,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if ((rc == -EILSEQ) == valid)
 		abort(); /* refused valid text, or accepted invalid text */
 	struct tok_stream st = {0};
-	char out[1024];
+	char out[4096];
 	for (size_t i = 0; i < n; i++) {
+		size_t plen;
+		if (!tok_piece(tok, ids[i], &plen) || TOK_STREAM_ROOM(plen) > sizeof out)
+			continue;
 		long r = tok_stream_push(tok, &st, ids[i], out, sizeof out);
 		if (r < 0 || utf8_valid_prefix((const uint8_t *)out, (size_t)r) != (size_t)r)
 			abort();

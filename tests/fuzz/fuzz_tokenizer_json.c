@@ -24,8 +24,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			char out[4096];
 			for (size_t i = 0; i < n; i++) {
 				size_t plen;
-				if (tok_piece(t, ids[i], &plen) && plen + 4 <= sizeof out)
-					tok_stream_push(t, &st, ids[i], out, sizeof out);
+				if (tok_piece(t, ids[i], &plen) && TOK_STREAM_ROOM(plen) <= sizeof out &&
+				    tok_stream_push(t, &st, ids[i], out, sizeof out) < 0)
+					abort(); /* the room the header promises was not enough */
 			}
 		}
 		free(ids);
