@@ -1,10 +1,9 @@
 /* ember-worker: for now its command-line mode, which loads a model and
- * prints a greedy continuation of a prompt given as text or as token ids.
- * The FastCGI server modes come with the worker issue. Runs as its own
- * process. */
+ * prints the continuation of a prompt given as text, a chat turn or token
+ * ids, for one or several copies at once, through the scheduler. The
+ * FastCGI server modes come with the worker issue. Runs as its own process. */
 #include "../engine/chat.h"
 #include "../engine/cpu.h"
-#include "../engine/generate.h"
 #include "../engine/matmul.h"
 #include "../engine/model.h"
 #include "../engine/sched.h"
@@ -42,9 +41,10 @@ static void usage(FILE *f)
 		"  --max-batch-tokens N tokens per forward step (default 512)\n"
 		"  --help               this text\n"
 		"\n"
-		"Prints the greedy continuation on stdout, as text for --prompt and --chat (ending at\n"
-		"the end-of-sequence token) and as comma-separated ids for --prompt-ids or\n"
-		"--print-ids, and the timing on stderr.\n");
+		"Prints the continuation on stdout, as text for --prompt and --chat (ending at\n"
+		"an end-of-sequence token or --stop) and as comma-separated ids for\n"
+		"--prompt-ids or --print-ids, and the timing on stderr. Exits 1 when the model\n"
+		"cannot be loaded or the request does not fit, 2 on a bad flag.\n");
 }
 
 static int parse_int(const char *flag, const char *s, int lo, int hi, int *out)
