@@ -5,6 +5,7 @@
 #define EMBER_TEST_RUNNER_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -56,6 +57,38 @@ static inline int run_tests(const struct test *tests, size_t n, const char *only
 	}
 	printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
 	return failed ? 1 : 0;
+}
+
+/* A runner's option "--flag VALUE": value points at where VALUE goes. */
+struct runner_opt {
+	const char *flag;
+	const char **value;
+};
+
+/* Reads --only NAME (into *only) and the runner's own options from argv.
+ * Returns 0, or prints the usage of prog and returns -1 on anything else. */
+static inline int runner_args(int argc, char **argv, const char *prog,
+			      const struct runner_opt *opts, size_t n, const char **only)
+{
+	*only = NULL;
+	for (int i = 1; i < argc; i += 2) {
+		bool known = i + 1 < argc && strcmp(argv[i], "--only") == 0;
+		if (known)
+			*only = argv[i + 1];
+		for (size_t k = 0; !known && k < n && i + 1 < argc; k++)
+			if (strcmp(argv[i], opts[k].flag) == 0) {
+				*opts[k].value = argv[i + 1];
+				known = true;
+			}
+		if (!known) {
+			fprintf(stderr, "usage: %s [--only NAME]", prog);
+			for (size_t k = 0; k < n; k++)
+				fprintf(stderr, " [%s VALUE]", opts[k].flag);
+			fprintf(stderr, "\n");
+			return -1;
+		}
+	}
+	return 0;
 }
 
 /* Runs cmd with the shell, keeps up to cap - 1 bytes of its output in out

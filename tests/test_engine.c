@@ -807,22 +807,12 @@ static const struct test tests[] = {
 
 int main(int argc, char **argv)
 {
-	const char *only = NULL;
-	seed = (uint64_t)time(NULL);
-	for (int i = 1; i + 1 < argc; i += 2) {
-		if (strcmp(argv[i], "--only") == 0)
-			only = argv[i + 1];
-		else if (strcmp(argv[i], "--seed") == 0)
-			seed = strtoull(argv[i + 1], NULL, 10);
-		else if (strcmp(argv[i], "--models") == 0)
-			models_dir = argv[i + 1];
-		else if (strcmp(argv[i], "--worker") == 0)
-			worker_path = argv[i + 1];
-		else {
-			fprintf(stderr, "usage: test-engine [--only NAME] [--seed N] [--models DIR] [--worker PATH]\n");
-			return 2;
-		}
-	}
+	const char *only, *seed_arg = NULL;
+	const struct runner_opt opts[] = {
+		{"--seed", &seed_arg}, {"--models", &models_dir}, {"--worker", &worker_path}};
+	if (runner_args(argc, argv, "test-engine", opts, 3, &only) < 0)
+		return 2;
+	seed = seed_arg ? strtoull(seed_arg, NULL, 10) : (uint64_t)time(NULL);
 	printf("test-engine: seed %llu, kernels %s\n", (unsigned long long)seed, cpu_isa());
 	return run_tests(tests, sizeof tests / sizeof tests[0], only, reseed);
 }

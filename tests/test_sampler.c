@@ -446,15 +446,9 @@ static const struct test tests[] = {
 
 int main(int argc, char **argv)
 {
-	const char *only = NULL;
-	for (int i = 1; i + 1 < argc; i += 2) {
-		if (strcmp(argv[i], "--only") == 0) {
-			only = argv[i + 1];
-		} else {
-			fprintf(stderr, "usage: test-sampler [--only NAME]\n");
-			return 2;
-		}
-	}
+	const char *only;
+	if (runner_args(argc, argv, "test-sampler", NULL, 0, &only) < 0)
+		return 2;
 	printf("test-sampler: fixed seeds in each test\n");
 	return run_tests(tests, sizeof tests / sizeof tests[0], only, NULL);
 }

@@ -439,17 +439,10 @@ static const struct test tests[] = {
 
 int main(int argc, char **argv)
 {
-	const char *only = NULL;
-	for (int i = 1; i + 1 < argc; i += 2) {
-		if (strcmp(argv[i], "--only") == 0)
-			only = argv[i + 1];
-		else if (strcmp(argv[i], "--models") == 0)
-			models_dir = argv[i + 1];
-		else {
-			fprintf(stderr, "usage: test-sched [--only NAME] [--models DIR]\n");
-			return 2;
-		}
-	}
+	const char *only;
+	const struct runner_opt opts[] = {{"--models", &models_dir}};
+	if (runner_args(argc, argv, "test-sched", opts, 1, &only) < 0)
+		return 2;
 	printf("test-sched: fixed seeds in each test\n");
 	return run_tests(tests, sizeof tests / sizeof tests[0], only, NULL);
 }
