@@ -11,6 +11,7 @@ DEPS_PREFIX ?=
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -fno-strict-aliasing
 LDLIBS   += -ljansson -lpcre2-8 -lutf8proc -lm -pthread
+WORKER_LIBS := -lfcgi -lsystemd
 ifneq ($(DEPS_PREFIX),)
 DEPS_LIBDIRS := $(wildcard $(DEPS_PREFIX)/usr/lib/x86_64-linux-gnu $(DEPS_PREFIX)/usr/lib \
                   $(DEPS_PREFIX)/lib/x86_64-linux-gnu $(DEPS_PREFIX)/lib)
@@ -22,7 +23,10 @@ endif
 ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c \
               engine/config.c engine/model.c engine/threads.c engine/matmul.c engine/cpu.c \
               engine/generate.c engine/sha256.c engine/backend.c engine/tokenizer.c engine/chat.c engine/sampler.c engine/stop.c engine/sched.c
-ENGINE_HDR := $(wildcard engine/*.h)
+ENGINE_HDR := $(wildcard engine/*.h) $(wildcard worker/*.h)
+WORKER_SRC := worker/main.c worker/cli.c worker/server.c worker/complete.c worker/conn.c \
+              worker/api.c worker/http.c worker/metrics.c worker/wlog.c
+WORKER_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(WORKER_SRC))
 
 TINY_MODELS := tiny-qwen2 tiny-llama
 MODEL_STAMPS := $(patsubst %,$(BUILD)/models/%/.done,$(TINY_MODELS))
@@ -53,8 +57,8 @@ ENGINE_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(ENGINE_SRC))
 $(BUILD)/libember-engine.a: $(ENGINE_OBJ)
 	ar rcs $@ $^
 
-$(BUILD)/ember-worker: $(BUILD)/worker/main.o $(BUILD)/libember-engine.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/ember-worker: $(WORKER_OBJ) $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(WORKER_LIBS) $(LDLIBS)
 
 $(BUILD)/make-model: $(BUILD)/scripts/make_model.o $(BUILD)/engine/common.o
 	$(CC) $(LDFLAGS) -o $@ $^ -lm

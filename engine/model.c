@@ -201,3 +201,18 @@ void model_close(struct model *m)
 	free(m->small);
 	free(m);
 }
+
+void model_sampling_defaults(const struct model *m, struct sampler_params *p)
+{
+	const struct gen_defaults *g = &m->gen;
+	sampler_params_default(p);
+	p->temperature = 0;
+	if (g->have_sampling && g->do_sample)
+		p->temperature = g->temperature >= 0 ? g->temperature : 1.0f;
+	if (g->top_p > 0)
+		p->top_p = g->top_p;
+	if (g->top_k >= 0)
+		p->top_k = g->top_k;
+	if (g->repetition_penalty > 0)
+		p->repetition_penalty = g->repetition_penalty;
+}

@@ -6,6 +6,7 @@
 
 #include "config.h"
 #include "modelfiles.h"
+#include "sampler.h"
 #include "weights.h"
 
 /* A 2-D weight stored row-major as (rows, cols) of dtype, in the model file. */
@@ -53,5 +54,11 @@ int model_open_dir(const char *dir, struct model **out, char *err);
 int model_open(struct mfiles *mf, struct model **out, char *err);
 
 void model_close(struct model *m);
+
+/* Fills p with the defaults a request gets from the model's
+ * generation_config.json: greedy unless it says do_sample, then its
+ * temperature, top_p, top_k and repetition_penalty; OpenAI's defaults for
+ * the rest. */
+void model_sampling_defaults(const struct model *m, struct sampler_params *p);
 
 #endif

@@ -7,6 +7,10 @@ set -eu
 # tokenizer packages and the reference tokenizer, clang for fuzzing
 PKGS="gcc make libc6-dev pkg-config libjansson-dev libpcre2-dev libutf8proc-dev nodejs npm ca-certificates coreutils"
 PKGS="$PKGS clang libclang-rt-14-dev"
+# the worker: FastCGI, journald; the front ends and tools the integration
+# tests and benchmarks start: Caddy, Apache httpd, nginx, php-fpm, wrk, curl,
+# promtool (prometheus)
+PKGS="$PKGS libfcgi-dev libsystemd-dev caddy apache2 nginx-light php-fpm wrk curl prometheus"
 
 missing=""
 for p in $PKGS; do

@@ -1,163 +1,112 @@
-/* ember-worker: for now its command-line mode, which loads a model and
- * prints the continuation of a prompt given as text, a chat turn or token
- * ids, for one or several copies at once, through the scheduler. The
- * FastCGI server modes come with the worker issue. Runs as its own process. */
-#include "../engine/chat.h"
-#include "../engine/cpu.h"
-#include "../engine/matmul.h"
-#include "../engine/model.h"
-#include "../engine/sched.h"
-#include "../engine/tokenizer.h"
+/* ember-worker: answers the OpenAI-compatible API over FastCGI (on a socket
+ * it opens with --listen or inherits on fd 0, as spawn-fcgi and Apache
+ * mod_fcgid hand it over), as plain CGI, or prints one generation from the
+ * command line. This file reads the flags and picks the mode. Runs as its
+ * own process. */
+#include "cli.h"
+#include "server.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
+#include <string.h>
+#include <sys/socket.h>
 
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: ember-worker --model DIR (--prompt TEXT | --chat TEXT | --prompt-ids ID,...) [options]\n"
+		"usage: ember-worker --model DIR [--listen ADDR] [server options]\n"
+		"       ember-worker --model DIR (--prompt TEXT | --chat TEXT | --prompt-ids ID,...) [options]\n"
 		"\n"
-		"  --model DIR          Hugging Face model directory (config.json, safetensors,\n"
-		"                       tokenizer.json for --prompt)\n"
-		"  --prompt TEXT        prompt as text, tokenized with the model's tokenizer\n"
-		"  --chat TEXT          one user turn, through the model's chat template\n"
-		"  --system TEXT        with --chat: a system message before it\n"
-		"  --chat-template NAME with --chat: use this template family (deepseek-v3,\n"
-		"                       qwen3, llama3) instead of recognising the model's\n"
-		"  --prompt-ids LIST    prompt as comma-separated token ids\n"
-		"  --print-ids          print ids, not text (and the prompt's ids on stderr)\n"
-		"  --max-tokens N       tokens to generate (default 16)\n"
-		"  --threads N          CPU threads (default: one per processor)\n"
-		"  --ctx N              context length to allocate (default: the model's, at most 4096)\n"
-		"  --temperature T      sampling temperature (default: generation_config.json's\n"
-		"                       when it samples, else 0: greedy)\n"
-		"  --seed N             random seed (default 0); copy i of --parallel uses N + i\n"
-		"  --parallel N         N copies of the prompt, run as one batch (default 1)\n"
-		"  --stop TEXT          end the text before TEXT (up to 4 times; with --prompt or --chat)\n"
-		"  --kv-cache-mb N      KV cache budget (default: room for every copy's context)\n"
-		"  --max-batch-tokens N tokens per forward step (default 512)\n"
-		"  --help               this text\n"
+		"Serving (FastCGI; on --listen, else on a listening socket inherited as fd 0,\n"
+		"else as CGI when GATEWAY_INTERFACE is set):\n"
+		"  --listen ADDR           a unix socket path or HOST:PORT to listen on\n"
+		"  --listen-mode MODE      permissions of the unix socket (octal, default 0660)\n"
+		"  --prefix PATH           serve the API under PATH (e.g. /llm)\n"
+		"  --model-name NAME       the model's id in the API (default: DIR's base name)\n"
+		"  --api-key-file FILE     keys, one per line: requests need Authorization: Bearer KEY\n"
+		"                          (/health stays open)\n"
+		"  --slots N               sequences generated at once (default 4)\n"
+		"  --queue N               requests that may wait for a slot beyond those (default 16)\n"
+		"  --queue-timeout S       seconds a request waits for a slot before a 503 (default 30)\n"
+		"  --request-timeout S     seconds a generation may run (default 600)\n"
+		"  --keepalive S           seconds between keep-alive comments on a quiet stream (default 2)\n"
+		"  --drain-timeout S       seconds in-flight requests get after SIGTERM (default 30)\n"
+		"  --max-body-bytes N      largest request body (default 1048576)\n"
+		"  --max-prompt-tokens N   longest prompt (default: the context)\n"
 		"\n"
-		"Prints the continuation on stdout, as text for --prompt and --chat (ending at\n"
-		"an end-of-sequence token or --stop) and as comma-separated ids for\n"
-		"--prompt-ids or --print-ids, and the timing on stderr. Exits 1 when the model\n"
-		"cannot be loaded or the request does not fit, 2 on a bad flag.\n");
+		"Command line:\n"
+		"  --prompt TEXT           prompt as text, tokenized with the model's tokenizer\n"
+		"  --chat TEXT             one user turn, through the model's chat template\n"
+		"  --system TEXT           with --chat: a system message before it\n"
+		"  --prompt-ids LIST       prompt as comma-separated token ids\n"
+		"  --print-ids             print ids, not text (and the prompt's ids on stderr)\n"
+		"  --max-tokens N          tokens to generate (default 16)\n"
+		"  --temperature T         sampling temperature (default: generation_config.json's\n"
+		"                          when it samples, else 0: greedy)\n"
+		"  --seed N                random seed (default 0); copy i of --parallel uses N + i\n"
+		"  --parallel N            N copies of the prompt, run as one batch (default 1)\n"
+		"  --stop TEXT             end the text before TEXT (up to 4 times; with --prompt or --chat)\n"
+		"\n"
+		"Both:\n"
+		"  --model DIR             Hugging Face model directory (config.json, safetensors,\n"
+		"                          tokenizer.json)\n"
+		"  --chat-template NAME    use this template family (deepseek-v3, qwen3, llama3)\n"
+		"                          instead of recognising the model's\n"
+		"  --threads N             CPU threads (default: one per processor)\n"
+		"  --ctx N                 context length per sequence (default: the model's, at most 4096)\n"
+		"  --kv-cache-mb N         KV cache budget (default: room for every sequence's context)\n"
+		"  --max-batch-tokens N    tokens per forward step (default 512)\n"
+		"  --help                  this text\n"
+		"\n"
+		"The command line prints the continuation on stdout (text, or ids for\n"
+		"--prompt-ids and --print-ids) and the timing on stderr. Exits 1 when the model\n"
+		"cannot be loaded or the request does not fit, 2 on a bad flag; a server exits\n"
+		"0 after draining on SIGTERM or SIGINT.\n");
 }
 
-static int parse_int(const char *flag, const char *s, int lo, int hi, int *out)
+static int parse_int(const char *flag, const char *s, long lo, long hi, long *out)
 {
 	char *end;
 	errno = 0;
 	long v = strtol(s, &end, 10);
 	if (errno || end == s || *end || v < lo || v > hi) {
-		fprintf(stderr, "ember-worker: %s wants an integer in %d..%d, not '%s'\n", flag, lo, hi,
-			s);
+		fprintf(stderr, "ember-worker: %s wants an integer in %ld..%ld, not '%s'\n", flag, lo,
+			hi, s);
 		return -1;
 	}
-	*out = (int)v;
+	*out = v;
 	return 0;
 }
 
-/* Parses "1,2,3" into a malloc'd array. Returns the count or -1. */
-static int parse_ids(const char *s, int32_t **out)
+static int parse_seconds(const char *flag, const char *s, double *out)
 {
-	size_t n = 1;
-	for (const char *p = s; *p; p++)
-		n += *p == ',';
-	if (n > INT_MAX / 2)
+	char *end;
+	double v = strtod(s, &end);
+	if (end == s || *end || !(v > 0 && v <= 86400 * 7)) {
+		fprintf(stderr, "ember-worker: %s wants seconds (a number above 0), not '%s'\n", flag, s);
 		return -1;
-	int32_t *ids = malloc(n * sizeof *ids);
-	if (!ids)
-		return -1;
-	const char *p = s;
-	for (size_t i = 0; i < n; i++) {
-		char *end;
-		errno = 0;
-		long v = strtol(p, &end, 10);
-		if (errno || end == p || v < 0 || v > INT32_MAX || (*end != ',' && *end)) {
-			free(ids);
-			return -1;
-		}
-		ids[i] = (int32_t)v;
-		p = end + (*end == ',');
 	}
-	*out = ids;
-	return (int)n;
+	*out = v;
+	return 0;
 }
 
-struct printer {
-	bool ids_only;               /* print ids, not text */
-	bool stream_now;             /* print as tokens come, else at the end */
-	int n;                       /* tokens made */
-	char *out;                   /* (cap) what to print at the end */
-	size_t len, cap;
-};
-
-/* Prints, or keeps for the end, len bytes. */
-static void put(struct printer *p, const char *s, size_t len)
+static bool is_listening_socket(int fd)
 {
-	if (p->stream_now) {
-		fwrite(s, 1, len, stdout);
-		fflush(stdout);
-		return;
-	}
-	if (p->len + len + 1 > p->cap) {
-		size_t cap = p->cap ? p->cap : 256;
-		while (cap < p->len + len + 1)
-			cap *= 2;
-		char *o = realloc(p->out, cap);
-		if (!o)
-			return;
-		p->out = o;
-		p->cap = cap;
-	}
-	memcpy(p->out + p->len, s, len);
-	p->len += len;
-}
-
-static void print_token(void *arg, const struct sampler_result *r, const char *text, size_t len)
-{
-	struct printer *p = arg;
-	if (p->ids_only) {
-		char buf[16];
-		int k = snprintf(buf, sizeof buf, "%s%d", p->n ? "," : "", r->token);
-		put(p, buf, (size_t)k);
-	} else {
-		put(p, text, len);
-	}
-	p->n++;
-}
-
-static void print_finish(void *arg, enum finish_reason why, const char *text, size_t len)
-{
-	struct printer *p = arg;
-	(void)why;
-	if (!p->ids_only)
-		put(p, text, len);
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+	int v = 0;
+	socklen_t len = sizeof v;
+	return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) == 0 && v;
 }
 
 int main(int argc, char **argv)
 {
-	const char *model_dir = NULL, *ids_arg = NULL, *text = NULL, *chat = NULL, *system = NULL;
-	const char *template_name = NULL;
-	bool print_ids = false;
-	int max_tokens = 16, parallel = 1, kv_mb = 0, max_batch = 0;
-	float temperature = 0;
-	bool temperature_set = false;
-	uint64_t seed = 0;
-	const char *stops[STOP_MAX];
-	int n_stop = 0;
-	struct cpu_opts opts = {0};
+	struct cli_opts c = {.max_tokens = 16, .parallel = 1};
+	struct server_opts s = {.listen_mode = 0660, .listen_fd = -1, .slots = 4, .queue = 16,
+				.queue_timeout = 30, .request_timeout = 600, .keepalive = 2,
+				.drain_timeout = 30, .max_body_bytes = 1 << 20};
+	bool server_only = false;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -165,7 +114,7 @@ int main(int argc, char **argv)
 			return 0;
 		}
 		if (strcmp(a, "--print-ids") == 0) {
-			print_ids = true;
+			c.print_ids = true;
 			continue;
 		}
 		if (i + 1 >= argc) {
@@ -173,232 +122,142 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		const char *v = argv[++i];
+		long x = 0;
 		int rc = 0;
-		if (strcmp(a, "--model") == 0)
-			model_dir = v;
-		else if (strcmp(a, "--prompt-ids") == 0)
-			ids_arg = v;
-		else if (strcmp(a, "--prompt") == 0)
-			text = v;
-		else if (strcmp(a, "--chat") == 0)
-			chat = v;
-		else if (strcmp(a, "--system") == 0)
-			system = v;
-		else if (strcmp(a, "--chat-template") == 0)
-			template_name = v;
-		else if (strcmp(a, "--max-tokens") == 0)
-			rc = parse_int(a, v, 1, 1 << 20, &max_tokens);
-		else if (strcmp(a, "--threads") == 0)
-			rc = parse_int(a, v, 1, 1024, &opts.threads);
-		else if (strcmp(a, "--ctx") == 0)
-			rc = parse_int(a, v, 1, 1 << 24, &opts.max_ctx);
-		else if (strcmp(a, "--stop") == 0) {
-			if (n_stop == STOP_MAX) {
+		if (strcmp(a, "--model") == 0) {
+			c.model_dir = s.model_dir = v;
+		} else if (strcmp(a, "--prompt-ids") == 0) {
+			c.ids_arg = v;
+		} else if (strcmp(a, "--prompt") == 0) {
+			c.text = v;
+		} else if (strcmp(a, "--chat") == 0) {
+			c.chat = v;
+		} else if (strcmp(a, "--system") == 0) {
+			c.system = v;
+		} else if (strcmp(a, "--chat-template") == 0) {
+			c.template_name = s.chat_template = v;
+		} else if (strcmp(a, "--max-tokens") == 0) {
+			rc = parse_int(a, v, 1, 1 << 20, &x);
+			c.max_tokens = (int)x;
+		} else if (strcmp(a, "--threads") == 0) {
+			rc = parse_int(a, v, 1, 1024, &x);
+			c.threads = s.threads = (int)x;
+		} else if (strcmp(a, "--ctx") == 0) {
+			rc = parse_int(a, v, 2, 1 << 24, &x);
+			c.ctx = s.ctx = (int)x;
+		} else if (strcmp(a, "--stop") == 0) {
+			if (c.n_stop == STOP_MAX) {
 				fprintf(stderr, "ember-worker: at most %d --stop strings\n", STOP_MAX);
 				rc = -1;
 			} else {
-				stops[n_stop++] = v;
+				c.stops[c.n_stop++] = v;
 			}
-		} else if (strcmp(a, "--parallel") == 0)
-			rc = parse_int(a, v, 1, 256, &parallel);
-		else if (strcmp(a, "--kv-cache-mb") == 0)
-			rc = parse_int(a, v, 1, 1 << 24, &kv_mb);
-		else if (strcmp(a, "--max-batch-tokens") == 0)
-			rc = parse_int(a, v, 1, 1 << 16, &max_batch);
-		else if (strcmp(a, "--seed") == 0) {
-			int sd;
-			rc = parse_int(a, v, 0, INT_MAX, &sd);
-			seed = (uint64_t)sd;
+		} else if (strcmp(a, "--parallel") == 0) {
+			rc = parse_int(a, v, 1, 256, &x);
+			c.parallel = (int)x;
+		} else if (strcmp(a, "--kv-cache-mb") == 0) {
+			rc = parse_int(a, v, 1, 1 << 24, &x);
+			c.kv_mb = s.kv_mb = (int)x;
+		} else if (strcmp(a, "--max-batch-tokens") == 0) {
+			rc = parse_int(a, v, 1, 1 << 16, &x);
+			c.max_batch = s.max_batch_tokens = (int)x;
+		} else if (strcmp(a, "--seed") == 0) {
+			rc = parse_int(a, v, 0, INT_MAX, &x);
+			c.seed = (uint64_t)x;
 		} else if (strcmp(a, "--temperature") == 0) {
 			char *end;
-			temperature = strtof(v, &end);
-			temperature_set = true;
-			if (*end || end == v || !(temperature >= 0 && temperature <= 100)) {
+			c.temperature = strtof(v, &end);
+			c.temperature_set = true;
+			if (*end || end == v || !(c.temperature >= 0 && c.temperature <= 100)) {
 				fprintf(stderr, "ember-worker: --temperature wants a number in 0..100\n");
 				rc = -1;
 			}
-		}
-		else {
-			fprintf(stderr, "ember-worker: unknown option %s (see --help)\n", a);
-			return 2;
+		} else {
+			server_only = true;
+			if (strcmp(a, "--listen") == 0) {
+				s.listen = v;
+			} else if (strcmp(a, "--listen-mode") == 0) {
+				char *end;
+				x = strtol(v, &end, 8);
+				if (*end || end == v || x < 0 || x > 0777) {
+					fprintf(stderr, "ember-worker: --listen-mode wants octal permissions\n");
+					rc = -1;
+				}
+				s.listen_mode = (int)x;
+			} else if (strcmp(a, "--prefix") == 0) {
+				s.prefix = v;
+			} else if (strcmp(a, "--model-name") == 0) {
+				s.model_name = v;
+				if (!*v || strlen(v) >= 256) {
+					fprintf(stderr, "ember-worker: --model-name wants 1 to 255 bytes\n");
+					rc = -1;
+				}
+			} else if (strcmp(a, "--api-key-file") == 0) {
+				s.api_key_file = v;
+			} else if (strcmp(a, "--slots") == 0) {
+				rc = parse_int(a, v, 1, 1024, &x);
+				s.slots = (int)x;
+			} else if (strcmp(a, "--queue") == 0) {
+				rc = parse_int(a, v, 0, 4096, &x);
+				s.queue = (int)x;
+			} else if (strcmp(a, "--queue-timeout") == 0) {
+				rc = parse_seconds(a, v, &s.queue_timeout);
+			} else if (strcmp(a, "--request-timeout") == 0) {
+				rc = parse_seconds(a, v, &s.request_timeout);
+			} else if (strcmp(a, "--keepalive") == 0) {
+				rc = parse_seconds(a, v, &s.keepalive);
+			} else if (strcmp(a, "--drain-timeout") == 0) {
+				rc = parse_seconds(a, v, &s.drain_timeout);
+			} else if (strcmp(a, "--max-body-bytes") == 0) {
+				rc = parse_int(a, v, 64, 1L << 30, &x);
+				s.max_body_bytes = (size_t)x;
+			} else if (strcmp(a, "--max-prompt-tokens") == 0) {
+				rc = parse_int(a, v, 1, 1 << 24, &x);
+				s.max_prompt_tokens = (int)x;
+			} else {
+				fprintf(stderr, "ember-worker: unknown option %s (see --help)\n", a);
+				return 2;
+			}
 		}
 		if (rc < 0)
 			return 2;
 	}
-	if (!model_dir || (!!ids_arg + !!text + !!chat) != 1 || ((system || template_name) && !chat) ||
-	    (n_stop && ids_arg)) {
+	if (!c.model_dir) {
 		usage(stderr);
 		return 2;
 	}
-	int family = -1;
-	if (template_name && (family = chat_family_from_name(template_name)) < 0) {
-		fprintf(stderr, "ember-worker: --chat-template %s is not one of deepseek-v3, qwen3, llama3\n",
-			template_name);
+	int prompts = !!c.ids_arg + !!c.text + !!c.chat;
+	if (prompts) {
+		if (prompts != 1 || server_only || ((c.system) && !c.chat) || (c.n_stop && c.ids_arg)) {
+			usage(stderr);
+			return 2;
+		}
+		return cli_run(&c);
+	}
+	if (c.system || c.n_stop || c.print_ids) {
+		fprintf(stderr, "ember-worker: --system, --stop and --print-ids go with a prompt\n");
 		return 2;
 	}
-	int32_t *ids = NULL;
-	int n = 0;
-	if (ids_arg && (n = parse_ids(ids_arg, &ids)) < 0) {
-		fprintf(stderr, "ember-worker: --prompt-ids wants comma-separated token ids\n");
-		return 2;
-	}
-	char err[EMBER_ERR_LEN];
-	struct model *m = NULL;
-	struct backend *b = NULL;
-	struct tokenizer *tok = NULL;
-	struct tok_ctx *ctx = NULL;
-	struct sched *sched = NULL;
-	struct printer *printers = NULL;
-	int status = 1;
-	double t0 = now();
-	if (model_open_dir(model_dir, &m, err) < 0) {
-		fprintf(stderr, "ember-worker: %s\n", err);
-		goto done;
-	}
-	char *rendered = NULL;
-	if (text || chat) {
-		size_t nn = 0, cap = 0;
-		if (tok_load(m->files, &tok, err) < 0 || !(ctx = tok_ctx_create(tok))) {
-			fprintf(stderr, "ember-worker: %s\n", tok ? "out of memory" : err);
-			goto done;
-		}
-		if (chat) {
-			/* The template writes the BOS itself, as text. */
-			struct chat_msg msgs[2] = {{"system", system}, {"user", chat}};
-			size_t blen = 0;
-			const char *bos = tok_bos(tok) >= 0 ? tok_piece(tok, tok_bos(tok), &blen) : "";
-			char bos_text[256];
-			snprintf(bos_text, sizeof bos_text, "%.*s", (int)blen, bos ? bos : "");
-			if (family < 0 && (family = chat_detect(tok_chat_template(tok), err)) < 0) {
-				fprintf(stderr, "ember-worker: %s\n", err);
-				goto done;
+	if (!s.listen) {
+		const char *env_fd = getenv("EMBER_LISTEN_FD");
+		if (env_fd) {
+			long fd;
+			if (parse_int("EMBER_LISTEN_FD", env_fd, 0, INT_MAX, &fd) < 0 ||
+			    !is_listening_socket((int)fd)) {
+				fprintf(stderr, "ember-worker: EMBER_LISTEN_FD=%s is not a listening socket\n",
+					env_fd);
+				return 2;
 			}
-			if (chat_render((enum chat_family)family, system ? msgs : msgs + 1, system ? 2 : 1,
-					true, bos_text, &rendered, err) < 0) {
-				fprintf(stderr, "ember-worker: %s\n", err);
-				goto done;
-			}
-		}
-		const char *in = chat ? rendered : text;
-		int rc = tok_encode(tok, ctx, in, strlen(in), !chat, &ids, &nn, &cap, err);
-		free(rendered);
-		if (rc < 0) {
-			fprintf(stderr, "ember-worker: %s\n", err);
-			goto done;
-		}
-		if (nn == 0 || nn > INT_MAX / 2) {
-			fprintf(stderr, "ember-worker: the prompt is empty\n");
-			goto done;
-		}
-		n = (int)nn;
-		if (print_ids) {
-			fprintf(stderr, "prompt ids:");
-			for (int i = 0; i < n; i++)
-				fprintf(stderr, "%s%d", i ? "," : " ", ids[i]);
-			fprintf(stderr, "\n");
+			s.listen_fd = (int)fd;
+		} else if (is_listening_socket(0)) {
+			s.listen_fd = 0;
+		} else if (getenv("GATEWAY_INTERFACE")) {
+			s.cgi = true;
+		} else {
+			fprintf(stderr, "ember-worker: nothing to serve on: give --listen ADDR, a listening\n"
+					"socket as fd 0, a CGI environment, or --prompt (see --help)\n");
+			return 2;
 		}
 	}
-	for (int i = 0; i < n; i++) {
-		if (ids[i] >= m->cfg.vocab) {
-			fprintf(stderr, "ember-worker: token id %d is outside the vocabulary of %d\n",
-				ids[i], m->cfg.vocab);
-			goto done;
-		}
-	}
-	/* Every copy of the prompt has a sequence of its own in the pool. */
-	int ctx_len = opts.max_ctx > 0 ? opts.max_ctx : 4096;
-	if (ctx_len > m->cfg.max_pos)
-		ctx_len = m->cfg.max_pos;
-	opts.max_seqs = parallel;
-	size_t block_bytes = cpu_kv_block_bytes(m);
-	opts.kv_blocks = kv_mb > 0 ? (int)((size_t)kv_mb * 1024 * 1024 / block_bytes)
-				   : parallel * ((ctx_len + KV_BLOCK - 1) / KV_BLOCK);
-	if (opts.kv_blocks < 1) {
-		fprintf(stderr, "ember-worker: --kv-cache-mb %d holds no block of %zu bytes\n", kv_mb,
-			block_bytes);
-		goto done;
-	}
-	if (n + max_tokens > ctx_len) {
-		fprintf(stderr, "ember-worker: %d prompt tokens and %d new ones exceed the context of %d\n",
-			n, max_tokens, ctx_len);
-		goto done;
-	}
-	if (cpu_backend_create(m, &opts, &b, err) < 0 ||
-	    sched_create(b, &(struct sched_opts){.max_batch_tokens = max_batch, .tok = tok}, &sched,
-			 err) < 0) {
-		fprintf(stderr, "ember-worker: %s\n", err);
-		goto done;
-	}
-	printers = calloc((size_t)parallel, sizeof *printers);
-	if (!printers) {
-		fprintf(stderr, "ember-worker: out of memory\n");
-		goto done;
-	}
-	double t1 = now();
-	for (int i = 0; i < parallel; i++) {
-		struct printer *pr = &printers[i];
-		pr->ids_only = !tok || print_ids;
-		pr->stream_now = parallel == 1;
-		struct sched_request q = {.prompt = ids, .n_prompt = n, .max_tokens = max_tokens,
-					  .on_token = print_token, .on_finish = print_finish, .arg = pr};
-		sampler_params_default(&q.sampling);
-		/* generation_config.json's defaults, unless a flag says otherwise. */
-		const struct gen_defaults *g = &m->gen;
-		q.sampling.temperature = 0; /* greedy, unless the model says it samples */
-		if (g->have_sampling && g->do_sample)
-			q.sampling.temperature = g->temperature >= 0 ? g->temperature : 1.0f;
-		if (g->top_p > 0)
-			q.sampling.top_p = g->top_p;
-		if (g->top_k >= 0)
-			q.sampling.top_k = g->top_k;
-		if (g->repetition_penalty > 0)
-			q.sampling.repetition_penalty = g->repetition_penalty;
-		if (temperature_set)
-			q.sampling.temperature = temperature;
-		q.sampling.seed = seed + (uint64_t)i;
-		/* Text ends at an end-of-sequence token; ids run to --max-tokens. */
-		if (tok) {
-			for (int k = 0; k < m->n_stop_ids && q.n_stop_ids < SCHED_MAX_STOP_IDS; k++)
-				q.stop_ids[q.n_stop_ids++] = m->stop_ids[k];
-			if (tok_eos(tok) >= 0 && q.n_stop_ids < SCHED_MAX_STOP_IDS)
-				q.stop_ids[q.n_stop_ids++] = tok_eos(tok);
-		}
-		for (int k = 0; k < n_stop; k++)
-			q.stop[q.n_stop++] = stops[k];
-		if (sched_submit(sched, &q, NULL, err) < 0) {
-			fprintf(stderr, "ember-worker: %s\n", err);
-			goto done;
-		}
-	}
-	int left;
-	while ((left = sched_step(sched, err)) > 0)
-		;
-	if (left < 0) {
-		fprintf(stderr, "ember-worker: %s\n", err);
-		goto done;
-	}
-	double t2 = now();
-	int made = 0;
-	for (int i = 0; i < parallel; i++) {
-		struct printer *pr = &printers[i];
-		if (!pr->stream_now)
-			printf("[%d] %.*s", i, (int)pr->len, pr->out ? pr->out : "");
-		printf("\n");
-		made += pr->n;
-	}
-	fflush(stdout); /* before the timing line on stderr */
-	fprintf(stderr, "ember-worker: %s (%s), %d prompt + %d new tokens in %.3f s (load %.3f s)\n",
-		m->cfg.arch_name, cpu_isa(), n, made, t2 - t1, t1 - t0);
-	status = 0;
-done:
-	for (int i = 0; printers && i < parallel; i++)
-		free(printers[i].out);
-	free(printers);
-	sched_destroy(sched);
-	tok_ctx_destroy(ctx);
-	tok_free(tok);
-	be_destroy(b);
-	model_close(m);
-	free(ids);
-	return status;
+	return server_run(&s);
 }

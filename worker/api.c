@@ -1,0 +1,539 @@
+/* Request bodies of the OpenAI-compatible API checked field by field, and
+ * the JSON the API answers with. Parses untrusted bytes. Runs in the
+ * worker's request threads. */
+#include "api.h"
+#include "../engine/common.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void sbuf_put(struct sbuf *b, const char *s, size_t n)
+{
+	if (b->failed)
+		return;
+	if (b->cap - b->len < n + 1) {
+		size_t cap = b->cap ? b->cap : 256;
+		while (cap - b->len < n + 1) {
+			if (cap > SIZE_MAX / 2) {
+				b->failed = true;
+				return;
+			}
+			cap *= 2;
+		}
+		char *p = realloc(b->p, cap);
+		if (!p) {
+			b->failed = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = 0;
+}
+
+void sbuf_puts(struct sbuf *b, const char *s)
+{
+	sbuf_put(b, s, strlen(s));
+}
+
+void sbuf_printf(struct sbuf *b, const char *fmt, ...)
+{
+	char small[256];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(small, sizeof small, fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		b->failed = true;
+		return;
+	}
+	if ((size_t)n < sizeof small) {
+		sbuf_put(b, small, (size_t)n);
+		return;
+	}
+	char *big = malloc((size_t)n + 1);
+	if (!big) {
+		b->failed = true;
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(big, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	sbuf_put(b, big, (size_t)n);
+	free(big);
+}
+
+void sbuf_json_str(struct sbuf *b, const char *s, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	sbuf_put(b, "\"", 1);
+	size_t i = 0;
+	while (i < n) {
+		size_t run = i;
+		while (run < n && (unsigned char)s[run] >= 0x20 && s[run] != '"' && s[run] != '\\' &&
+		       (unsigned char)s[run] < 0x80)
+			run++;
+		sbuf_put(b, s + i, run - i);
+		i = run;
+		if (i == n)
+			break;
+		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x80) {
+			size_t ok = utf8_valid_prefix((const uint8_t *)s + i, n - i);
+			if (ok == 0) { /* an invalid byte */
+				sbuf_puts(b, "\\ufffd");
+				i++;
+				continue;
+			}
+			/* The valid multi-byte characters up to the next ASCII byte. */
+			size_t end = i;
+			while (end < i + ok && (unsigned char)s[end] >= 0x80)
+				end++;
+			sbuf_put(b, s + i, end - i);
+			i = end;
+			continue;
+		}
+		char esc[7] = {'\\', 0};
+		switch (c) {
+		case '"': esc[1] = '"'; break;
+		case '\\': esc[1] = '\\'; break;
+		case '\n': esc[1] = 'n'; break;
+		case '\r': esc[1] = 'r'; break;
+		case '\t': esc[1] = 't'; break;
+		default:
+			memcpy(esc, "\\u00", 4);
+			esc[4] = hex[c >> 4];
+			esc[5] = hex[c & 15];
+			sbuf_put(b, esc, 6);
+			i++;
+			continue;
+		}
+		sbuf_put(b, esc, 2);
+		i++;
+	}
+	sbuf_put(b, "\"", 1);
+}
+
+void sbuf_free(struct sbuf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof *b);
+}
+
+int api_fail(struct api_error *e, int status, const char *type, const char *code,
+	     const char *param, const char *fmt, ...)
+{
+	e->status = status;
+	e->type = type;
+	e->code = code;
+	snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(e->message, sizeof e->message, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+void api_error_json(struct sbuf *b, const struct api_error *e)
+{
+	sbuf_puts(b, "{\"error\":{\"message\":");
+	sbuf_json_str(b, e->message, strlen(e->message));
+	sbuf_puts(b, ",\"type\":");
+	sbuf_json_str(b, e->type, strlen(e->type));
+	sbuf_puts(b, ",\"param\":");
+	if (e->param[0])
+		sbuf_json_str(b, e->param, strlen(e->param));
+	else
+		sbuf_puts(b, "null");
+	sbuf_puts(b, ",\"code\":");
+	if (e->code)
+		sbuf_json_str(b, e->code, strlen(e->code));
+	else
+		sbuf_puts(b, "null");
+	sbuf_puts(b, "}}");
+}
+
+/* --- request fields -------------------------------------------------------- */
+
+#define BAD(param, ...) api_fail(e, 400, "invalid_request_error", "invalid_value", param, __VA_ARGS__)
+#define BAD_TYPE(param, what) \
+	api_fail(e, 400, "invalid_request_error", "invalid_type", param, "'%s' must be %s", param, what)
+
+/* A number field within [lo, hi]; absent or null leaves *out. */
+static int get_number(json_t *root, const char *name, double lo, double hi, float *out, bool *set,
+		      struct api_error *e)
+{
+	json_t *v = json_object_get(root, name);
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_number(v))
+		return BAD_TYPE(name, "a number");
+	double d = json_number_value(v);
+	if (!(d >= lo && d <= hi))
+		return BAD(name, "'%s' must be between %g and %g, not %g", name, lo, hi, d);
+	*out = (float)d;
+	if (set)
+		*set = true;
+	return 0;
+}
+
+/* An integer field within [lo, hi] (integral floats such as 5.0 too). */
+static int get_int(json_t *root, const char *name, long long lo, long long hi, long long *out,
+		   bool *set, struct api_error *e)
+{
+	json_t *v = json_object_get(root, name);
+	if (!v || json_is_null(v))
+		return 0;
+	long long x;
+	if (json_is_integer(v)) {
+		x = json_integer_value(v);
+	} else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+		   fabs(json_real_value(v)) < 9e15) {
+		x = (long long)json_real_value(v);
+	} else {
+		return BAD_TYPE(name, "an integer");
+	}
+	if (x < lo || x > hi)
+		return BAD(name, "'%s' must be between %lld and %lld, not %lld", name, lo, hi, x);
+	*out = x;
+	if (set)
+		*set = true;
+	return 0;
+}
+
+static int get_bool(json_t *root, const char *name, bool *out, struct api_error *e)
+{
+	json_t *v = json_object_get(root, name);
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_boolean(v))
+		return BAD_TYPE(name, "a boolean");
+	*out = json_is_true(v);
+	return 0;
+}
+
+/* Fields ember does not implement: an error when given with a value that
+ * would change the answer, so that no client is silently misled. */
+static int refuse_unsupported(json_t *root, struct api_error *e)
+{
+	static const char *const arrays_or_objects[] = {"tools", "functions", "logit_bias"};
+	for (size_t i = 0; i < sizeof arrays_or_objects / sizeof arrays_or_objects[0]; i++) {
+		json_t *v = json_object_get(root, arrays_or_objects[i]);
+		if (v && !json_is_null(v) && json_object_size(v) + json_array_size(v) > 0)
+			return api_fail(e, 400, "invalid_request_error", "unsupported_parameter",
+					arrays_or_objects[i], "'%s' is not supported",
+					arrays_or_objects[i]);
+	}
+	json_t *rf = json_object_get(root, "response_format");
+	if (rf && !json_is_null(rf)) {
+		json_t *t = json_object_get(rf, "type");
+		if (!json_is_object(rf) || !json_is_string(t) ||
+		    strcmp(json_string_value(t), "text") != 0)
+			return api_fail(e, 400, "invalid_request_error", "unsupported_parameter",
+					"response_format", "only response_format {\"type\": \"text\"} is supported");
+	}
+	json_t *n = json_object_get(root, "n");
+	if (n && !json_is_null(n)) {
+		if (!json_is_integer(n))
+			return BAD_TYPE("n", "an integer");
+		if (json_integer_value(n) != 1)
+			return api_fail(e, 400, "invalid_request_error", "unsupported_parameter", "n",
+					"only n = 1 is supported");
+	}
+	json_t *bo = json_object_get(root, "best_of");
+	if (bo && !json_is_null(bo) && !(json_is_integer(bo) && json_integer_value(bo) == 1))
+		return api_fail(e, 400, "invalid_request_error", "unsupported_parameter", "best_of",
+				"only best_of = 1 is supported");
+	json_t *echo = json_object_get(root, "echo");
+	if (echo && !json_is_null(echo) && !json_is_false(echo))
+		return api_fail(e, 400, "invalid_request_error", "unsupported_parameter", "echo",
+				"echo is not supported");
+	json_t *suffix = json_object_get(root, "suffix");
+	if (suffix && !json_is_null(suffix))
+		return api_fail(e, 400, "invalid_request_error", "unsupported_parameter", "suffix",
+				"suffix is not supported");
+	return 0;
+}
+
+static int get_stop(json_t *root, struct api_request *r, struct api_error *e)
+{
+	json_t *v = json_object_get(root, "stop");
+	if (!v || json_is_null(v))
+		return 0;
+	if (json_is_string(v)) {
+		if (json_string_length(v) == 0 || json_string_length(v) > STOP_MAX_LEN)
+			return BAD("stop", "a stop string must be 1 to %d bytes long", STOP_MAX_LEN);
+		r->stop[r->n_stop++] = json_string_value(v);
+		return 0;
+	}
+	if (!json_is_array(v))
+		return BAD_TYPE("stop", "a string or an array of strings");
+	if (json_array_size(v) > STOP_MAX)
+		return BAD("stop", "at most %d stop strings", STOP_MAX);
+	size_t i;
+	json_t *s;
+	json_array_foreach(v, i, s) {
+		if (!json_is_string(s))
+			return BAD_TYPE("stop", "a string or an array of strings");
+		if (json_string_length(s) == 0 || json_string_length(s) > STOP_MAX_LEN)
+			return BAD("stop", "a stop string must be 1 to %d bytes long", STOP_MAX_LEN);
+		r->stop[r->n_stop++] = json_string_value(s);
+	}
+	return 0;
+}
+
+/* A message's content: a string, or an array of {"type": "text", "text"}
+ * parts (joined with nothing between them). */
+static int get_content(json_t *m, size_t i, struct api_request *r, struct api_error *e)
+{
+	json_t *c = json_object_get(m, "content");
+	char param[64];
+	snprintf(param, sizeof param, "messages[%zu].content", i);
+	if (json_is_string(c)) {
+		r->messages[i].content = json_string_value(c);
+		return 0;
+	}
+	if (!json_is_array(c) || json_array_size(c) == 0)
+		return api_fail(e, 400, "invalid_request_error", "invalid_type", param,
+				"'%s' must be a string or a non-empty array of text parts", param);
+	struct sbuf b = {0};
+	size_t k;
+	json_t *part;
+	json_array_foreach(c, k, part) {
+		json_t *type = json_object_get(part, "type");
+		json_t *text = json_object_get(part, "text");
+		if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0 ||
+		    !json_is_string(text)) {
+			sbuf_free(&b);
+			return api_fail(e, 400, "invalid_request_error", "unsupported_parameter",
+					param, "'%s' may only hold parts of type \"text\"", param);
+		}
+		sbuf_put(&b, json_string_value(text), json_string_length(text));
+	}
+	sbuf_put(&b, "", 0);
+	if (b.failed) {
+		sbuf_free(&b);
+		return api_fail(e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+	}
+	r->joined[i] = b.p;
+	r->messages[i].content = b.p;
+	return 0;
+}
+
+static int get_messages(json_t *root, struct api_request *r, struct api_error *e)
+{
+	json_t *v = json_object_get(root, "messages");
+	if (!v)
+		return api_fail(e, 400, "invalid_request_error", "missing_required_parameter",
+				"messages", "'messages' is required");
+	if (!json_is_array(v))
+		return BAD_TYPE("messages", "an array");
+	size_t n = json_array_size(v);
+	if (n == 0)
+		return BAD("messages", "'messages' must not be empty");
+	if (n > API_MAX_MESSAGES)
+		return BAD("messages", "at most %d messages", API_MAX_MESSAGES);
+	r->messages = calloc(n, sizeof *r->messages);
+	r->joined = calloc(n, sizeof *r->joined);
+	if (!r->messages || !r->joined)
+		return api_fail(e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+	r->n_messages = n;
+	size_t i;
+	json_t *m;
+	json_array_foreach(v, i, m) {
+		char param[64];
+		snprintf(param, sizeof param, "messages[%zu]", i);
+		if (!json_is_object(m))
+			return api_fail(e, 400, "invalid_request_error", "invalid_type", param,
+					"'%s' must be an object", param);
+		json_t *role = json_object_get(m, "role");
+		snprintf(param, sizeof param, "messages[%zu].role", i);
+		if (!json_is_string(role))
+			return api_fail(e, 400, "invalid_request_error", "invalid_type", param,
+					"'%s' must be a string", param);
+		const char *rs = json_string_value(role);
+		if (strcmp(rs, "developer") == 0) /* OpenAI's newer name for system */
+			rs = "system";
+		if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 &&
+		    strcmp(rs, "assistant") != 0)
+			return api_fail(e, 400, "invalid_request_error", "invalid_value", param,
+					"'%s' must be system, developer, user or assistant", param);
+		r->messages[i].role = rs;
+		if (get_content(m, i, r, e) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int get_prompt(json_t *root, struct api_request *r, struct api_error *e)
+{
+	json_t *v = json_object_get(root, "prompt");
+	if (!v)
+		return api_fail(e, 400, "invalid_request_error", "missing_required_parameter",
+				"prompt", "'prompt' is required");
+	if (json_is_array(v) && json_array_size(v) == 1 && json_is_string(json_array_get(v, 0)))
+		v = json_array_get(v, 0); /* ["text"]: one prompt */
+	if (json_is_string(v)) {
+		r->prompt = json_string_value(v);
+		r->prompt_len = json_string_length(v);
+		if (r->prompt_len == 0)
+			return BAD("prompt", "'prompt' must not be empty");
+		return 0;
+	}
+	if (!json_is_array(v))
+		return BAD_TYPE("prompt", "a string, or an array of token ids");
+	size_t n = json_array_size(v);
+	if (n == 0)
+		return BAD("prompt", "'prompt' must not be empty");
+	if (json_is_string(json_array_get(v, 0)) || json_is_array(json_array_get(v, 0)))
+		return api_fail(e, 400, "invalid_request_error", "unsupported_parameter", "prompt",
+				"only one prompt per request is supported");
+	if (n > (1u << 24))
+		return BAD("prompt", "too many token ids");
+	r->prompt_ids = malloc(n * sizeof *r->prompt_ids);
+	if (!r->prompt_ids)
+		return api_fail(e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+	size_t i;
+	json_t *id;
+	json_array_foreach(v, i, id) {
+		if (!json_is_integer(id) || json_integer_value(id) < 0 ||
+		    json_integer_value(id) > INT32_MAX)
+			return BAD_TYPE("prompt", "a string, or an array of token ids");
+		r->prompt_ids[i] = (int32_t)json_integer_value(id);
+	}
+	r->n_prompt_ids = n;
+	return 0;
+}
+
+int api_parse(enum api_kind kind, const char *body, size_t len, struct api_request *r,
+	      struct api_error *e)
+{
+	memset(r, 0, sizeof *r);
+	r->kind = kind;
+	sampler_params_default(&r->sampling);
+	if (utf8_valid_prefix((const uint8_t *)body, len) != len)
+		return api_fail(e, 400, "invalid_request_error", "invalid_utf8", NULL,
+				"the request body is not valid UTF-8 (byte %zu)",
+				utf8_valid_prefix((const uint8_t *)body, len));
+	json_error_t je;
+	r->root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+	if (!r->root)
+		return api_fail(e, 400, "invalid_request_error", "invalid_json", NULL,
+				"the request body is not valid JSON: %s (line %d, column %d)",
+				je.text, je.line, je.column);
+	json_t *root = r->root;
+	long long x;
+	if (!json_is_object(root)) {
+		api_fail(e, 400, "invalid_request_error", "invalid_type", NULL,
+			 "the request body must be a JSON object");
+		goto fail;
+	}
+	json_t *model = json_object_get(root, "model");
+	if (model && !json_is_null(model)) {
+		if (!json_is_string(model)) {
+			BAD_TYPE("model", "a string");
+			goto fail;
+		}
+		r->model = json_string_value(model);
+	}
+	if (refuse_unsupported(root, e) < 0)
+		goto fail;
+	if ((kind == API_CHAT ? get_messages(root, r, e) : get_prompt(root, r, e)) < 0)
+		goto fail;
+
+	struct sampler_params *p = &r->sampling;
+	bool mt_set = false, mct_set = false;
+	long long mt = 0, mct = 0;
+	if (get_int(root, "max_tokens", 1, INT_MAX / 2, &mt, &mt_set, e) < 0 ||
+	    get_int(root, "max_completion_tokens", 1, INT_MAX / 2, &mct, &mct_set, e) < 0)
+		goto fail;
+	r->max_tokens = (int)(mct_set ? mct : mt);
+	if (get_number(root, "temperature", 0, 2, &p->temperature, &r->temperature_set, e) < 0 ||
+	    get_number(root, "top_p", 0, 1, &p->top_p, &r->top_p_set, e) < 0 ||
+	    get_number(root, "min_p", 0, 1, &p->min_p, NULL, e) < 0 ||
+	    get_number(root, "presence_penalty", -2, 2, &p->presence_penalty, NULL, e) < 0 ||
+	    get_number(root, "frequency_penalty", -2, 2, &p->frequency_penalty, NULL, e) < 0 ||
+	    get_number(root, "repetition_penalty", 0, 10, &p->repetition_penalty,
+		       &r->repetition_penalty_set, e) < 0)
+		goto fail;
+	if (r->top_p_set && p->top_p <= 0) {
+		BAD("top_p", "'top_p' must be greater than 0");
+		goto fail;
+	}
+	if (r->repetition_penalty_set && p->repetition_penalty <= 0) {
+		BAD("repetition_penalty", "'repetition_penalty' must be greater than 0");
+		goto fail;
+	}
+	x = 0;
+	if (get_int(root, "top_k", -1, INT_MAX, &x, &r->top_k_set, e) < 0)
+		goto fail;
+	p->top_k = x < 0 ? 0 : (int)x; /* -1 means all, as in vLLM */
+	x = 0;
+	if (get_int(root, "seed", LLONG_MIN, LLONG_MAX, &x, &r->seed_set, e) < 0)
+		goto fail;
+	p->seed = (uint64_t)x;
+	if (get_stop(root, r, e) < 0 || get_bool(root, "stream", &r->stream, e) < 0)
+		goto fail;
+	json_t *so = json_object_get(root, "stream_options");
+	if (so && !json_is_null(so)) {
+		if (!json_is_object(so)) {
+			BAD_TYPE("stream_options", "an object");
+			goto fail;
+		}
+		if (!r->stream) {
+			BAD("stream_options", "'stream_options' is only allowed with stream: true");
+			goto fail;
+		}
+		if (get_bool(so, "include_usage", &r->include_usage, e) < 0) {
+			snprintf(e->param, sizeof e->param, "stream_options.include_usage");
+			goto fail;
+		}
+	}
+	if (kind == API_CHAT) {
+		if (get_bool(root, "logprobs", &r->logprobs, e) < 0 ||
+		    get_int(root, "top_logprobs", 0, SAMPLER_MAX_TOP_LOGPROBS, &x, NULL, e) < 0)
+			goto fail;
+		json_t *tl = json_object_get(root, "top_logprobs");
+		if (tl && !json_is_null(tl)) {
+			if (!r->logprobs) {
+				BAD("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+				goto fail;
+			}
+			p->top_logprobs = (int)x;
+		}
+	} else {
+		bool set = false;
+		x = 0;
+		if (get_int(root, "logprobs", 0, 5, &x, &set, e) < 0)
+			goto fail;
+		r->logprobs = set;
+		p->top_logprobs = (int)x;
+	}
+	json_t *user = json_object_get(root, "user");
+	if (user && !json_is_null(user) && !json_is_string(user)) {
+		BAD_TYPE("user", "a string");
+		goto fail;
+	}
+	return 0;
+fail:
+	api_request_free(r);
+	return -1;
+}
+
+void api_request_free(struct api_request *r)
+{
+	for (size_t i = 0; r->joined && i < r->n_messages; i++)
+		free(r->joined[i]);
+	free(r->joined);
+	free(r->messages);
+	free(r->prompt_ids);
+	json_decref(r->root);
+	memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,82 @@
+/* The OpenAI-compatible API's bytes: request bodies of /v1/chat/completions
+ * and /v1/completions checked and read into a struct api_request, and the
+ * JSON of responses, stream chunks and errors written into growable
+ * buffers. Not the transport (server.c) and not the engine. Runs in the
+ * worker's request threads. */
+#ifndef EMBER_API_H
+#define EMBER_API_H
+
+#include "../engine/chat.h"
+#include "../engine/sampler.h"
+#include "../engine/stop.h"
+
+#include <jansson.h>
+
+/* A growable byte buffer; ok turns false (and stays) when memory runs out. */
+struct sbuf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+void sbuf_put(struct sbuf *b, const char *s, size_t n);
+void sbuf_puts(struct sbuf *b, const char *s);
+void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* s[0..n) as a JSON string with its quotes; bytes that are not valid UTF-8
+ * become U+FFFD. */
+void sbuf_json_str(struct sbuf *b, const char *s, size_t n);
+void sbuf_free(struct sbuf *b);
+
+/* An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}. */
+struct api_error {
+	int status;          /* HTTP status */
+	const char *type;    /* "invalid_request_error", ... */
+	const char *code;    /* NULL: null */
+	char param[64];      /* "": null */
+	char message[256];
+};
+
+/* Fills e and returns -1, for `return api_fail(...)`. */
+int api_fail(struct api_error *e, int status, const char *type, const char *code,
+	     const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* The error's JSON body. */
+void api_error_json(struct sbuf *b, const struct api_error *e);
+
+enum api_kind { API_CHAT, API_COMPLETION };
+
+#define API_MAX_MESSAGES 1024
+#define API_MODEL_LEN 256
+
+/* A checked request. Strings point into root (or into joined, for chat
+ * content given as parts) and live until api_request_free. */
+struct api_request {
+	enum api_kind kind;
+	json_t *root;
+	const char *model;          /* NULL: not given */
+	/* chat */
+	struct chat_msg *messages;  /* (n_messages) */
+	size_t n_messages;
+	char **joined;              /* (n_messages) content parts joined, or NULL entries */
+	/* completion: text, or token ids */
+	const char *prompt;
+	size_t prompt_len;
+	int32_t *prompt_ids;        /* (n_prompt_ids) or NULL */
+	size_t n_prompt_ids;
+
+	int max_tokens;             /* 0: not given */
+	struct sampler_params sampling;
+	bool temperature_set, top_p_set, top_k_set, repetition_penalty_set, seed_set;
+	const char *stop[STOP_MAX];
+	int n_stop;
+	bool stream, include_usage;
+	bool logprobs;              /* chat: logprobs; completion: logprobs given */
+};
+
+/* Checks body[0..len) as a request of kind; every field is checked for its
+ * type and range. Returns 0 with *r filled (free with api_request_free), or
+ * -1 with *e set (status 400) and nothing to free. */
+int api_parse(enum api_kind kind, const char *body, size_t len, struct api_request *r,
+	      struct api_error *e);
+void api_request_free(struct api_request *r);
+
+#endif

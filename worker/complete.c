@@ -1,0 +1,692 @@
+/* Chat and text completions: request to prompt, slot, scheduler, answer.
+ * Runs in the worker's request threads; job_token and job_finish run in the
+ * engine thread and only append under the job's lock. */
+#include "complete.h"
+#include "../engine/chat.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* An absolute CLOCK_MONOTONIC time for timed waits, s seconds from now. */
+static struct timespec later(double s)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	double whole = floor(s);
+	ts.tv_sec += (time_t)whole;
+	ts.tv_nsec += (long)((s - whole) * 1e9);
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}
+
+static void cond_init_monotonic(pthread_cond_t *cv)
+{
+	pthread_condattr_t a;
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &a);
+	pthread_condattr_destroy(&a);
+}
+
+int comp_env_init(struct comp_env *env)
+{
+	pthread_mutex_init(&env->slot_mu, NULL);
+	cond_init_monotonic(&env->slot_cv);
+	pthread_mutex_init(&env->eng_mu, NULL);
+	pthread_cond_init(&env->eng_cv, NULL);
+	atomic_init(&env->stopping, false);
+	return 0;
+}
+
+void comp_env_fini(struct comp_env *env)
+{
+	pthread_mutex_destroy(&env->slot_mu);
+	pthread_cond_destroy(&env->slot_cv);
+	pthread_mutex_destroy(&env->eng_mu);
+	pthread_cond_destroy(&env->eng_cv);
+}
+
+/* --- the engine thread ----------------------------------------------------- */
+
+void *complete_engine_thread(void *arg)
+{
+	struct comp_env *env = arg;
+	char err[EMBER_ERR_LEN];
+	for (;;) {
+		pthread_mutex_lock(&env->eng_mu);
+		while (!env->eng_work && !env->eng_quit)
+			pthread_cond_wait(&env->eng_cv, &env->eng_mu);
+		bool quit = env->eng_quit && !env->eng_work;
+		env->eng_work = false;
+		pthread_mutex_unlock(&env->eng_mu);
+		if (quit)
+			return NULL;
+		/* A submission during these steps sets eng_work again, so that
+		 * nothing submitted is left waiting while this thread sleeps. */
+		int left;
+		while ((left = sched_step(env->sched, err)) > 0)
+			;
+		if (left < 0)
+			wlog(3, "engine step failed: %s", err);
+	}
+}
+
+static void engine_wake(struct comp_env *env)
+{
+	pthread_mutex_lock(&env->eng_mu);
+	env->eng_work = true;
+	pthread_cond_signal(&env->eng_cv);
+	pthread_mutex_unlock(&env->eng_mu);
+}
+
+void complete_engine_stop(struct comp_env *env)
+{
+	pthread_mutex_lock(&env->eng_mu);
+	env->eng_quit = true;
+	pthread_cond_signal(&env->eng_cv);
+	pthread_mutex_unlock(&env->eng_mu);
+}
+
+/* --- slots ----------------------------------------------------------------- */
+
+/* Waits up to the queue timeout for a free slot; true when one is taken. */
+static bool slot_acquire(struct comp_env *env)
+{
+	struct timespec until = later(env->queue_timeout);
+	atomic_fetch_add(&env->met->waiting, 1);
+	pthread_mutex_lock(&env->slot_mu);
+	while (env->busy >= env->slots && !atomic_load(&env->stopping))
+		if (pthread_cond_timedwait(&env->slot_cv, &env->slot_mu, &until) == ETIMEDOUT)
+			break;
+	bool ok = env->busy < env->slots && !atomic_load(&env->stopping);
+	if (ok)
+		env->busy++;
+	pthread_mutex_unlock(&env->slot_mu);
+	atomic_fetch_sub(&env->met->waiting, 1);
+	if (ok)
+		atomic_fetch_add(&env->met->busy_slots, 1);
+	return ok;
+}
+
+static void slot_release(struct comp_env *env)
+{
+	pthread_mutex_lock(&env->slot_mu);
+	env->busy--;
+	pthread_cond_signal(&env->slot_cv);
+	pthread_mutex_unlock(&env->slot_mu);
+	atomic_fetch_sub(&env->met->busy_slots, 1);
+}
+
+/* --- a job: one sequence's output as the engine thread hands it over ------- */
+
+struct job_ev {
+	struct sampler_result r;
+	size_t text_end;            /* the job's text length after this token */
+};
+
+struct job {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct sbuf text;           /* everything released so far */
+	struct job_ev *ev;          /* (cap_ev) per token, when logprobs are wanted */
+	size_t n_ev, cap_ev;
+	int n_tokens;
+	bool done;
+	enum finish_reason why;
+	double t_arrive, t_first, t_last;
+	struct metrics *met;
+};
+
+static void job_token(void *arg, const struct sampler_result *r, const char *text, size_t len)
+{
+	struct job *j = arg;
+	double t = now();
+	pthread_mutex_lock(&j->mu);
+	sbuf_put(&j->text, text, len);
+	if (j->n_ev < j->cap_ev) {
+		j->ev[j->n_ev].r = *r;
+		j->ev[j->n_ev].text_end = j->text.len;
+		j->n_ev++;
+	}
+	if (j->n_tokens == 0) {
+		j->t_first = t;
+		met_observe(&j->met->ttft, t - j->t_arrive);
+	} else {
+		met_observe(&j->met->itl, t - j->t_last);
+	}
+	j->t_last = t;
+	j->n_tokens++;
+	pthread_cond_signal(&j->cv);
+	pthread_mutex_unlock(&j->mu);
+	atomic_fetch_add_explicit(&j->met->generation_tokens, 1, memory_order_relaxed);
+}
+
+static void job_finish(void *arg, enum finish_reason why, const char *text, size_t len)
+{
+	struct job *j = arg;
+	pthread_mutex_lock(&j->mu);
+	sbuf_put(&j->text, text, len);
+	j->done = true;
+	j->why = why;
+	pthread_cond_signal(&j->cv);
+	pthread_mutex_unlock(&j->mu);
+}
+
+/* --- the prompt ------------------------------------------------------------ */
+
+static int build_prompt(struct comp_env *env, struct comp_thread *t, const struct api_request *ar,
+			struct api_error *e)
+{
+	char err[EMBER_ERR_LEN];
+	t->n_ids = 0;
+	if (ar->kind == API_COMPLETION && ar->prompt_ids) {
+		if (t->cap_ids < ar->n_prompt_ids) {
+			int32_t *p = realloc(t->ids, ar->n_prompt_ids * sizeof *p);
+			if (!p)
+				return api_fail(e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+			t->ids = p;
+			t->cap_ids = ar->n_prompt_ids;
+		}
+		for (size_t i = 0; i < ar->n_prompt_ids; i++)
+			if (ar->prompt_ids[i] >= env->m->cfg.vocab)
+				return api_fail(e, 400, "invalid_request_error", "invalid_value", "prompt",
+						"token id %d is outside the vocabulary of %d",
+						ar->prompt_ids[i], env->m->cfg.vocab);
+		memcpy(t->ids, ar->prompt_ids, ar->n_prompt_ids * sizeof *t->ids);
+		t->n_ids = ar->n_prompt_ids;
+		return 0;
+	}
+	const char *text = ar->prompt;
+	size_t len = ar->prompt_len;
+	char *rendered = NULL;
+	if (ar->kind == API_CHAT) {
+		if (env->family < 0)
+			return api_fail(e, 400, "invalid_request_error", "chat_template_unsupported",
+					"messages", "%s", env->family_err);
+		int rc = chat_render((enum chat_family)env->family, ar->messages, ar->n_messages, true,
+				     env->bos, &rendered, err);
+		if (rc < 0)
+			return rc == -ENOMEM ? api_fail(e, 503, "server_error", "out_of_memory", NULL,
+							"out of memory")
+					     : api_fail(e, 400, "invalid_request_error", "invalid_value",
+							"messages", "%s", err);
+		text = rendered;
+		len = strlen(rendered);
+	}
+	/* A chat template writes the BOS itself, as text. */
+	int rc = tok_encode(env->tok, t->tc, text, len, ar->kind != API_CHAT, &t->ids, &t->n_ids,
+			    &t->cap_ids, err);
+	free(rendered);
+	if (rc < 0)
+		return rc == -ENOMEM ? api_fail(e, 503, "server_error", "out_of_memory", NULL,
+						"out of memory")
+				     : api_fail(e, 400, "invalid_request_error", "invalid_value", NULL,
+						"%s", err);
+	if (t->n_ids == 0)
+		return api_fail(e, 400, "invalid_request_error", "invalid_value",
+				ar->kind == API_CHAT ? "messages" : "prompt", "the prompt is empty");
+	return 0;
+}
+
+/* --- answers --------------------------------------------------------------- */
+
+static const char *finish_name(enum finish_reason r)
+{
+	return r == FINISH_STOP ? "stop" : r == FINISH_LENGTH ? "length" : NULL;
+}
+
+/* -9999 stands for a log-probability of minus infinity, as in OpenAI's API. */
+static double lp_value(float lp)
+{
+	return isfinite(lp) ? lp : -9999.0;
+}
+
+static void token_text(struct sbuf *b, const struct tokenizer *tok, int32_t id)
+{
+	size_t n = 0;
+	const char *p = tok_piece(tok, id, &n);
+	sbuf_json_str(b, p ? p : "", p ? n : 0);
+}
+
+static void token_bytes(struct sbuf *b, const struct tokenizer *tok, int32_t id)
+{
+	size_t n = 0;
+	const char *p = tok_piece(tok, id, &n);
+	sbuf_put(b, "[", 1);
+	for (size_t i = 0; p && i < n; i++)
+		sbuf_printf(b, "%s%u", i ? "," : "", (unsigned char)p[i]);
+	sbuf_put(b, "]", 1);
+}
+
+/* One entry of chat logprobs.content. */
+static void chat_lp_entry(struct sbuf *b, const struct tokenizer *tok, const struct sampler_result *r)
+{
+	sbuf_puts(b, "{\"token\":");
+	token_text(b, tok, r->token);
+	sbuf_printf(b, ",\"logprob\":%.6g,\"bytes\":", lp_value(r->logprob));
+	token_bytes(b, tok, r->token);
+	sbuf_puts(b, ",\"top_logprobs\":[");
+	for (int k = 0; k < r->n_top; k++) {
+		sbuf_puts(b, k ? ",{\"token\":" : "{\"token\":");
+		token_text(b, tok, r->top_token[k]);
+		sbuf_printf(b, ",\"logprob\":%.6g,\"bytes\":", lp_value(r->top_logprob[k]));
+		token_bytes(b, tok, r->top_token[k]);
+		sbuf_puts(b, "}");
+	}
+	sbuf_puts(b, "]}");
+}
+
+/* The legacy completions logprobs object over events [from, to), whose text
+ * starts at offset base of the completion. */
+static void text_lp(struct sbuf *b, const struct tokenizer *tok, const struct job_ev *ev,
+		    size_t from, size_t to, size_t base)
+{
+	sbuf_puts(b, "{\"tokens\":[");
+	for (size_t i = from; i < to; i++) {
+		if (i > from)
+			sbuf_put(b, ",", 1);
+		token_text(b, tok, ev[i].r.token);
+	}
+	sbuf_puts(b, "],\"token_logprobs\":[");
+	for (size_t i = from; i < to; i++)
+		sbuf_printf(b, "%s%.6g", i > from ? "," : "", lp_value(ev[i].r.logprob));
+	sbuf_puts(b, "],\"top_logprobs\":[");
+	for (size_t i = from; i < to; i++) {
+		sbuf_puts(b, i > from ? ",{" : "{");
+		for (int k = 0; k < ev[i].r.n_top; k++) {
+			if (k)
+				sbuf_put(b, ",", 1);
+			token_text(b, tok, ev[i].r.top_token[k]);
+			sbuf_printf(b, ":%.6g", lp_value(ev[i].r.top_logprob[k]));
+		}
+		sbuf_puts(b, "}");
+	}
+	sbuf_puts(b, "],\"text_offset\":[");
+	for (size_t i = from; i < to; i++)
+		sbuf_printf(b, "%s%zu", i > from ? "," : "", base + (i > 0 ? ev[i - 1].text_end : 0));
+	sbuf_puts(b, "]}");
+}
+
+struct answer {
+	enum api_kind kind;
+	char id[40];
+	long long created;
+	const char *model;
+	bool usage_null;            /* stream with include_usage: "usage": null in chunks */
+	bool logprobs;
+};
+
+static void chunk_open(struct sbuf *b, const struct answer *a)
+{
+	sbuf_printf(b, "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", a->id,
+		    a->kind == API_CHAT ? "chat.completion.chunk" : "text_completion", a->created);
+	sbuf_json_str(b, a->model, strlen(a->model));
+	sbuf_puts(b, a->kind == API_CHAT ? ",\"system_fingerprint\":null,\"choices\":[" : ",\"choices\":[");
+}
+
+static void chunk_close(struct sbuf *b, const struct answer *a)
+{
+	sbuf_puts(b, a->usage_null ? "],\"usage\":null}\n\n" : "]}\n\n");
+}
+
+/* A chunk carrying text[0..n) and, when ev is given, that token's logprobs
+ * (ev_from..ev_to of all events, for completions' offsets). */
+static void chunk_text(struct sbuf *b, const struct answer *a, const struct tokenizer *tok,
+		       const char *text, size_t n, const struct job_ev *ev, size_t i, size_t base)
+{
+	chunk_open(b, a);
+	if (a->kind == API_CHAT) {
+		sbuf_puts(b, "{\"index\":0,\"delta\":{\"content\":");
+		sbuf_json_str(b, text, n);
+		sbuf_puts(b, "},\"logprobs\":");
+		if (ev) {
+			sbuf_puts(b, "{\"content\":[");
+			chat_lp_entry(b, tok, &ev[i].r);
+			sbuf_puts(b, "]}");
+		} else {
+			sbuf_puts(b, "null");
+		}
+	} else {
+		sbuf_puts(b, "{\"index\":0,\"text\":");
+		sbuf_json_str(b, text, n);
+		sbuf_puts(b, ",\"logprobs\":");
+		if (ev)
+			text_lp(b, tok, ev, i, i + 1, base);
+		else
+			sbuf_puts(b, "null");
+	}
+	sbuf_puts(b, ",\"finish_reason\":null}");
+	chunk_close(b, a);
+}
+
+static void usage_json(struct sbuf *b, int prompt, int completion)
+{
+	sbuf_printf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}", prompt,
+		    completion, prompt + completion);
+}
+
+/* The whole answer of a request that did not stream. */
+static void whole_answer(struct sbuf *b, const struct answer *a, const struct tokenizer *tok,
+			 const struct job *j, const char *reason, int n_prompt)
+{
+	sbuf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", a->id,
+		    a->kind == API_CHAT ? "chat.completion" : "text_completion", a->created);
+	sbuf_json_str(b, a->model, strlen(a->model));
+	if (a->kind == API_CHAT) {
+		sbuf_puts(b, ",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"message\":"
+			     "{\"role\":\"assistant\",\"content\":");
+		sbuf_json_str(b, j->text.p ? j->text.p : "", j->text.len);
+		sbuf_puts(b, "},\"logprobs\":");
+		if (a->logprobs) {
+			sbuf_puts(b, "{\"content\":[");
+			for (size_t i = 0; i < j->n_ev; i++) {
+				if (i)
+					sbuf_put(b, ",", 1);
+				chat_lp_entry(b, tok, &j->ev[i].r);
+			}
+			sbuf_puts(b, "]}");
+		} else {
+			sbuf_puts(b, "null");
+		}
+	} else {
+		sbuf_puts(b, ",\"choices\":[{\"index\":0,\"text\":");
+		sbuf_json_str(b, j->text.p ? j->text.p : "", j->text.len);
+		sbuf_puts(b, ",\"logprobs\":");
+		if (a->logprobs)
+			text_lp(b, tok, j->ev, 0, j->n_ev, 0);
+		else
+			sbuf_puts(b, "null");
+	}
+	sbuf_printf(b, ",\"finish_reason\":\"%s\"}],\"usage\":", reason);
+	usage_json(b, n_prompt, j->n_tokens);
+	sbuf_puts(b, "}\n");
+}
+
+static void random_id(char *out, size_t n)
+{
+	static const char abc[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+	unsigned char r[32];
+	if (n > sizeof r + 1)
+		n = sizeof r + 1;
+	if (getrandom(r, n - 1, 0) != (ssize_t)(n - 1))
+		for (size_t i = 0; i < n - 1; i++)
+			r[i] = (unsigned char)rand();
+	for (size_t i = 0; i + 1 < n; i++)
+		out[i] = abc[r[i] % (sizeof abc - 1)];
+	out[n - 1] = 0;
+}
+
+/* --- one request ----------------------------------------------------------- */
+
+/* Streams the job's output as Server-Sent Events until it is done or the
+ * client is gone (then the sequence is cancelled and waited for). */
+static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn *c,
+		       const struct answer *a, struct job *j, uint64_t seq, int n_prompt,
+		       bool include_usage)
+{
+	struct sbuf *o = &t->out;
+	size_t sent_text = 0, sent_ev = 0;
+	o->len = 0;
+	if (a->kind == API_CHAT) { /* the role first, as OpenAI does */
+		chunk_open(o, a);
+		sbuf_puts(o, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+			     "\"logprobs\":null,\"finish_reason\":null}");
+		chunk_close(o, a);
+	}
+	if (conn_write(c, o->p, o->len) < 0 || conn_flush(c) < 0)
+		goto gone;
+	for (;;) {
+		struct timespec until = later(env->keepalive);
+		pthread_mutex_lock(&j->mu);
+		bool timed_out = false;
+		while (!j->done && j->text.len == sent_text && j->n_ev == sent_ev && !timed_out)
+			timed_out = pthread_cond_timedwait(&j->cv, &j->mu, &until) == ETIMEDOUT;
+		bool done = j->done;
+		size_t text_len = j->text.len, n_ev = j->n_ev;
+		/* The text may move when the engine thread grows it: copy it. */
+		t->tmp.len = 0;
+		sbuf_put(&t->tmp, j->text.p ? j->text.p + sent_text : "", text_len - sent_text);
+		pthread_mutex_unlock(&j->mu);
+		if (t->tmp.failed || o->failed)
+			goto gone;
+		o->len = 0;
+		if (n_ev > sent_ev) {
+			/* One chunk per token, with its logprobs; events are only
+			 * appended, so those before n_ev are read without the lock. */
+			for (size_t i = sent_ev; i < n_ev; i++) {
+				size_t from = i > 0 ? j->ev[i - 1].text_end : 0;
+				size_t to = j->ev[i].text_end;
+				chunk_text(o, a, env->tok, t->tmp.p + (from - sent_text), to - from, j->ev, i, 0);
+			}
+			size_t end = j->ev[n_ev - 1].text_end;
+			if (text_len > end)
+				chunk_text(o, a, env->tok, t->tmp.p + (end - sent_text), text_len - end, NULL, 0, 0);
+		} else if (text_len > sent_text) {
+			chunk_text(o, a, env->tok, t->tmp.p, text_len - sent_text, NULL, 0, 0);
+		} else if (timed_out && !done) {
+			sbuf_puts(o, ": keep-alive\n\n");
+		}
+		sent_text = text_len;
+		sent_ev = n_ev;
+		if (done) {
+			const char *reason = finish_name(j->why);
+			if (reason) {
+				chunk_open(o, a);
+				if (a->kind == API_CHAT)
+					sbuf_printf(o, "{\"index\":0,\"delta\":{},\"logprobs\":null,"
+						       "\"finish_reason\":\"%s\"}", reason);
+				else
+					sbuf_printf(o, "{\"index\":0,\"text\":\"\",\"logprobs\":null,"
+						       "\"finish_reason\":\"%s\"}", reason);
+				chunk_close(o, a);
+				if (include_usage) {
+					chunk_open(o, a);
+					sbuf_puts(o, "],\"usage\":");
+					usage_json(o, n_prompt, j->n_tokens);
+					sbuf_puts(o, "}\n\n");
+				}
+				sbuf_puts(o, "data: [DONE]\n\n");
+			} else {
+				/* No [DONE]: the stream did not end well, and an error
+				 * event says why (OpenAI's clients raise it). */
+				struct api_error e;
+				if (j->why == FINISH_DEADLINE)
+					api_fail(&e, 504, "server_error", "timeout", NULL,
+						 "the generation took longer than the server allows");
+				else
+					api_fail(&e, 500, "server_error", "engine_error",
+						 NULL, "the engine failed; see the server's log");
+				sbuf_puts(o, "data: ");
+				api_error_json(o, &e);
+				sbuf_puts(o, "\n\n");
+			}
+		}
+		if (o->len && (conn_write(c, o->p, o->len) < 0 || conn_flush(c) < 0))
+			goto gone;
+		if (done)
+			return;
+	}
+gone:
+	sched_cancel(env->sched, seq);
+	pthread_mutex_lock(&j->mu);
+	while (!j->done)
+		pthread_cond_wait(&j->cv, &j->mu);
+	pthread_mutex_unlock(&j->mu);
+}
+
+void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c,
+		     enum api_kind kind, const char *body, size_t len, struct wlog_req *log)
+{
+	double t_arrive = now();
+	struct api_request ar;
+	struct api_error e;
+	char err[EMBER_ERR_LEN];
+	if (api_parse(kind, body, len, &ar, &e) < 0)
+		goto error_only;
+	if (ar.model && strcmp(ar.model, env->model_name) != 0) {
+		api_fail(&e, 404, "invalid_request_error", "model_not_found", "model",
+			 "the model '%.*s' does not exist; this server has '%s'", 64, ar.model,
+			 env->model_name);
+		goto error;
+	}
+	log->stream = ar.stream;
+	if (build_prompt(env, t, &ar, &e) < 0)
+		goto error;
+	int n_prompt = (int)t->n_ids;
+	log->prompt_tokens = n_prompt;
+	int limit = env->max_prompt_tokens > 0 ? env->max_prompt_tokens : env->ctx;
+	if (n_prompt > limit || n_prompt >= env->ctx) {
+		api_fail(&e, 400, "invalid_request_error", "context_length_exceeded",
+			 kind == API_CHAT ? "messages" : "prompt",
+			 "the prompt has %d tokens; this server takes at most %d", n_prompt,
+			 limit < env->ctx - 1 ? limit : env->ctx - 1);
+		goto error;
+	}
+	int max_tokens = ar.max_tokens ? ar.max_tokens : env->ctx - n_prompt;
+	if (n_prompt + max_tokens > env->ctx) {
+		api_fail(&e, 400, "invalid_request_error", "context_length_exceeded", "max_tokens",
+			 "%d prompt tokens and max_tokens %d exceed the context of %d tokens",
+			 n_prompt, max_tokens, env->ctx);
+		goto error;
+	}
+
+	struct sched_request q = {.prompt = t->ids, .n_prompt = n_prompt, .max_tokens = max_tokens,
+				  .on_token = job_token, .on_finish = job_finish};
+	model_sampling_defaults(env->m, &q.sampling);
+	const struct sampler_params *p = &ar.sampling;
+	if (ar.temperature_set)
+		q.sampling.temperature = p->temperature;
+	if (ar.top_p_set)
+		q.sampling.top_p = p->top_p;
+	if (ar.top_k_set)
+		q.sampling.top_k = p->top_k;
+	if (ar.repetition_penalty_set)
+		q.sampling.repetition_penalty = p->repetition_penalty;
+	q.sampling.min_p = p->min_p;
+	q.sampling.presence_penalty = p->presence_penalty;
+	q.sampling.frequency_penalty = p->frequency_penalty;
+	q.sampling.top_logprobs = p->top_logprobs;
+	if (ar.seed_set)
+		q.sampling.seed = p->seed;
+	else if (getrandom(&q.sampling.seed, sizeof q.sampling.seed, 0) != sizeof q.sampling.seed)
+		q.sampling.seed = (uint64_t)rand();
+	memcpy(q.stop_ids, env->stop_ids, sizeof q.stop_ids);
+	q.n_stop_ids = env->n_stop_ids;
+	for (int i = 0; i < ar.n_stop; i++)
+		q.stop[q.n_stop++] = ar.stop[i];
+	q.deadline = t_arrive + env->request_timeout;
+
+	struct job j = {.t_arrive = t_arrive, .met = env->met};
+	pthread_mutex_init(&j.mu, NULL);
+	cond_init_monotonic(&j.cv);
+	q.arg = &j;
+	if (ar.logprobs) {
+		j.ev = malloc((size_t)max_tokens * sizeof *j.ev);
+		if (!j.ev) {
+			api_fail(&e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+			goto error_job;
+		}
+		j.cap_ev = (size_t)max_tokens;
+	}
+
+	bool got = slot_acquire(env);
+	double t_slot = now();
+	met_observe(&env->met->queue, t_slot - t_arrive);
+	log->queue_ms = (t_slot - t_arrive) * 1e3;
+	if (!got) {
+		api_fail(&e, 503, "server_error", "overloaded", NULL,
+			 "every slot stayed busy for %.0f s; try again later", env->queue_timeout);
+		conn_error(c, &e, "Retry-After: 5\r\n");
+		log->error_code = e.code;
+		goto done_job;
+	}
+	uint64_t seq;
+	if (sched_submit(env->sched, &q, &seq, err) < 0) {
+		slot_release(env);
+		api_fail(&e, 400, "invalid_request_error", "invalid_value", NULL, "%s", err);
+		goto error_job;
+	}
+	atomic_fetch_add(&env->met->running, 1);
+	atomic_fetch_add(&env->met->prompt_tokens, (uint64_t)n_prompt);
+	engine_wake(env);
+
+	struct answer a = {.kind = kind, .created = (long long)time(NULL), .model = env->model_name,
+			   .usage_null = ar.stream && ar.include_usage, .logprobs = ar.logprobs};
+	char rid[25];
+	random_id(rid, sizeof rid);
+	snprintf(a.id, sizeof a.id, "%s%s", kind == API_CHAT ? "chatcmpl-" : "cmpl-", rid);
+	if (ar.stream) {
+		if (conn_head(c, 200, "text/event-stream",
+			      "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") < 0 ||
+		    conn_flush(c) < 0) {
+			sched_cancel(env->sched, seq);
+		}
+		stream_out(env, t, c, &a, &j, seq, n_prompt, ar.include_usage);
+	} else {
+		pthread_mutex_lock(&j.mu);
+		while (!j.done)
+			pthread_cond_wait(&j.cv, &j.mu);
+		pthread_mutex_unlock(&j.mu);
+		const char *reason = finish_name(j.why);
+		if (reason) {
+			t->out.len = 0;
+			whole_answer(&t->out, &a, env->tok, &j, reason, n_prompt);
+			if (t->out.failed)
+				api_fail(&e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+			else
+				conn_send(c, 200, "application/json", NULL, t->out.p, t->out.len);
+		} else if (j.why == FINISH_DEADLINE) {
+			api_fail(&e, 504, "server_error", "timeout", NULL,
+				 "the generation took longer than the server allows (%.0f s)",
+				 env->request_timeout);
+		} else {
+			api_fail(&e, 500, "server_error", "engine_error", NULL,
+				 "the engine failed; see the server's log");
+		}
+		if (!reason || t->out.failed) {
+			conn_error(c, &e, NULL);
+			log->error_code = e.code;
+		}
+	}
+	atomic_fetch_sub(&env->met->running, 1);
+	slot_release(env);
+	enum met_finish mf = j.why == FINISH_STOP ? MET_FIN_STOP : j.why == FINISH_LENGTH ? MET_FIN_LENGTH
+			     : j.why == FINISH_CANCELLED ? MET_FIN_ABORTED : MET_FIN_ERROR;
+	atomic_fetch_add(&env->met->finished[mf], 1);
+	log->completion_tokens = j.n_tokens;
+	log->finish_reason = c->broken || j.why == FINISH_CANCELLED ? "client_gone"
+			     : finish_name(j.why) ? finish_name(j.why) : finish_reason_name(j.why);
+	log->ttft_ms = j.n_tokens ? (j.t_first - t_arrive) * 1e3 : 0;
+	goto done_job;
+
+error_job:
+	conn_error(c, &e, NULL);
+	log->error_code = e.code;
+done_job:
+	free(j.ev);
+	sbuf_free(&j.text);
+	pthread_mutex_destroy(&j.mu);
+	pthread_cond_destroy(&j.cv);
+	api_request_free(&ar);
+	return;
+error:
+	api_request_free(&ar);
+error_only:
+	conn_error(c, &e, NULL);
+	log->error_code = e.code;
+}

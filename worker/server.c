@@ -1,0 +1,570 @@
+/* ember-worker as a FastCGI server (on a socket it opens or inherits) or as
+ * plain CGI: loads the model, starts the engine thread and the request
+ * threads, routes requests and drains on SIGTERM. Runs as its own process. */
+#include "server.h"
+#include "complete.h"
+#include "http.h"
+#include "../engine/chat.h"
+#include "../engine/cpu.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/random.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+struct server {
+	const struct server_opts *o;
+	struct model *m;
+	struct tokenizer *tok;
+	struct backend *b;
+	struct http_keys *keys;
+	struct comp_env env;
+	struct metrics met;
+	double start_time;
+	int listen_fd;
+	pthread_mutex_t accept_mu;
+	char model_name[API_MODEL_LEN];
+};
+
+struct req_thread {
+	struct server *s;
+	pthread_t th;
+	struct comp_thread ct;
+	struct sbuf body;
+	bool started;
+};
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* --- routes other than the generation ones ---------------------------------- */
+
+static void answer_json(struct conn *c, struct sbuf *b)
+{
+	if (b->failed) {
+		struct api_error e;
+		api_fail(&e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+		conn_error(c, &e, NULL);
+		return;
+	}
+	conn_send(c, 200, "application/json", NULL, b->p, b->len);
+}
+
+static void model_object(struct server *s, struct sbuf *b)
+{
+	sbuf_puts(b, "{\"id\":");
+	sbuf_json_str(b, s->model_name, strlen(s->model_name));
+	sbuf_printf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"ember\","
+		       "\"max_model_len\":%d}", (long long)s->start_time, s->env.ctx);
+}
+
+/* Reads the body of a POST into rt->body: at most max_body_bytes, exactly
+ * CONTENT_LENGTH when given. Returns 0 or -1 with *e set. */
+static int read_body(struct req_thread *rt, struct conn *c, const struct http_req *h,
+		     struct api_error *e)
+{
+	size_t max = rt->s->o->max_body_bytes;
+	struct sbuf *b = &rt->body;
+	b->len = 0;
+	if (h->content_length_bad)
+		return api_fail(e, 400, "invalid_request_error", "invalid_content_length", NULL,
+				"Content-Length is not a number of bytes");
+	if (h->content_length > (long long)max)
+		return api_fail(e, 413, "invalid_request_error", "request_too_large", NULL,
+				"the body has %lld bytes; this server takes at most %zu",
+				h->content_length, max);
+	size_t want = h->content_length >= 0 ? (size_t)h->content_length : max + 1;
+	char buf[16384];
+	while (b->len < want) {
+		size_t n = want - b->len < sizeof buf ? want - b->len : sizeof buf;
+		long k = conn_read(c, buf, n);
+		if (k < 0)
+			return api_fail(e, 400, "invalid_request_error", "invalid_body", NULL,
+					"reading the body failed");
+		if (k == 0)
+			break;
+		sbuf_put(b, buf, (size_t)k);
+		if (b->failed)
+			return api_fail(e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+	}
+	if (b->len > max)
+		return api_fail(e, 413, "invalid_request_error", "request_too_large", NULL,
+				"the body is larger than %zu bytes", max);
+	if (h->content_length >= 0 && b->len < want)
+		return api_fail(e, 400, "invalid_request_error", "invalid_body", NULL,
+				"the body ended after %zu of %lld bytes", b->len, h->content_length);
+	sbuf_put(b, "", 0);
+	return 0;
+}
+
+static void random_hex(char *out, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char r[32];
+	size_t k = (n - 1) / 2 < sizeof r ? (n - 1) / 2 : sizeof r;
+	if (getrandom(r, k, 0) != (ssize_t)k)
+		for (size_t i = 0; i < k; i++)
+			r[i] = (unsigned char)rand();
+	for (size_t i = 0; i < k; i++) {
+		out[2 * i] = hex[r[i] >> 4];
+		out[2 * i + 1] = hex[r[i] & 15];
+	}
+	out[2 * k] = 0;
+}
+
+static void handle(struct req_thread *rt, struct conn *c)
+{
+	struct server *s = rt->s;
+	double t0 = now();
+	struct http_req h;
+	http_parse(c->envp, s->o->prefix, &h);
+	if (h.request_id[0])
+		snprintf(c->request_id, sizeof c->request_id, "%s", h.request_id);
+	else
+		random_hex(c->request_id, 33);
+	c->head_only = h.head;
+	const char *method = http_param(c->envp, "REQUEST_METHOD");
+	struct wlog_req log = {.request_id = c->request_id, .route = http_route_name(h.route),
+			       .model = s->model_name};
+	char method_copy[16];
+	snprintf(method_copy, sizeof method_copy, "%s", method ? method : "GET");
+	log.method = method_copy;
+	struct api_error e;
+	struct sbuf *b = &rt->ct.out;
+	b->len = 0;
+	b->failed = false;
+
+	if (h.route == ROUTE_NONE) {
+		api_fail(&e, 404, "invalid_request_error", "not_found", NULL,
+			 "no route for this path; see /v1/models, /v1/chat/completions, "
+			 "/v1/completions, /health, /metrics");
+		goto error;
+	}
+	if (!h.method_ok) {
+		char allow[64];
+		snprintf(allow, sizeof allow, "Allow: %s\r\n", h.allow);
+		api_fail(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
+			 "%s takes %s, not %s", http_route_name(h.route), h.allow, log.method);
+		conn_error(c, &e, allow);
+		log.error_code = e.code;
+		goto done;
+	}
+	if (s->keys && h.route != ROUTE_HEALTH && !http_auth_ok(s->keys, h.authorization)) {
+		api_fail(&e, 401, "invalid_request_error", "invalid_api_key", NULL,
+			 h.authorization ? "the API key is not valid"
+					 : "an API key is needed: Authorization: Bearer KEY");
+		conn_error(c, &e, "WWW-Authenticate: Bearer\r\n");
+		log.error_code = e.code;
+		goto done;
+	}
+	switch (h.route) {
+	case ROUTE_HEALTH:
+		sbuf_puts(b, "{\"status\":\"ok\",\"model\":");
+		sbuf_json_str(b, s->model_name, strlen(s->model_name));
+		sbuf_printf(b, ",\"slots\":%d,\"busy\":%lld}\n", s->env.slots,
+			    (long long)atomic_load(&s->met.busy_slots));
+		answer_json(c, b);
+		break;
+	case ROUTE_METRICS: {
+		/* Count this request first, so that it shows in its own answer. */
+		met_request(&s->met, h.route, 200);
+		struct met_gauges g = {.slots = s->env.slots,
+				       .kv_blocks_total = sched_total_blocks(s->env.sched),
+				       .kv_blocks_free = sched_free_blocks(s->env.sched),
+				       .preemptions = sched_preemptions(s->env.sched),
+				       .start_time = s->start_time};
+		met_render(&s->met, &g, b);
+		if (!b->failed)
+			conn_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b->p, b->len);
+		goto logged;
+	}
+	case ROUTE_MODELS:
+		sbuf_puts(b, "{\"object\":\"list\",\"data\":[");
+		model_object(s, b);
+		sbuf_puts(b, "]}\n");
+		answer_json(c, b);
+		break;
+	case ROUTE_MODEL:
+		if (strcmp(h.model_id, s->model_name) != 0) {
+			api_fail(&e, 404, "invalid_request_error", "model_not_found", "model",
+				 "the model '%.64s' does not exist; this server has '%s'", h.model_id,
+				 s->model_name);
+			goto error;
+		}
+		model_object(s, b);
+		sbuf_puts(b, "\n");
+		answer_json(c, b);
+		break;
+	case ROUTE_CHAT:
+	case ROUTE_COMPLETIONS:
+		if (read_body(rt, c, &h, &e) < 0)
+			goto error;
+		complete_handle(&s->env, &rt->ct, c, h.route == ROUTE_CHAT ? API_CHAT : API_COMPLETION,
+				rt->body.p, rt->body.len, &log);
+		break;
+	default:
+		break;
+	}
+	goto done;
+error:
+	conn_error(c, &e, NULL);
+	log.error_code = e.code;
+done:
+	met_request(&s->met, h.route, c->status);
+logged:
+	log.status = c->status;
+	log.duration_ms = (now() - t0) * 1e3;
+	if (h.route == ROUTE_CHAT || h.route == ROUTE_COMPLETIONS)
+		met_observe(&s->met.duration, now() - t0);
+	wlog_request(&log);
+	/* A large body or answer is not kept for the next request. */
+	if (rt->body.cap > (1u << 20))
+		sbuf_free(&rt->body);
+	if (rt->ct.out.cap > (1u << 20))
+		sbuf_free(&rt->ct.out);
+}
+
+/* --- threads ---------------------------------------------------------------- */
+
+static void *request_thread(void *arg)
+{
+	struct req_thread *rt = arg;
+	struct server *s = rt->s;
+	FCGX_Request req;
+	if (FCGX_InitRequest(&req, s->listen_fd, 0) != 0) {
+		wlog(3, "FCGX_InitRequest failed");
+		return NULL;
+	}
+	for (;;) {
+		/* One thread at a time waits for a connection, and it looks at
+		 * the stop flag between polls, so that a drain never leaves a
+		 * connection accepted and unanswered. */
+		pthread_mutex_lock(&s->accept_mu);
+		bool ready = false;
+		while (!atomic_load(&s->env.stopping)) {
+			struct pollfd p = {.fd = s->listen_fd, .events = POLLIN};
+			int r = poll(&p, 1, 200);
+			if (r > 0) {
+				ready = true;
+				break;
+			}
+			if (r < 0 && errno != EINTR) {
+				wlog(3, "poll(listening socket) failed: %s", strerror(errno));
+				break;
+			}
+		}
+		int rc = ready ? FCGX_Accept_r(&req) : -1;
+		pthread_mutex_unlock(&s->accept_mu);
+		if (!ready)
+			break;
+		if (rc < 0)
+			continue;
+		struct conn c = {.fr = &req, .envp = req.envp};
+		handle(rt, &c);
+		FCGX_Finish_r(&req);
+	}
+	FCGX_Free(&req, 0);
+	return NULL;
+}
+
+/* --- start and stop --------------------------------------------------------- */
+
+/* Opens the listening socket of --listen: a unix socket path (a stale
+ * socket file is replaced) or HOST:PORT. Returns the fd or -1 (logged). */
+static int open_listen(const char *addr, int mode)
+{
+	int fd = -1;
+	if (addr[0] == '/' || addr[0] == '.') {
+		struct sockaddr_un un = {.sun_family = AF_UNIX};
+		if (strlen(addr) >= sizeof un.sun_path) {
+			wlog(3, "--listen %s: the path is too long", addr);
+			return -1;
+		}
+		strcpy(un.sun_path, addr);
+		struct stat st;
+		if (lstat(addr, &st) == 0 && S_ISSOCK(st.st_mode))
+			unlink(addr);
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0 || bind(fd, (struct sockaddr *)&un, sizeof un) < 0) {
+			wlog(3, "bind(%s) failed: %s", addr, strerror(errno));
+			goto fail;
+		}
+		if (chmod(addr, (mode_t)mode) < 0) {
+			wlog(3, "chmod(%s) failed: %s", addr, strerror(errno));
+			goto fail;
+		}
+	} else {
+		char host[256];
+		const char *colon = strrchr(addr, ':');
+		if (!colon || (size_t)(colon - addr) >= sizeof host) {
+			wlog(3, "--listen %s: want a socket path or HOST:PORT", addr);
+			return -1;
+		}
+		memcpy(host, addr, (size_t)(colon - addr));
+		host[colon - addr] = 0;
+		char *h = host;
+		if (h[0] == '[' && h[strlen(h) - 1] == ']') { /* [::1]:9000 */
+			h[strlen(h) - 1] = 0;
+			h++;
+		}
+		struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+		struct addrinfo *ai = NULL;
+		int rc = getaddrinfo(*h ? h : NULL, colon + 1, &hints, &ai);
+		if (rc != 0) {
+			wlog(3, "--listen %s: %s", addr, gai_strerror(rc));
+			return -1;
+		}
+		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		int one = 1;
+		if (fd >= 0)
+			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+			wlog(3, "bind(%s) failed: %s", addr, strerror(errno));
+			freeaddrinfo(ai);
+			goto fail;
+		}
+		freeaddrinfo(ai);
+	}
+	if (listen(fd, SOMAXCONN) < 0) {
+		wlog(3, "listen(%s) failed: %s", addr, strerror(errno));
+		goto fail;
+	}
+	return fd;
+fail:
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+/* Loads the model, its tokenizer and chat template, the backend and the
+ * scheduler. Returns 0 or -1 (logged). */
+static int load(struct server *s)
+{
+	const struct server_opts *o = s->o;
+	char err[EMBER_ERR_LEN];
+	double t0 = now();
+	if (model_open_dir(o->model_dir, &s->m, err) < 0 || tok_load(s->m->files, &s->tok, err) < 0) {
+		wlog(3, "cannot load the model: %s", err);
+		return -1;
+	}
+	struct comp_env *env = &s->env;
+	env->m = s->m;
+	env->tok = s->tok;
+	env->met = &s->met;
+	env->model_name = s->model_name;
+	int ctx = o->ctx > 0 ? o->ctx : 4096;
+	env->ctx = ctx < s->m->cfg.max_pos ? ctx : s->m->cfg.max_pos;
+	env->max_prompt_tokens = o->max_prompt_tokens;
+	env->request_timeout = o->request_timeout;
+	env->keepalive = o->keepalive;
+	env->queue_timeout = o->queue_timeout;
+	env->slots = o->slots;
+	env->family = -1;
+	if (o->chat_template) {
+		env->family = chat_family_from_name(o->chat_template);
+		if (env->family < 0) {
+			wlog(3, "--chat-template %s is not one of deepseek-v3, qwen3, llama3",
+			     o->chat_template);
+			return -1;
+		}
+	} else {
+		env->family = chat_detect(tok_chat_template(s->tok), env->family_err);
+		if (env->family < 0)
+			wlog(4, "chat completions are off: %s", env->family_err);
+	}
+	size_t blen = 0;
+	const char *bos = tok_bos(s->tok) >= 0 ? tok_piece(s->tok, tok_bos(s->tok), &blen) : "";
+	snprintf(env->bos, sizeof env->bos, "%.*s", (int)blen, bos ? bos : "");
+	for (int k = 0; k < s->m->n_stop_ids && env->n_stop_ids < SCHED_MAX_STOP_IDS; k++)
+		env->stop_ids[env->n_stop_ids++] = s->m->stop_ids[k];
+	if (tok_eos(s->tok) >= 0 && env->n_stop_ids < SCHED_MAX_STOP_IDS)
+		env->stop_ids[env->n_stop_ids++] = tok_eos(s->tok);
+
+	struct cpu_opts co = {.threads = o->threads, .max_ctx = env->ctx, .max_seqs = o->slots};
+	size_t block_bytes = cpu_kv_block_bytes(s->m);
+	size_t per_seq = (size_t)(env->ctx + KV_BLOCK - 1) / KV_BLOCK;
+	co.kv_blocks = o->kv_mb > 0 ? (int)((size_t)o->kv_mb * 1024 * 1024 / block_bytes)
+				    : (int)(per_seq * (size_t)o->slots);
+	if (co.kv_blocks < 1) {
+		wlog(3, "--kv-cache-mb %d holds no block of %zu bytes", o->kv_mb, block_bytes);
+		return -1;
+	}
+	struct sched_opts so = {.max_batch_tokens = o->max_batch_tokens, .tok = s->tok};
+	if (cpu_backend_create(s->m, &co, &s->b, err) < 0 ||
+	    sched_create(s->b, &so, &env->sched, err) < 0) {
+		wlog(3, "cannot start the engine: %s", err);
+		return -1;
+	}
+	wlog(6, "model %s loaded (%s, %d layers, context %d, %d slots, %d KV blocks) in %.3f s",
+	     s->model_name, s->m->cfg.arch_name, s->m->cfg.n_layers, env->ctx, o->slots,
+	     co.kv_blocks, now() - t0);
+	return 0;
+}
+
+static int init_thread(struct req_thread *rt, struct server *s)
+{
+	rt->s = s;
+	rt->ct.tc = tok_ctx_create(s->tok);
+	return rt->ct.tc ? 0 : -1;
+}
+
+static void fini_thread(struct req_thread *rt)
+{
+	tok_ctx_destroy(rt->ct.tc);
+	free(rt->ct.ids);
+	sbuf_free(&rt->ct.out);
+	sbuf_free(&rt->ct.tmp);
+	sbuf_free(&rt->body);
+}
+
+int server_run(const struct server_opts *o)
+{
+	struct server *s = calloc(1, sizeof *s);
+	struct req_thread *threads = NULL;
+	int n_threads = o->cgi ? 1 : o->slots + o->queue;
+	int status = 1;
+	pthread_t engine;
+	bool engine_started = false;
+	if (!s)
+		return 1;
+	s->o = o;
+	s->listen_fd = -1;
+	s->start_time = (double)time(NULL);
+	pthread_mutex_init(&s->accept_mu, NULL);
+	comp_env_init(&s->env);
+	if (o->model_name) {
+		snprintf(s->model_name, sizeof s->model_name, "%s", o->model_name);
+	} else {
+		size_t n = strlen(o->model_dir);
+		while (n > 1 && o->model_dir[n - 1] == '/')
+			n--;
+		size_t k = n;
+		while (k > 0 && o->model_dir[k - 1] != '/')
+			k--;
+		snprintf(s->model_name, sizeof s->model_name, "%.*s", (int)(n - k), o->model_dir + k);
+	}
+
+	/* Signals are taken by sigwait in this thread only; a client that
+	 * leaves must not kill the process through SIGPIPE. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (o->api_key_file) {
+		char err[EMBER_ERR_LEN];
+		s->keys = malloc(sizeof *s->keys);
+		if (!s->keys || http_keys_load(o->api_key_file, s->keys, err) < 0) {
+			wlog(3, "--api-key-file: %s", s->keys ? err : "out of memory");
+			goto done;
+		}
+	}
+	if (!o->cgi) {
+		s->listen_fd = o->listen ? open_listen(o->listen, o->listen_mode) : o->listen_fd;
+		if (s->listen_fd < 0)
+			goto done;
+	}
+	if (load(s) < 0)
+		goto done;
+	if (FCGX_Init() != 0) {
+		wlog(3, "FCGX_Init failed");
+		goto done;
+	}
+	if (pthread_create(&engine, NULL, complete_engine_thread, &s->env) != 0) {
+		wlog(3, "pthread_create(engine) failed");
+		goto done;
+	}
+	engine_started = true;
+	threads = calloc((size_t)n_threads, sizeof *threads);
+	if (!threads)
+		goto done;
+	for (int i = 0; i < n_threads; i++)
+		if (init_thread(&threads[i], s) < 0) {
+			wlog(3, "out of memory");
+			goto done;
+		}
+
+	if (o->cgi) {
+		struct conn c = {.envp = environ};
+		handle(&threads[0], &c);
+		fflush(stdout);
+		status = 0;
+		goto done;
+	}
+	for (int i = 0; i < n_threads; i++) {
+		if (pthread_create(&threads[i].th, NULL, request_thread, &threads[i]) != 0) {
+			wlog(3, "pthread_create(request thread) failed");
+			atomic_store(&s->env.stopping, true);
+			break;
+		}
+		threads[i].started = true;
+	}
+	wlog(6, "serving FastCGI on %s with %d slots and %d request threads",
+	     o->listen ? o->listen : "the inherited socket", o->slots, n_threads);
+
+	int sig = 0;
+	while (!atomic_load(&s->env.stopping)) {
+		if (sigwait(&sigs, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			wlog(6, "SIGHUP: nothing to reload in a worker on its own");
+			continue;
+		}
+		break;
+	}
+	wlog(6, "signal %d: no new requests; draining for at most %.0f s", sig, o->drain_timeout);
+	atomic_store(&s->env.stopping, true);
+	pthread_mutex_lock(&s->env.slot_mu);
+	pthread_cond_broadcast(&s->env.slot_cv);
+	pthread_mutex_unlock(&s->env.slot_mu);
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += (time_t)o->drain_timeout;
+	bool drained = true;
+	for (int i = 0; i < n_threads; i++)
+		if (threads[i].started && pthread_timedjoin_np(threads[i].th, NULL, &until) != 0)
+			drained = false;
+	if (!drained) {
+		wlog(4, "requests still running after %.0f s; exiting anyway", o->drain_timeout);
+		_exit(1);
+	}
+	status = 0;
+done:
+	if (engine_started) {
+		complete_engine_stop(&s->env);
+		pthread_join(engine, NULL);
+	}
+	for (int i = 0; threads && i < n_threads; i++)
+		fini_thread(&threads[i]);
+	free(threads);
+	sched_destroy(s->env.sched);
+	be_destroy(s->b);
+	tok_free(s->tok);
+	model_close(s->m);
+	free(s->keys);
+	if (s->listen_fd >= 0 && o->listen) {
+		close(s->listen_fd);
+		if (o->listen[0] == '/' || o->listen[0] == '.')
+			unlink(o->listen);
+	}
+	comp_env_fini(&s->env);
+	free(s);
+	return status;
+}
