@@ -9,15 +9,15 @@ BUILD    ?= build
 DEPS_PREFIX ?=
 
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -fno-strict-aliasing
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -fno-strict-aliasing
 LDLIBS   += -ljansson -lpcre2-8 -lutf8proc -lm -pthread
 WORKER_LIBS := -lfcgi -lsystemd
 ifneq ($(DEPS_PREFIX),)
 DEPS_LIBDIRS := $(wildcard $(DEPS_PREFIX)/usr/lib/x86_64-linux-gnu $(DEPS_PREFIX)/usr/lib \
                   $(DEPS_PREFIX)/lib/x86_64-linux-gnu $(DEPS_PREFIX)/lib)
 DEPS_CFLAGS := -I$(DEPS_PREFIX)/usr/include -I$(DEPS_PREFIX)/include
-CFLAGS   += $(DEPS_CFLAGS)
-LDFLAGS  += $(foreach d,$(DEPS_LIBDIRS),-L$(d) -Wl,-rpath,$(abspath $(d)))
+override CFLAGS += $(DEPS_CFLAGS)
+override LDFLAGS += $(foreach d,$(DEPS_LIBDIRS),-L$(d) -Wl,-rpath,$(abspath $(d)))
 endif
 
 ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c \
@@ -32,14 +32,14 @@ TINY_MODELS := tiny-qwen2 tiny-llama
 MODEL_STAMPS := $(patsubst %,$(BUILD)/models/%/.done,$(TINY_MODELS))
 tokenizer_of = $(if $(filter tiny-llama,$(1)),deepseek_v3,qwen3)
 
-FUZZERS := safetensors config tokenizer_json tokenizer_encode
+FUZZERS := safetensors config tokenizer_json tokenizer_encode request fcgi_params
 FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c engine/config.c \
-            engine/tokenizer.c
+            engine/tokenizer.c engine/chat.c engine/sampler.c worker/api.c worker/http.c
 
 .PHONY: all deps models test asan asan-build bench run clean fuzz
 .SECONDARY:
 all: $(BUILD)/ember-worker $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
-     $(BUILD)/test-sampler $(BUILD)/test-sched \
+     $(BUILD)/test-sampler $(BUILD)/test-sched $(BUILD)/test-worker \
      $(BUILD)/bench-engine $(BUILD)/bench-tokenizer $(BUILD)/bench-sched \
      $(patsubst %,$(BUILD)/fuzz-replay-%,$(FUZZERS))
 
@@ -73,7 +73,7 @@ $(BUILD)/bench-engine: $(BUILD)/scripts/bench_engine.o $(BUILD)/libember-engine.
 # `make test` runs every corpus with gcc; `make fuzz` builds them with
 # libFuzzer.
 $(BUILD)/fuzz-replay-%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.o \
-                        $(BUILD)/libember-engine.a
+                        $(BUILD)/worker/api.o $(BUILD)/worker/http.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # --- models ---------------------------------------------------------------
@@ -100,19 +100,25 @@ $(TOKREF): tests/tokenizer/package.json tests/tokenizer/package-lock.json
 	cd tests/tokenizer && npm ci --silent --no-audit --no-fund
 	@touch $@
 
+# The integration tests' client: the official openai package, pinned likewise.
+HTTPREF := tests/http/node_modules/.package-lock.json
+$(HTTPREF): tests/http/package.json tests/http/package-lock.json
+	cd tests/http && npm ci --silent --no-audit --no-fund
+	@touch $@
+
 # The whole suite, on the plain build and under AddressSanitizer and
 # UndefinedBehaviorSanitizer, with one closing line for both.
-test: deps models all asan-build $(TOKREF)
+test: deps models all asan-build $(TOKREF) $(HTTPREF)
 	@EMBER_MODELS=$(BUILD)/models tests/run.sh $(BUILD) $(BUILD)/asan
 
-asan: deps models asan-build $(TOKREF)
+asan: deps models asan-build $(TOKREF) $(HTTPREF)
 	@EMBER_MODELS=$(BUILD)/models tests/run.sh $(BUILD)/asan
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 asan-build:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" \
 		LDFLAGS="$(ASAN_FLAGS) $(LDFLAGS)" $(BUILD)/asan/test-engine $(BUILD)/asan/test-tokenizer \
-		$(BUILD)/asan/test-sampler $(BUILD)/asan/test-sched \
+		$(BUILD)/asan/test-sampler $(BUILD)/asan/test-sched $(BUILD)/asan/test-worker \
 		$(patsubst %,$(BUILD)/asan/fuzz-replay-%,$(FUZZERS)) $(BUILD)/asan/ember-worker
 
 FUZZ_SECONDS ?= 600
@@ -143,8 +149,7 @@ bench: deps models all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
 	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-llama
 
 run: deps models $(BUILD)/ember-worker
-	$(BUILD)/ember-worker --model $(BUILD)/models/tiny-qwen2 --prompt "Hello, world!" --print-ids --max-tokens 16
-	$(BUILD)/ember-worker --model $(BUILD)/models/tiny-qwen2 --prompt "Hello, world!" --max-tokens 16
+	@scripts/run-demo.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD)
@@ -156,6 +161,10 @@ $(BUILD)/bench-tokenizer: $(BUILD)/scripts/bench_tokenizer.o $(BUILD)/libember-e
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test-sampler: $(BUILD)/tests/test_sampler.o $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/test-worker: $(BUILD)/tests/test_worker.o $(BUILD)/worker/api.o $(BUILD)/worker/http.o \
+                      $(BUILD)/worker/metrics.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test-sched: $(BUILD)/tests/test_sched.o $(BUILD)/libember-engine.a

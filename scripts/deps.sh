@@ -9,8 +9,8 @@ PKGS="gcc make libc6-dev pkg-config libjansson-dev libpcre2-dev libutf8proc-dev 
 PKGS="$PKGS clang libclang-rt-14-dev"
 # the worker: FastCGI, journald; the front ends and tools the integration
 # tests and benchmarks start: Caddy, Apache httpd, nginx, php-fpm, wrk, curl,
-# promtool (prometheus)
-PKGS="$PKGS libfcgi-dev libsystemd-dev caddy apache2 nginx-light php-fpm wrk curl prometheus"
+# promtool (prometheus), spawn-fcgi and cgi-fcgi (libfcgi-bin)
+PKGS="$PKGS libfcgi-dev libsystemd-dev caddy apache2-bin nginx-light php-fpm wrk curl prometheus spawn-fcgi libfcgi-bin"
 
 missing=""
 for p in $PKGS; do

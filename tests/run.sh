@@ -44,6 +44,11 @@ for build in "$@"; do
 	count "$log"
 	"$build/test-sched" --models "$models" | tee "$log"
 	count "$log"
+	"$build/test-worker" | tee "$log"
+	count "$log"
+	# The worker behind real Caddy, Apache httpd and nginx.
+	node tests/http/run.mjs --worker "$build/ember-worker" --models "$models" | tee "$log"
+	count "$log"
 	for f in tests/fuzz/corpus/*; do
 		name=$(basename "$f")
 		one "fuzz corpus $name ($(ls "$f" | wc -l) inputs)" "$build/fuzz-replay-$name" "$f"

@@ -110,10 +110,11 @@ static bool slot_acquire(struct comp_env *env)
 	struct timespec until = later(env->queue_timeout);
 	atomic_fetch_add(&env->met->waiting, 1);
 	pthread_mutex_lock(&env->slot_mu);
-	while (env->busy >= env->slots && !atomic_load(&env->stopping))
+	/* Also while draining: a request already accepted is served. */
+	while (env->busy >= env->slots)
 		if (pthread_cond_timedwait(&env->slot_cv, &env->slot_mu, &until) == ETIMEDOUT)
 			break;
-	bool ok = env->busy < env->slots && !atomic_load(&env->stopping);
+	bool ok = env->busy < env->slots;
 	if (ok)
 		env->busy++;
 	pthread_mutex_unlock(&env->slot_mu);
@@ -471,6 +472,8 @@ static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn 
 			for (size_t i = sent_ev; i < n_ev; i++) {
 				size_t from = i > 0 ? j->ev[i - 1].text_end : 0;
 				size_t to = j->ev[i].text_end;
+				if (from < sent_text) /* never: text comes with its event */
+					from = sent_text;
 				chunk_text(o, a, env->tok, t->tmp.p + (from - sent_text), to - from, j->ev, i, 0);
 			}
 			size_t end = j->ev[n_ev - 1].text_end;

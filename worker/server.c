@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
@@ -240,44 +241,137 @@ logged:
 
 /* --- threads ---------------------------------------------------------------- */
 
+/* Answers the management records (FCGI_GET_VALUES) a front end may send on
+ * a new connection before its first request: FCGI_MPXS_CONNS is 0 (one
+ * request per connection at a time), FCGI_MAX_CONNS and FCGI_MAX_REQS the
+ * request threads. libfcgi reads such a record before a request without
+ * answering it, so the worker answers it here. Returns 0 when a request
+ * record is next, -1 when the connection ended or misbehaved. */
+static int answer_management(int fd, int max_conns)
+{
+	for (;;) {
+		unsigned char h[8];
+		if (recv(fd, h, sizeof h, MSG_PEEK | MSG_WAITALL) != (ssize_t)sizeof h)
+			return -1;
+		if (h[0] != 1 || h[1] != 9 /* FCGI_GET_VALUES */ || h[2] || h[3])
+			return 0;
+		size_t clen = (size_t)h[4] << 8 | h[5], total = sizeof h + clen + h[6];
+		unsigned char rec[8 + 65535 + 255];
+		if (recv(fd, rec, total, MSG_WAITALL) != (ssize_t)total)
+			return -1;
+		char body[256];
+		size_t n = 0;
+		const unsigned char *p = rec + 8, *end = rec + 8 + clen;
+		while (p < end) {
+			size_t len[2];
+			for (int k = 0; k < 2; k++) { /* FastCGI lengths: 1 byte, or 4 with the top bit */
+				if (p >= end)
+					return -1;
+				if (*p < 0x80) {
+					len[k] = *p++;
+				} else {
+					if (end - p < 4)
+						return -1;
+					len[k] = ((size_t)(p[0] & 0x7f) << 24) | ((size_t)p[1] << 16) |
+						 ((size_t)p[2] << 8) | p[3];
+					p += 4;
+				}
+			}
+			if (len[0] > (size_t)(end - p) || len[1] > (size_t)(end - p) - len[0])
+				return -1;
+			char value[16] = "";
+			if (len[0] == 15 && memcmp(p, "FCGI_MPXS_CONNS", 15) == 0)
+				snprintf(value, sizeof value, "0");
+			else if ((len[0] == 14 && memcmp(p, "FCGI_MAX_CONNS", 14) == 0) ||
+				 (len[0] == 13 && memcmp(p, "FCGI_MAX_REQS", 13) == 0))
+				snprintf(value, sizeof value, "%d", max_conns);
+			size_t vl = strlen(value);
+			if (vl && n + 2 + len[0] + vl <= sizeof body) {
+				body[n++] = (char)len[0];
+				body[n++] = (char)vl;
+				memcpy(body + n, p, len[0]);
+				memcpy(body + n + len[0], value, vl);
+				n += len[0] + vl;
+			}
+			p += len[0] + len[1];
+		}
+		unsigned char out[8 + sizeof body + 8] = {1, 10 /* FCGI_GET_VALUES_RESULT */, 0, 0,
+							 (unsigned char)(n >> 8), (unsigned char)n,
+							 (unsigned char)((8 - n % 8) % 8), 0};
+		memcpy(out + 8, body, n);
+		size_t olen = 8 + n + out[6];
+		if (send(fd, out, olen, MSG_NOSIGNAL) != (ssize_t)olen)
+			return -1;
+	}
+}
+
+/* The next connection with a request on it, or -1 once the worker stops.
+ * One thread at a time waits on the (non-blocking) listening socket and
+ * looks at the stop flag between polls, so that a drain never leaves a
+ * connection accepted and unanswered. */
+static int next_connection(struct server *s, int max_conns)
+{
+	for (;;) {
+		int fd = -1;
+		pthread_mutex_lock(&s->accept_mu);
+		while (fd < 0 && !atomic_load(&s->env.stopping)) {
+			struct pollfd p = {.fd = s->listen_fd, .events = POLLIN};
+			int r = poll(&p, 1, 200);
+			if (r < 0 && errno != EINTR) {
+				wlog(3, "poll(listening socket) failed: %s", strerror(errno));
+				break;
+			}
+			if (r <= 0)
+				continue;
+			fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+			if (fd < 0 && errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+				wlog(3, "accept failed: %s", strerror(errno));
+				usleep(100 * 1000); /* out of descriptors: do not spin */
+			}
+		}
+		pthread_mutex_unlock(&s->accept_mu);
+		if (fd < 0)
+			return -1;
+		if (answer_management(fd, max_conns) == 0)
+			return fd;
+		close(fd);
+	}
+}
+
 static void *request_thread(void *arg)
 {
 	struct req_thread *rt = arg;
 	struct server *s = rt->s;
 	FCGX_Request req;
-	if (FCGX_InitRequest(&req, s->listen_fd, 0) != 0) {
+	/* No listening socket for libfcgi: connections are accepted above and
+	 * handed to it, so it never accepts (or blocks) on its own. */
+	if (FCGX_InitRequest(&req, -1, 0) != 0) {
 		wlog(3, "FCGX_InitRequest failed");
 		return NULL;
 	}
+	int max_conns = s->o->slots + s->o->queue;
 	for (;;) {
-		/* One thread at a time waits for a connection, and it looks at
-		 * the stop flag between polls, so that a drain never leaves a
-		 * connection accepted and unanswered. */
-		pthread_mutex_lock(&s->accept_mu);
-		bool ready = false;
-		while (!atomic_load(&s->env.stopping)) {
-			struct pollfd p = {.fd = s->listen_fd, .events = POLLIN};
-			int r = poll(&p, 1, 200);
-			if (r > 0) {
-				ready = true;
+		if (req.ipcFd < 0) {
+			int fd = next_connection(s, max_conns);
+			if (fd < 0)
 				break;
-			}
-			if (r < 0 && errno != EINTR) {
-				wlog(3, "poll(listening socket) failed: %s", strerror(errno));
-				break;
-			}
+			req.ipcFd = fd;
+			req.keepConnection = 1; /* so that FCGX_Accept_r reads it, not closes it */
 		}
-		int rc = ready ? FCGX_Accept_r(&req) : -1;
-		pthread_mutex_unlock(&s->accept_mu);
-		if (!ready)
-			break;
-		if (rc < 0)
+		/* On a connection the front end keeps open (FCGI_KEEP_CONN),
+		 * the next request comes on it; when it ends, libfcgi closes it
+		 * and sets ipcFd to -1. */
+		if (FCGX_Accept_r(&req) < 0)
 			continue;
 		struct conn c = {.fr = &req, .envp = req.envp};
 		handle(rt, &c);
 		FCGX_Finish_r(&req);
+		if (atomic_load(&s->env.stopping) && req.ipcFd >= 0) {
+			close(req.ipcFd);
+			req.ipcFd = -1;
+		}
 	}
-	FCGX_Free(&req, 0);
+	FCGX_Free(&req, 1);
 	return NULL;
 }
 
@@ -480,6 +574,13 @@ int server_run(const struct server_opts *o)
 		s->listen_fd = o->listen ? open_listen(o->listen, o->listen_mode) : o->listen_fd;
 		if (s->listen_fd < 0)
 			goto done;
+		/* Others may take a connection between poll and accept (a
+		 * thundering herd of workers): accept must then not block. */
+		int fl = fcntl(s->listen_fd, F_GETFL);
+		if (fl < 0 || fcntl(s->listen_fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+			wlog(3, "fcntl(listening socket) failed: %s", strerror(errno));
+			goto done;
+		}
 	}
 	if (load(s) < 0)
 		goto done;
@@ -531,9 +632,6 @@ int server_run(const struct server_opts *o)
 	}
 	wlog(6, "signal %d: no new requests; draining for at most %.0f s", sig, o->drain_timeout);
 	atomic_store(&s->env.stopping, true);
-	pthread_mutex_lock(&s->env.slot_mu);
-	pthread_cond_broadcast(&s->env.slot_cv);
-	pthread_mutex_unlock(&s->env.slot_mu);
 	struct timespec until;
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_sec += (time_t)o->drain_timeout;

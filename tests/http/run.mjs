@@ -1,0 +1,676 @@
+// ember's integration tests: ember-worker behind real Caddy, Apache httpd and
+// nginx on loopback ports, with the front-end files of units/ as they are,
+// called with curl and with the official openai client; plus the worker as
+// plain CGI and on a socket inherited from spawn-fcgi.
+//   node tests/http/run.mjs --worker build/ember-worker --models build/models [--only NAME]
+// Prints PASS/FAIL per test and the closing line "N passed, N failed, N skipped".
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import OpenAI from 'openai';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '../..');
+const units = path.join(root, 'units');
+
+const args = process.argv.slice(2);
+const opt = (name, dflt) => {
+	const i = args.indexOf(name);
+	return i >= 0 ? args[i + 1] : dflt;
+};
+const worker = path.resolve(opt('--worker', 'build/ember-worker'));
+const models = path.resolve(opt('--models', 'build/models'));
+const only = opt('--only', null);
+const model = 'tiny-qwen2';
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const children = [];
+let dir;
+
+function have(cmd) {
+	return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+}
+
+async function freePort() {
+	return new Promise((resolve, reject) => {
+		const s = net.createServer();
+		s.listen(0, '127.0.0.1', () => {
+			const p = s.address().port;
+			s.close(() => resolve(p));
+		});
+		s.on('error', reject);
+	});
+}
+
+function start(name, cmd, argv, env = {}) {
+	const log = fs.openSync(path.join(dir, `${name}.log`), 'a');
+	const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', log, log], cwd: dir });
+	child.name = name;
+	child.exited = false;
+	child.on('exit', () => { child.exited = true; });
+	children.push(child);
+	return child;
+}
+
+async function waitFor(what, fn, ms = 15000) {
+	const until = Date.now() + ms;
+	let last;
+	while (Date.now() < until) {
+		try {
+			if (await fn()) return;
+		} catch (e) {
+			last = e;
+		}
+		await sleep(50);
+	}
+	throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
+}
+
+async function startWorker(name, extra = []) {
+	const sock = path.join(dir, `${name}.sock`);
+	const w = start(name, worker, ['--model', path.join(models, model), '--listen', sock,
+		'--listen-mode', '0666', '--threads', '1', ...extra]);
+	await waitFor(`${name} to listen`, () => fs.existsSync(sock) && !w.exited);
+	w.sock = sock;
+	return w;
+}
+
+async function startCaddy(name, sock) {
+	const port = await freePort();
+	start(name, 'caddy', ['run', '--config', path.join(units, 'Caddyfile'), '--adapter', 'caddyfile'], {
+		EMBER_SITE: `http://127.0.0.1:${port}`, EMBER_UPSTREAM: `unix/${sock}`, CADDY_ADMIN: 'off',
+		XDG_DATA_HOME: dir, XDG_CONFIG_HOME: dir, HOME: dir,
+	});
+	const base = `http://127.0.0.1:${port}`;
+	await waitFor(`${name} on ${port}`, async () => (await fetch(`${base}/health`)).status === 200);
+	return base;
+}
+
+async function startApache(sock) {
+	const port = await freePort();
+	const mods = '/usr/lib/apache2/modules';
+	const user = process.getuid() === 0 ? 'User www-data\nGroup www-data\n' : '';
+	const conf = `ServerRoot "${dir}"
+ServerName 127.0.0.1
+Listen 127.0.0.1:${port}
+PidFile "${dir}/apache.pid"
+DefaultRuntimeDir "${dir}"
+ErrorLog "${dir}/apache-error.log"
+LogLevel warn
+${user}LoadModule mpm_event_module ${mods}/mod_mpm_event.so
+LoadModule authz_core_module ${mods}/mod_authz_core.so
+LoadModule proxy_module ${mods}/mod_proxy.so
+LoadModule proxy_fcgi_module ${mods}/mod_proxy_fcgi.so
+Define EMBER_SOCKET ${sock}
+Include "${units}/apache-ember.conf"
+`;
+	fs.writeFileSync(path.join(dir, 'httpd.conf'), conf);
+	start('apache', '/usr/sbin/apache2', ['-f', path.join(dir, 'httpd.conf'), '-DFOREGROUND']);
+	const base = `http://127.0.0.1:${port}`;
+	await waitFor(`apache on ${port}`, async () => (await fetch(`${base}/health`)).status === 200);
+	return base;
+}
+
+async function startNginx(sock) {
+	const port = await freePort();
+	fs.copyFileSync('/etc/nginx/fastcgi_params', path.join(dir, 'fastcgi_params'));
+	const user = process.getuid() === 0 ? 'user www-data;\n' : '';
+	const conf = `${user}pid ${dir}/nginx.pid;
+error_log ${dir}/nginx-error.log warn;
+daemon off;
+events {}
+http {
+	access_log off;
+	client_body_temp_path ${dir}/nginx-body;
+	fastcgi_temp_path ${dir}/nginx-fastcgi;
+	proxy_temp_path ${dir}/nginx-proxy;
+	scgi_temp_path ${dir}/nginx-scgi;
+	uwsgi_temp_path ${dir}/nginx-uwsgi;
+	upstream ember { server unix:${sock}; }
+	server {
+		listen 127.0.0.1:${port};
+		include ${units}/nginx-ember.conf;
+	}
+}
+`;
+	fs.writeFileSync(path.join(dir, 'nginx.conf'), conf);
+	start('nginx', '/usr/sbin/nginx', ['-p', dir, '-c', path.join(dir, 'nginx.conf')]);
+	const base = `http://127.0.0.1:${port}`;
+	await waitFor(`nginx on ${port}`, async () => (await fetch(`${base}/health`)).status === 200);
+	return base;
+}
+
+// --- clients ---------------------------------------------------------------
+
+// curl, returning { status, headers, body } (and the raw stdout).
+function curl(url, { method = 'GET', body = null, headers = {}, raw = false } = {}) {
+	const argv = ['-s', '-S', '-i', '--max-time', '60', '-X', method];
+	for (const [k, v] of Object.entries(headers)) argv.push('-H', `${k}: ${v}`);
+	if (body !== null) {
+		const f = path.join(dir, `body-${process.pid}-${Math.random().toString(36).slice(2)}`);
+		fs.writeFileSync(f, body);
+		argv.push('--data-binary', `@${f}`, '-H', 'Content-Type: application/json');
+	}
+	argv.push(url);
+	const r = spawnSync('curl', argv, { maxBuffer: 64 << 20 });
+	if (r.status !== 0) throw new Error(`curl ${url} failed: ${r.stderr}`);
+	const out = r.stdout.toString('utf8');
+	// Skip interim "HTTP/1.1 100 Continue" blocks.
+	let rest = out;
+	let head;
+	for (;;) {
+		const i = rest.indexOf('\r\n\r\n');
+		head = rest.slice(0, i);
+		rest = rest.slice(i + 4);
+		if (!/^HTTP\/\S+ 1\d\d/.test(head)) break;
+	}
+	const status = Number(head.split(' ')[1]);
+	const hdrs = {};
+	for (const line of head.split('\r\n').slice(1)) {
+		const k = line.indexOf(':');
+		hdrs[line.slice(0, k).toLowerCase()] = line.slice(k + 1).trim();
+	}
+	return { status, headers: hdrs, body: rest, json: () => JSON.parse(rest), raw: out };
+}
+
+// The text of an SSE stream's chunks, checking their shape on the way.
+function sseText(body, kind) {
+	const events = body.split('\n\n').filter((e) => e.length);
+	let text = '';
+	let done = false;
+	let finish = null;
+	let usage = null;
+	for (const e of events) {
+		if (e.startsWith(':')) continue;
+		if (!e.startsWith('data: ')) throw new Error(`not an SSE event: ${e.slice(0, 80)}`);
+		const d = e.slice(6);
+		if (d === '[DONE]') { done = true; continue; }
+		const c = JSON.parse(d);
+		if (c.error) throw new Error(`error event: ${d}`);
+		if (kind === 'chat' && c.object !== 'chat.completion.chunk') throw new Error(`object ${c.object}`);
+		if (kind === 'text' && c.object !== 'text_completion') throw new Error(`object ${c.object}`);
+		if (!c.id || typeof c.created !== 'number' || c.model !== model) throw new Error(`chunk fields: ${d}`);
+		if (c.usage) usage = c.usage;
+		for (const ch of c.choices) {
+			text += kind === 'chat' ? (ch.delta.content ?? '') : ch.text;
+			if (ch.finish_reason) finish = ch.finish_reason;
+		}
+	}
+	if (!done) throw new Error('no data: [DONE]');
+	return { text, finish, usage };
+}
+
+const chatBody = (extra = {}) => JSON.stringify({
+	model, messages: [{ role: 'system', content: 'You are terse.' }, { role: 'user', content: 'Name three rivers.' }],
+	max_tokens: 24, seed: 7, temperature: 0.8, ...extra,
+});
+const textBody = (extra = {}) => JSON.stringify({ model, prompt: 'The rivers of Europe are', max_tokens: 24, seed: 11, temperature: 0.9, ...extra });
+
+// --- the tests ---------------------------------------------------------------
+
+const tests = [];
+const test = (name, fn) => tests.push({ name, fn });
+function assert(cond, msg) {
+	if (!cond) throw new Error(msg);
+}
+function eq(a, b, what) {
+	if (JSON.stringify(a) !== JSON.stringify(b)) throw new Error(`${what}: ${JSON.stringify(a)} != ${JSON.stringify(b)}`);
+}
+
+const fronts = {}; // name -> base URL
+
+function frontTests(front) {
+	test(`${front}_curl_chat`, async () => {
+		const base = fronts[front];
+		const r = curl(`${base}/v1/chat/completions`, { method: 'POST', body: chatBody() });
+		eq(r.status, 200, 'status');
+		assert(/application\/json/.test(r.headers['content-type']), 'content-type');
+		const j = r.json();
+		eq(j.object, 'chat.completion', 'object');
+		assert(j.id.startsWith('chatcmpl-'), 'id');
+		eq(j.model, model, 'model');
+		eq(j.choices[0].message.role, 'assistant', 'role');
+		assert(['stop', 'length'].includes(j.choices[0].finish_reason), 'finish_reason');
+		eq(j.usage.total_tokens, j.usage.prompt_tokens + j.usage.completion_tokens, 'usage');
+		const s = curl(`${base}/v1/chat/completions`, { method: 'POST', body: chatBody({ stream: true, stream_options: { include_usage: true } }) });
+		eq(s.status, 200, 'stream status');
+		assert(/text\/event-stream/.test(s.headers['content-type']), 'stream content-type');
+		eq(s.headers['cache-control'], 'no-cache', 'Cache-Control');
+		const st = sseText(s.body, 'chat');
+		eq(st.text, j.choices[0].message.content, 'streamed text vs whole text');
+		eq(st.finish, j.choices[0].finish_reason, 'finish_reason');
+		eq(st.usage, j.usage, 'usage');
+	});
+	test(`${front}_curl_completion`, async () => {
+		const base = fronts[front];
+		const r = curl(`${base}/v1/completions`, { method: 'POST', body: textBody() });
+		eq(r.status, 200, 'status');
+		const j = r.json();
+		eq(j.object, 'text_completion', 'object');
+		const s = curl(`${base}/v1/completions`, { method: 'POST', body: textBody({ stream: true }) });
+		const st = sseText(s.body, 'text');
+		eq(st.text, j.choices[0].text, 'streamed text vs whole text');
+		assert(j.choices[0].text.length > 0, 'some text');
+	});
+	test(`${front}_openai_client`, async () => {
+		const client = new OpenAI({ baseURL: `${fronts[front]}/v1`, apiKey: 'unused', maxRetries: 0 });
+		const msgs = [{ role: 'user', content: 'Write a haiku about the sea.' }];
+		const whole = await client.chat.completions.create({ model, messages: msgs, max_tokens: 20, seed: 3, temperature: 1 });
+		let text = '';
+		const stream = await client.chat.completions.create({ model, messages: msgs, max_tokens: 20, seed: 3, temperature: 1, stream: true });
+		for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+		eq(text, whole.choices[0].message.content, 'chat: streamed vs whole');
+		const wt = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 20, seed: 5 });
+		let tt = '';
+		const ts = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 20, seed: 5, stream: true });
+		for await (const chunk of ts) tt += chunk.choices[0]?.text ?? '';
+		eq(tt, wt.choices[0].text, 'completion: streamed vs whole');
+		const list = await client.models.list();
+		eq(list.data.map((m) => m.id), [model], 'models');
+		let status = 0;
+		try {
+			await client.chat.completions.create({ model: 'no-such-model', messages: msgs });
+		} catch (e) {
+			status = e.status;
+		}
+		eq(status, 404, 'unknown model through the client');
+	});
+	test(`${front}_streams_as_it_goes`, async () => {
+		// 200 tokens: the first must arrive before half of the time is gone.
+		const t0 = performance.now();
+		const res = await fetch(`${fronts[front]}/v1/completions`, {
+			method: 'POST', headers: { 'Content-Type': 'application/json' },
+			body: JSON.stringify({ model, prompt: 'Count:', max_tokens: 200, temperature: 1, seed: 1, stream: true }),
+		});
+		let first = 0;
+		let all = '';
+		let reads = 0;
+		const dec = new TextDecoder();
+		for await (const part of res.body) {
+			reads++;
+			all += dec.decode(part, { stream: true });
+			if (!first && /"text":"[^"]/.test(all)) first = performance.now();
+		}
+		const end = performance.now();
+		const st = sseText(all, 'text');
+		assert(st.finish === 'length', `finish ${st.finish}`);
+		assert(first > 0, 'no text chunk');
+		const share = (first - t0) / (end - t0);
+		console.log(`    ${front}: first token after ${(first - t0).toFixed(1)} ms of ${(end - t0).toFixed(1)} ms (${(share * 100).toFixed(1)}%), ${reads} reads`);
+		assert(share < 0.5, `first token at ${(share * 100).toFixed(1)}% of the generation`);
+		// Held back by a buffer on the way, 200 chunks would come in a few reads.
+		assert(reads >= 30, `the stream came in ${reads} reads`);
+	});
+}
+
+for (const f of ['caddy', 'apache', 'nginx']) frontTests(f);
+
+test('keepalive_during_prefill', async () => {
+	// A prompt of about 3,000 tokens takes several steps to prefill; the
+	// worker runs with --keepalive 0.1, so comments come before the text.
+	const prompt = Array.from({ length: 800 }, (_, i) => `word${i}`).join(' ');
+	const r = curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: JSON.stringify({ model, prompt, max_tokens: 2, stream: true }) });
+	const i = r.body.indexOf(': keep-alive');
+	const d = r.body.indexOf('data: ');
+	assert(i >= 0 && i < d, `no keep-alive before the first chunk: ${r.body.slice(0, 200)}`);
+	sseText(r.body, 'text');
+});
+
+test('logprobs', async () => {
+	const r = curl(`${fronts.caddy}/v1/chat/completions`, { method: 'POST', body: chatBody({ logprobs: true, top_logprobs: 3, max_tokens: 5 }) });
+	const j = r.json();
+	const c = j.choices[0].logprobs.content;
+	eq(c.length, j.usage.completion_tokens, 'one entry per token');
+	for (const e of c) {
+		assert(e.logprob <= 0 && e.top_logprobs.length === 3, 'entry');
+		assert(e.top_logprobs[0].logprob >= e.top_logprobs[2].logprob, 'ordered');
+		eq(Buffer.from(e.bytes).toString('utf8').length > 0, true, 'bytes');
+	}
+	const t = curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: textBody({ logprobs: 2, max_tokens: 5 }) }).json();
+	eq(t.choices[0].logprobs.tokens.length, 5, 'tokens');
+	eq(t.choices[0].logprobs.text_offset[0], 0, 'offset');
+});
+
+test('stop_strings', async () => {
+	const whole = curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: textBody({ max_tokens: 30 }) }).json();
+	const text = whole.choices[0].text;
+	const cut = text.slice(4, 7);
+	assert(cut.length === 3, 'the text is long enough');
+	const r = curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: textBody({ max_tokens: 30, stop: [cut, 'zzzz'] }) }).json();
+	eq(r.choices[0].text, text.slice(0, text.indexOf(cut)), 'text before the stop string');
+	eq(r.choices[0].finish_reason, 'stop', 'finish_reason');
+});
+
+test('request_id', async () => {
+	const r = curl(`${fronts.caddy}/v1/models`, { headers: { 'X-Request-Id': 'trace-42.a_b:c' } });
+	eq(r.headers['x-request-id'], 'trace-42.a_b:c', 'echoed');
+	const g = curl(`${fronts.caddy}/v1/models`);
+	assert(/^[0-9a-f]{32}$/.test(g.headers['x-request-id']), `generated: ${g.headers['x-request-id']}`);
+	const bad = curl(`${fronts.caddy}/v1/models`, { headers: { 'X-Request-Id': 'has spaces and "quotes"' } });
+	assert(/^[0-9a-f]{32}$/.test(bad.headers['x-request-id']), 'an unusable id is replaced');
+	await waitFor('the log line', () => fs.readFileSync(path.join(dir, 'main.log'), 'utf8').includes('"request_id":"trace-42.a_b:c"'), 3000);
+});
+
+// Forty-odd bad requests through Caddy: status and error type of each.
+const long = 'x'.repeat(1100000);
+const bad = [
+	// [name, method, path, body, status, type, code]
+	['malformed JSON', 'POST', '/v1/chat/completions', '{"messages": [', 400, 'invalid_request_error', 'invalid_json'],
+	['not an object', 'POST', '/v1/chat/completions', '[1,2]', 400, 'invalid_request_error', 'invalid_type'],
+	['empty body', 'POST', '/v1/chat/completions', '', 400, 'invalid_request_error', 'invalid_json'],
+	['trailing garbage', 'POST', '/v1/completions', '{"prompt":"a"} x', 400, 'invalid_request_error', 'invalid_json'],
+	['duplicate key', 'POST', '/v1/completions', '{"prompt":"a","prompt":"b"}', 400, 'invalid_request_error', 'invalid_json'],
+	['invalid UTF-8', 'POST', '/v1/completions', Buffer.from([0x7b, 0x22, 0x70, 0x72, 0x6f, 0x6d, 0x70, 0x74, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0x22, 0x7d]), 400, 'invalid_request_error', 'invalid_utf8'],
+	['missing messages', 'POST', '/v1/chat/completions', '{"model":"tiny-qwen2"}', 400, 'invalid_request_error', 'missing_required_parameter'],
+	['empty messages', 'POST', '/v1/chat/completions', '{"messages":[]}', 400, 'invalid_request_error', 'invalid_value'],
+	['messages not an array', 'POST', '/v1/chat/completions', '{"messages":"hi"}', 400, 'invalid_request_error', 'invalid_type'],
+	['message not an object', 'POST', '/v1/chat/completions', '{"messages":["hi"]}', 400, 'invalid_request_error', 'invalid_type'],
+	['unknown role', 'POST', '/v1/chat/completions', '{"messages":[{"role":"wizard","content":"hi"}]}', 400, 'invalid_request_error', 'invalid_value'],
+	['role not a string', 'POST', '/v1/chat/completions', '{"messages":[{"role":1,"content":"hi"}]}', 400, 'invalid_request_error', 'invalid_type'],
+	['content a number', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":5}]}', 400, 'invalid_request_error', 'invalid_type'],
+	['image content part', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}', 400, 'invalid_request_error', 'unsupported_parameter'],
+	['unknown model', 'POST', '/v1/chat/completions', '{"model":"gpt-9","messages":[{"role":"user","content":"hi"}]}', 404, 'invalid_request_error', 'model_not_found'],
+	['model not a string', 'POST', '/v1/chat/completions', '{"model":7,"messages":[{"role":"user","content":"hi"}]}', 400, 'invalid_request_error', 'invalid_type'],
+	['missing prompt', 'POST', '/v1/completions', '{"max_tokens":3}', 400, 'invalid_request_error', 'missing_required_parameter'],
+	['empty prompt', 'POST', '/v1/completions', '{"prompt":""}', 400, 'invalid_request_error', 'invalid_value'],
+	['prompt an object', 'POST', '/v1/completions', '{"prompt":{"a":1}}', 400, 'invalid_request_error', 'invalid_type'],
+	['two prompts', 'POST', '/v1/completions', '{"prompt":["a","b"]}', 400, 'invalid_request_error', 'unsupported_parameter'],
+	['token id out of vocabulary', 'POST', '/v1/completions', '{"prompt":[1,2,99999999]}', 400, 'invalid_request_error', 'invalid_value'],
+	['negative token id', 'POST', '/v1/completions', '{"prompt":[1,-2]}', 400, 'invalid_request_error', 'invalid_type'],
+	['max_tokens zero', 'POST', '/v1/completions', '{"prompt":"a","max_tokens":0}', 400, 'invalid_request_error', 'invalid_value'],
+	['max_tokens a string', 'POST', '/v1/completions', '{"prompt":"a","max_tokens":"5"}', 400, 'invalid_request_error', 'invalid_type'],
+	['max_tokens fractional', 'POST', '/v1/completions', '{"prompt":"a","max_tokens":2.5}', 400, 'invalid_request_error', 'invalid_type'],
+	['max_tokens over the context', 'POST', '/v1/completions', '{"prompt":"a","max_tokens":100000}', 400, 'invalid_request_error', 'context_length_exceeded'],
+	['max_completion_tokens negative', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":-1}', 400, 'invalid_request_error', 'invalid_value'],
+	['temperature too high', 'POST', '/v1/completions', '{"prompt":"a","temperature":3}', 400, 'invalid_request_error', 'invalid_value'],
+	['temperature a string', 'POST', '/v1/completions', '{"prompt":"a","temperature":"hot"}', 400, 'invalid_request_error', 'invalid_type'],
+	['top_p zero', 'POST', '/v1/completions', '{"prompt":"a","top_p":0}', 400, 'invalid_request_error', 'invalid_value'],
+	['top_p above one', 'POST', '/v1/completions', '{"prompt":"a","top_p":1.5}', 400, 'invalid_request_error', 'invalid_value'],
+	['top_k below -1', 'POST', '/v1/completions', '{"prompt":"a","top_k":-5}', 400, 'invalid_request_error', 'invalid_value'],
+	['min_p above one', 'POST', '/v1/completions', '{"prompt":"a","min_p":2}', 400, 'invalid_request_error', 'invalid_value'],
+	['presence_penalty out of range', 'POST', '/v1/completions', '{"prompt":"a","presence_penalty":-3}', 400, 'invalid_request_error', 'invalid_value'],
+	['frequency_penalty a bool', 'POST', '/v1/completions', '{"prompt":"a","frequency_penalty":true}', 400, 'invalid_request_error', 'invalid_type'],
+	['repetition_penalty zero', 'POST', '/v1/completions', '{"prompt":"a","repetition_penalty":0}', 400, 'invalid_request_error', 'invalid_value'],
+	['seed a string', 'POST', '/v1/completions', '{"prompt":"a","seed":"x"}', 400, 'invalid_request_error', 'invalid_type'],
+	['stop a number', 'POST', '/v1/completions', '{"prompt":"a","stop":5}', 400, 'invalid_request_error', 'invalid_type'],
+	['five stop strings', 'POST', '/v1/completions', '{"prompt":"a","stop":["a","b","c","d","e"]}', 400, 'invalid_request_error', 'invalid_value'],
+	['empty stop string', 'POST', '/v1/completions', '{"prompt":"a","stop":[""]}', 400, 'invalid_request_error', 'invalid_value'],
+	['stream a string', 'POST', '/v1/completions', '{"prompt":"a","stream":"yes"}', 400, 'invalid_request_error', 'invalid_type'],
+	['stream_options without stream', 'POST', '/v1/completions', '{"prompt":"a","stream_options":{"include_usage":true}}', 400, 'invalid_request_error', 'invalid_value'],
+	['include_usage a number', 'POST', '/v1/completions', '{"prompt":"a","stream":true,"stream_options":{"include_usage":1}}', 400, 'invalid_request_error', 'invalid_type'],
+	['n = 2', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"n":2}', 400, 'invalid_request_error', 'unsupported_parameter'],
+	['logprobs a number in chat', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"logprobs":3}', 400, 'invalid_request_error', 'invalid_type'],
+	['top_logprobs without logprobs', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"top_logprobs":2}', 400, 'invalid_request_error', 'invalid_value'],
+	['top_logprobs 21', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"logprobs":true,"top_logprobs":21}', 400, 'invalid_request_error', 'invalid_value'],
+	['completion logprobs 6', 'POST', '/v1/completions', '{"prompt":"a","logprobs":6}', 400, 'invalid_request_error', 'invalid_value'],
+	['tools', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}]}', 400, 'invalid_request_error', 'unsupported_parameter'],
+	['json response_format', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}', 400, 'invalid_request_error', 'unsupported_parameter'],
+	['echo', 'POST', '/v1/completions', '{"prompt":"a","echo":true}', 400, 'invalid_request_error', 'unsupported_parameter'],
+	['user a number', 'POST', '/v1/completions', '{"prompt":"a","user":5}', 400, 'invalid_request_error', 'invalid_type'],
+	['prompt over the context', 'POST', '/v1/completions', JSON.stringify({ prompt: Array.from({ length: 5000 }, (_, i) => `w${i}`).join(' '), max_tokens: 1 }), 400, 'invalid_request_error', 'context_length_exceeded'],
+	['body over --max-body-bytes', 'POST', '/v1/completions', JSON.stringify({ prompt: long }), 413, 'invalid_request_error', 'request_too_large'],
+	['GET on chat', 'GET', '/v1/chat/completions', null, 405, 'invalid_request_error', 'method_not_allowed'],
+	['DELETE on models', 'DELETE', '/v1/models', null, 405, 'invalid_request_error', 'method_not_allowed'],
+	['POST on health', 'POST', '/health', '{}', 405, 'invalid_request_error', 'method_not_allowed'],
+	['unknown route', 'GET', '/v1/embeddings', null, 404, 'invalid_request_error', 'not_found'],
+	['unknown model path', 'GET', '/v1/models/gpt-9', null, 404, 'invalid_request_error', 'model_not_found'],
+	['root path', 'GET', '/', null, 404, 'invalid_request_error', 'not_found'],
+];
+
+test('bad_requests', async () => {
+	assert(bad.length >= 40, 'forty cases');
+	const failures = [];
+	for (const [name, method, p, body, status, type, code] of bad) {
+		const r = curl(`${fronts.caddy}${p}`, { method, body });
+		let j = null;
+		try {
+			j = JSON.parse(r.body);
+		} catch {}
+		if (r.status !== status || !j || !j.error || j.error.type !== type || j.error.code !== code ||
+			typeof j.error.message !== 'string' || !('param' in j.error))
+			failures.push(`${name}: ${r.status} ${r.body.slice(0, 200)}`);
+		if (status === 405 && !r.headers.allow) failures.push(`${name}: no Allow header`);
+	}
+	assert(failures.length === 0, `${failures.length} of ${bad.length} wrong:\n      ${failures.join('\n      ')}`);
+	console.log(`    ${bad.length} bad requests answered as expected`);
+	const ok = curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: textBody() });
+	eq(ok.status, 200, 'a good request afterwards');
+});
+
+test('metrics_promtool', async () => {
+	const r = curl(`${fronts.caddy}/metrics`);
+	eq(r.status, 200, 'status');
+	for (const name of ['ember_requests_total', 'ember_sequences_running', 'ember_requests_waiting', 'ember_prompt_tokens_total',
+		'ember_generation_tokens_total', 'ember_time_to_first_token_seconds_bucket', 'ember_inter_token_latency_seconds_bucket',
+		'ember_request_duration_seconds_bucket', 'ember_queue_time_seconds_bucket', 'ember_kv_cache_usage_ratio'])
+		assert(r.body.includes(name), `no ${name}`);
+	if (!have('promtool')) throw new Error('promtool is missing (make deps installs prometheus)');
+	const p = spawnSync('promtool', ['check', 'metrics'], { input: r.body });
+	assert(p.status === 0, `promtool: ${p.stdout}${p.stderr}`);
+});
+
+test('disconnects_free_slots', async () => {
+	const base = fronts.caddy;
+	const metric = async (name) => {
+		const t = await (await fetch(`${base}/metrics`)).text();
+		const m = t.match(new RegExp(`^${name} (\\S+)$`, 'm'));
+		return Number(m[1]);
+	};
+	const before = await metric('ember_sequences_finished_total\\{reason="aborted"\\}');
+	// 20 clients start long streams and drop after their first text.
+	await Promise.all(Array.from({ length: 20 }, async (_, i) => {
+		const ac = new AbortController();
+		const res = await fetch(`${base}/v1/completions`, {
+			method: 'POST', signal: ac.signal, headers: { 'Content-Type': 'application/json' },
+			body: JSON.stringify({ model, prompt: `Client ${i} says`, max_tokens: 3000, stream: true, seed: i }),
+		});
+		const reader = res.body.getReader();
+		let got = '';
+		while (!/"text":"[^"]/.test(got)) {
+			const { value, done } = await reader.read();
+			if (done) throw new Error('stream ended early');
+			got += Buffer.from(value).toString();
+		}
+		ac.abort();
+	}));
+	await waitFor('every slot free', async () => (await metric('ember_sequences_running')) === 0 && (await metric('ember_slots_busy')) === 0, 20000);
+	const aborted = (await metric('ember_sequences_finished_total\\{reason="aborted"\\}')) - before;
+	assert(aborted === 20, `${aborted} sequences cancelled, not 20`);
+	const used = await metric('ember_kv_cache_blocks_used');
+	eq(used, 0, 'KV blocks held');
+	const ok = curl(`${base}/v1/completions`, { method: 'POST', body: textBody() });
+	eq(ok.status, 200, 'served afterwards');
+});
+
+test('api_key', async () => {
+	const base = fronts.keyed;
+	const key = 'sk-ember-test-0123456789';
+	eq(curl(`${base}/v1/models`).status, 401, 'no key');
+	const wrong = curl(`${base}/v1/models`, { headers: { Authorization: 'Bearer sk-ember-test-0123456788' } });
+	eq(wrong.status, 401, 'wrong key');
+	eq(wrong.json().error.code, 'invalid_api_key', 'code');
+	eq(curl(`${base}/v1/models`, { headers: { Authorization: `Bearer ${key}` } }).status, 200, 'right key');
+	eq(curl(`${base}/v1/models`, { headers: { Authorization: 'Bearer second-key' } }).status, 200, 'second key');
+	eq(curl(`${base}/health`).status, 200, '/health stays open');
+	const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: key, maxRetries: 0 });
+	const r = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 });
+	eq(r.choices.length, 1, 'a completion with the key');
+});
+
+test('queue_timeout_503', async () => {
+	// The keyed worker has one slot and --queue-timeout 0.5: while a long
+	// stream holds the slot, the next request waits half a second, then 503.
+	const base = fronts.keyed;
+	const auth = { Authorization: 'Bearer second-key' };
+	const ac = new AbortController();
+	const res = await fetch(`${base}/v1/completions`, {
+		method: 'POST', signal: ac.signal, headers: { 'Content-Type': 'application/json', ...auth },
+		body: JSON.stringify({ model, prompt: 'Hold the slot', max_tokens: 3000, stream: true }),
+	});
+	const reader = res.body.getReader();
+	await reader.read();
+	const r = curl(`${base}/v1/completions`, { method: 'POST', headers: auth, body: textBody() });
+	ac.abort();
+	eq(r.status, 503, 'status');
+	eq(r.json().error.type, 'server_error', 'type');
+	eq(r.json().error.code, 'overloaded', 'code');
+	assert(Number(r.headers['retry-after']) > 0, 'Retry-After');
+	await waitFor('the slot back', () => curl(`${base}/v1/completions`, { method: 'POST', headers: auth, body: textBody() }).status === 200, 10000);
+});
+
+test('no_text_in_logs', async () => {
+	// A unique word in a prompt, a good request and a malformed one: it must
+	// not reach the log.
+	const word = `zebracorn${Date.now()}`;
+	curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: textBody({ prompt: `The ${word} runs`, max_tokens: 4 }) });
+	curl(`${fronts.caddy}/v1/chat/completions`, { method: 'POST', body: chatBody({ messages: [{ role: 'user', content: word }], stream: true }) });
+	curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: `{"prompt": ${word}}` });
+	const log = fs.readFileSync(path.join(dir, 'main.log'), 'utf8');
+	assert(log.split('\n').filter((l) => l.includes('"msg":"request"')).length > 10, 'request lines are logged');
+	assert(!log.includes(word), 'the prompt word is in the log');
+	for (const line of log.split('\n').filter(Boolean)) JSON.parse(line);
+});
+
+test('fastcgi_get_values', async () => {
+	// A front end may ask with FCGI_GET_VALUES whether it can multiplex
+	// requests on one connection: the answer must be FCGI_MPXS_CONNS=0.
+	const names = ['FCGI_MPXS_CONNS', 'FCGI_MAX_REQS'];
+	const body = Buffer.concat(names.map((n) => Buffer.concat([Buffer.from([n.length, 0]), Buffer.from(n)])));
+	const head = Buffer.from([1, 9, 0, 0, body.length >> 8, body.length & 255, 0, 0]);
+	const got = await new Promise((resolve, reject) => {
+		const sock = net.createConnection(path.join(dir, 'main.sock'));
+		let buf = Buffer.alloc(0);
+		sock.on('connect', () => sock.write(Buffer.concat([head, body])));
+		sock.on('data', (d) => {
+			buf = Buffer.concat([buf, d]);
+			if (buf.length >= 8 && buf.length >= 8 + buf.readUInt16BE(4) + buf[6]) {
+				sock.end();
+				resolve(buf);
+			}
+		});
+		sock.on('error', reject);
+		setTimeout(() => reject(new Error('no answer')), 5000);
+	});
+	eq(got[1], 10, 'record type FCGI_GET_VALUES_RESULT');
+	const pairs = {};
+	let p = 8;
+	const end = 8 + got.readUInt16BE(4);
+	while (p < end) {
+		const nl = got[p], vl = got[p + 1];
+		pairs[got.subarray(p + 2, p + 2 + nl).toString()] = got.subarray(p + 2 + nl, p + 2 + nl + vl).toString();
+		p += 2 + nl + vl;
+	}
+	eq(pairs.FCGI_MPXS_CONNS, '0', 'FCGI_MPXS_CONNS');
+});
+
+test('cgi', async () => {
+	const env = { ...process.env, GATEWAY_INTERFACE: 'CGI/1.1', REQUEST_METHOD: 'POST', REQUEST_URI: '/v1/completions',
+		SCRIPT_NAME: '/v1/completions', CONTENT_LENGTH: String(Buffer.byteLength(textBody())) };
+	const r = spawnSync(worker, ['--model', path.join(models, model), '--threads', '1'], { env, input: textBody() });
+	eq(r.status, 0, `exit status (${r.stderr})`);
+	const out = r.stdout.toString();
+	assert(out.startsWith('Status: 200 OK\r\n'), `CGI head: ${out.slice(0, 80)}`);
+	const j = JSON.parse(out.slice(out.indexOf('\r\n\r\n') + 4));
+	const viaCaddy = curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: textBody() }).json();
+	eq(j.choices[0].text, viaCaddy.choices[0].text, 'same text as the server');
+});
+
+test('inherited_socket_and_prefix', async () => {
+	// spawn-fcgi hands the worker a listening socket as fd 0 (as Apache
+	// mod_fcgid does); cgi-fcgi then speaks FastCGI to it with parameters
+	// split the way various front ends split them.
+	const sock = path.join(dir, 'spawned.sock');
+	const p = start('spawned', 'spawn-fcgi', ['-n', '-s', sock, '-M', '0666', '--', worker, '--model', path.join(models, model),
+		'--threads', '1', '--prefix', '/llm']);
+	await waitFor('spawn-fcgi socket', () => fs.existsSync(sock) && !p.exited);
+	const ask = (env) => {
+		const r = spawnSync('cgi-fcgi', ['-bind', '-connect', sock], { env: { PATH: process.env.PATH, REQUEST_METHOD: 'GET', ...env } });
+		const out = r.stdout.toString();
+		return Number((out.match(/^Status: (\d+)/m) || [0, 200])[1]);
+	};
+	await waitFor('the spawned worker', () => ask({ REQUEST_URI: '/llm/health' }) === 200);
+	eq(ask({ REQUEST_URI: '/llm/v1/models?x=1' }), 200, 'REQUEST_URI with a query');
+	eq(ask({ SCRIPT_NAME: '/llm', PATH_INFO: '/v1/models' }), 200, 'SCRIPT_NAME + PATH_INFO');
+	eq(ask({ SCRIPT_NAME: '/llm/v1/models' }), 200, 'SCRIPT_NAME alone');
+	eq(ask({ REQUEST_URI: '/v1/models' }), 404, 'without the prefix');
+	eq(ask({ REQUEST_URI: '/llmx/v1/models' }), 404, 'a longer first segment');
+	p.kill('SIGTERM');
+});
+
+test('sigterm_drains', async () => {
+	// SIGTERM while four streams run and two more wait for a slot: all six
+	// finish with [DONE], then the worker exits 0 and new connections wait
+	// in the backlog for whoever listens next.
+	const w = await startWorker('drain', ['--slots', '4', '--queue-timeout', '300']);
+	const base = await startCaddy('caddy-drain', w.sock);
+	const go = (i) => fetch(`${base}/v1/completions`, {
+		method: 'POST', headers: { 'Content-Type': 'application/json' },
+		body: JSON.stringify({ model, prompt: `Stream ${i}`, max_tokens: 100, stream: true, seed: i }),
+	}).then((r) => r.text());
+	const streams = Array.from({ length: 6 }, (_, i) => go(i));
+	await waitFor('four running', async () => /^ember_sequences_running 4$/m.test(await (await fetch(`${base}/metrics`)).text()), 10000);
+	const exited = new Promise((resolve) => w.on('exit', (code) => resolve(code)));
+	w.kill('SIGTERM');
+	const bodies = await Promise.all(streams);
+	for (const b of bodies) eq(sseText(b, 'text').finish, 'length', 'a drained stream ran to its end');
+	eq(await exited, 0, 'exit status');
+});
+
+// --- main ---------------------------------------------------------------------
+
+async function main() {
+	dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ember-http-'));
+	fs.chmodSync(dir, 0o755); // the front ends' workers run as www-data under root
+	let passed = 0;
+	let failed = 0;
+	let skipped = 0;
+	const missing = ['caddy', 'apache2', 'nginx', 'curl', 'spawn-fcgi', 'cgi-fcgi'].filter((c) => !have(c) && !fs.existsSync(`/usr/sbin/${c}`));
+	try {
+		if (missing.length) throw new Error(`missing ${missing.join(', ')} (make deps installs them)`);
+		const main = await startWorker('main', ['--keepalive', '0.1', '--slots', '4', '--queue', '32', '--ctx', '4096']);
+		fronts.caddy = await startCaddy('caddy', main.sock);
+		fronts.apache = await startApache(main.sock);
+		fronts.nginx = await startNginx(main.sock);
+		fs.writeFileSync(path.join(dir, 'keys'), '# test keys\nsk-ember-test-0123456789\n\nsecond-key\n');
+		const keyed = await startWorker('keyed', ['--api-key-file', path.join(dir, 'keys'), '--slots', '1', '--queue-timeout', '0.5']);
+		fronts.keyed = await startCaddy('caddy-keyed', keyed.sock);
+	} catch (e) {
+		console.log(`FAIL setup: ${e.message}`);
+		for (const f of fs.readdirSync(dir).filter((f) => f.endsWith('.log')))
+			console.log(`--- ${f}\n${fs.readFileSync(path.join(dir, f), 'utf8').slice(-2000)}`);
+		cleanup();
+		console.log(`0 passed, 1 failed, 0 skipped`);
+		process.exit(1);
+	}
+	for (const t of tests) {
+		if (only && t.name !== only) continue;
+		try {
+			await t.fn();
+			console.log(`PASS ${t.name}`);
+			passed++;
+		} catch (e) {
+			console.log(`FAIL ${t.name}: ${e.message}`);
+			failed++;
+		}
+	}
+	for (const c of children) if (c.exited && c.exitCode && !['spawned'].includes(c.name)) {
+		console.log(`FAIL ${c.name} exited with status ${c.exitCode}`);
+		failed++;
+	}
+	if (failed) for (const f of ['main.log', 'apache-error.log', 'nginx-error.log'])
+		if (fs.existsSync(path.join(dir, f))) console.log(`--- ${f}\n${fs.readFileSync(path.join(dir, f), 'utf8').slice(-3000)}`);
+	cleanup();
+	console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
+	process.exit(failed ? 1 : 0);
+}
+
+function cleanup() {
+	for (const c of children) if (!c.exited) c.kill('SIGTERM');
+	if (!process.env.EMBER_KEEP_TMP) setTimeout(() => fs.rmSync(dir, { recursive: true, force: true }), 0);
+}
+
+process.on('SIGINT', () => { cleanup(); process.exit(130); });
+main();
