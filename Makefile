@@ -36,10 +36,10 @@ FUZZERS := safetensors config tokenizer_json tokenizer_encode request fcgi_param
 FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c engine/config.c \
             engine/tokenizer.c engine/chat.c engine/sampler.c worker/api.c worker/http.c
 
-.PHONY: all deps models test asan asan-build bench run clean fuzz
+.PHONY: all deps models test asan asan-build bench bench-http run clean fuzz
 .SECONDARY:
 all: $(BUILD)/ember-worker $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
-     $(BUILD)/test-sampler $(BUILD)/test-sched $(BUILD)/test-worker \
+     $(BUILD)/test-sampler $(BUILD)/test-sched $(BUILD)/test-worker $(BUILD)/journal-capture \
      $(BUILD)/bench-engine $(BUILD)/bench-tokenizer $(BUILD)/bench-sched \
      $(patsubst %,$(BUILD)/fuzz-replay-%,$(FUZZERS))
 
@@ -147,6 +147,11 @@ bench: deps models all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
 	$(BUILD)/bench-sched --model $(BUILD)/models/$(BENCH_SHAPE)
 	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-qwen2
 	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-llama
+	scripts/bench_http.sh $(BUILD)
+
+# Only the HTTP benchmark: GET /health through Caddy, ember beside php-fpm.
+bench-http: deps models $(BUILD)/ember-worker
+	scripts/bench_http.sh $(BUILD)
 
 run: deps models $(BUILD)/ember-worker
 	@scripts/run-demo.sh $(BUILD)
@@ -166,6 +171,9 @@ $(BUILD)/test-sampler: $(BUILD)/tests/test_sampler.o $(BUILD)/libember-engine.a
 $(BUILD)/test-worker: $(BUILD)/tests/test_worker.o $(BUILD)/worker/api.o $(BUILD)/worker/http.o \
                       $(BUILD)/worker/metrics.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/journal-capture: $(BUILD)/tests/journal_capture.o
+	$(CC) $(LDFLAGS) -o $@ $^
 
 $(BUILD)/test-sched: $(BUILD)/tests/test_sched.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

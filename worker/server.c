@@ -535,6 +535,7 @@ int server_run(const struct server_opts *o)
 	bool engine_started = false;
 	if (!s)
 		return 1;
+	wlog_init();
 	s->o = o;
 	s->listen_fd = -1;
 	s->start_time = (double)time(NULL);

@@ -619,6 +619,36 @@ test('sigterm_drains', async () => {
 	eq(await exited, 0, 'exit status');
 });
 
+test('journald_fields', async () => {
+	// With stderr connected to the journal (JOURNAL_STREAM names it), the
+	// worker logs through sd_journal_send: a stand-in for journald's socket
+	// in a private mount namespace reads the fields back.
+	const capture = path.join(path.dirname(worker).replace(/\/asan$/, ''), 'journal-capture');
+	if (process.getuid() !== 0 || spawnSync('unshare', ['-m', 'true']).status !== 0 || !fs.existsSync(capture))
+		throw { skip: 'needs root, unshare -m and build/journal-capture' };
+	const err = path.join(dir, 'journal-stderr');
+	const script = `set -e
+mkdir -p /run/systemd/journal
+mount -t tmpfs tmpfs /run/systemd/journal
+"${capture}" /run/systemd/journal/socket EMBER_STATUS= 20 > "${dir}/journal.txt" &
+sleep 0.3
+: > "${err}"
+exec 2>>"${err}"
+export JOURNAL_STREAM=$(stat -c %d:%i "${err}")
+GATEWAY_INTERFACE=CGI/1.1 REQUEST_METHOD=GET REQUEST_URI=/v1/models HTTP_X_REQUEST_ID=journal-check-7 \
+	"${worker}" --model "${path.join(models, model)}" --threads 1 > /dev/null
+wait $!`;
+	const r = spawnSync('unshare', ['-m', 'sh', '-c', script]);
+	const text = fs.existsSync(path.join(dir, 'journal.txt')) ? fs.readFileSync(path.join(dir, 'journal.txt'), 'utf8') : '';
+	assert(r.status === 0, `capture: status ${r.status} ${r.stderr}\n${text}`);
+	const entry = text.split('\n\n').find((e) => e.includes('EMBER_STATUS='));
+	for (const f of ['EMBER_REQUEST_ID=journal-check-7', 'EMBER_STATUS=200', 'EMBER_ROUTE=models', 'EMBER_METHOD=GET',
+		'EMBER_DURATION_MS=', 'EMBER_PROMPT_TOKENS=0', 'EMBER_COMPLETION_TOKENS=0', 'EMBER_TTFT_MS=', 'PRIORITY=6',
+		'SYSLOG_IDENTIFIER=ember-worker', 'MESSAGE='])
+		assert(entry.includes(f), `no ${f} in:\n${entry}`);
+	eq(fs.readFileSync(err, 'utf8'), '', 'nothing on stderr besides the journal');
+});
+
 // --- main ---------------------------------------------------------------------
 
 async function main() {
@@ -652,6 +682,11 @@ async function main() {
 			console.log(`PASS ${t.name}`);
 			passed++;
 		} catch (e) {
+			if (e && e.skip) {
+				console.log(`SKIP ${t.name}: ${e.skip}`);
+				skipped++;
+				continue;
+			}
 			console.log(`FAIL ${t.name}: ${e.message}`);
 			failed++;
 		}
