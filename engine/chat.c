@@ -43,40 +43,6 @@ int chat_detect(const char *t, char *err)
 			   : "the model has no chat template");
 }
 
-/* ---- a growing string ---------------------------------------------------- */
-
-struct buf {
-	char *p;
-	size_t len, cap;
-	bool failed;
-};
-
-static void put(struct buf *b, const char *s, size_t n)
-{
-	if (b->failed)
-		return;
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		char *p = realloc(b->p, cap);
-		if (!p) {
-			b->failed = true;
-			return;
-		}
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = 0;
-}
-
-static void puts_(struct buf *b, const char *s)
-{
-	put(b, s, strlen(s));
-}
-
 /* A view of part of a string, for the Python string methods. */
 struct view {
 	const char *p;
@@ -168,42 +134,42 @@ static struct view trim(struct view s)
  * message joined by "\n\n"; then '<｜User｜>' + content for a user,
  * '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' for an assistant, and
  * '<｜Assistant｜>' to prompt a reply. */
-static void render_deepseek_v3(struct buf *b, const struct chat_msg *m, size_t n, bool gen,
+static void render_deepseek_v3(struct sbuf *b, const struct chat_msg *m, size_t n, bool gen,
 			       const char *bos)
 {
-	puts_(b, bos);
+	sbuf_puts(b, bos);
 	bool first = true;
 	for (size_t i = 0; i < n; i++) {
 		if (strcmp(m[i].role, "system") != 0)
 			continue;
 		if (!first)
-			puts_(b, "\n\n");
-		puts_(b, m[i].content);
+			sbuf_puts(b, "\n\n");
+		sbuf_puts(b, m[i].content);
 		first = false;
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (strcmp(m[i].role, "user") == 0) {
-			puts_(b, "<｜User｜>");
-			puts_(b, m[i].content);
+			sbuf_puts(b, "<｜User｜>");
+			sbuf_puts(b, m[i].content);
 		} else if (strcmp(m[i].role, "assistant") == 0) {
-			puts_(b, "<｜Assistant｜>");
-			puts_(b, m[i].content);
-			puts_(b, "<｜end▁of▁sentence｜>");
+			sbuf_puts(b, "<｜Assistant｜>");
+			sbuf_puts(b, m[i].content);
+			sbuf_puts(b, "<｜end▁of▁sentence｜>");
 		}
 	}
 	if (gen)
-		puts_(b, "<｜Assistant｜>");
+		sbuf_puts(b, "<｜Assistant｜>");
 }
 
 /* ---- Qwen3 ---------------------------------------------------------------- */
 
-static void render_qwen3(struct buf *b, const struct chat_msg *m, size_t n, bool gen)
+static void render_qwen3(struct sbuf *b, const struct chat_msg *m, size_t n, bool gen)
 {
 	/* messages[0] as the system turn when it is one */
 	if (strcmp(m[0].role, "system") == 0) {
-		puts_(b, "<|im_start|>system\n");
-		puts_(b, m[0].content);
-		puts_(b, "<|im_end|>\n");
+		sbuf_puts(b, "<|im_start|>system\n");
+		sbuf_puts(b, m[0].content);
+		sbuf_puts(b, "<|im_end|>\n");
 	}
 	/* ns.last_query_index: the last user message that is not a wrapped
 	 * tool response (the whole list when there is none). */
@@ -218,11 +184,11 @@ static void render_qwen3(struct buf *b, const struct chat_msg *m, size_t n, bool
 	for (size_t i = 0; i < n; i++) {
 		const char *role = m[i].role;
 		if (strcmp(role, "user") == 0 || (strcmp(role, "system") == 0 && i > 0)) {
-			puts_(b, "<|im_start|>");
-			puts_(b, role);
-			puts_(b, "\n");
-			puts_(b, m[i].content);
-			puts_(b, "<|im_end|>\n");
+			sbuf_puts(b, "<|im_start|>");
+			sbuf_puts(b, role);
+			sbuf_puts(b, "\n");
+			sbuf_puts(b, m[i].content);
+			sbuf_puts(b, "<|im_end|>\n");
 			continue;
 		}
 		if (strcmp(role, "assistant") != 0)
@@ -235,20 +201,20 @@ static void render_qwen3(struct buf *b, const struct chat_msg *m, size_t n, bool
 			content = lstrip_nl(after_last(all, "</think>"));
 			reasoning = lstrip_nl(after_last(rstrip_nl(before_first(all, "</think>")), "<think>"));
 		}
-		puts_(b, "<|im_start|>assistant\n");
+		sbuf_puts(b, "<|im_start|>assistant\n");
 		if (i > last_query && (i + 1 == n || reasoning.n > 0)) {
 			/* '<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') */
 			struct view r = rstrip_nl(lstrip_nl(reasoning));
-			puts_(b, "<think>\n");
-			put(b, r.p, r.n);
-			puts_(b, "\n</think>\n\n");
+			sbuf_puts(b, "<think>\n");
+			sbuf_put(b, r.p, r.n);
+			sbuf_puts(b, "\n</think>\n\n");
 			content = lstrip_nl(content);
 		}
-		put(b, content.p, content.n);
-		puts_(b, "<|im_end|>\n");
+		sbuf_put(b, content.p, content.n);
+		sbuf_puts(b, "<|im_end|>\n");
 	}
 	if (gen)
-		puts_(b, "<|im_start|>assistant\n");
+		sbuf_puts(b, "<|im_start|>assistant\n");
 }
 
 /* ---- Llama 3 --------------------------------------------------------------- */
@@ -256,21 +222,21 @@ static void render_qwen3(struct buf *b, const struct chat_msg *m, size_t n, bool
 /* '<|start_header_id|>' + role + '<|end_header_id|>\n\n' + content | trim +
  * '<|eot_id|>' per message, the first after bos_token; then the assistant's
  * header to prompt a reply. */
-static void render_llama3(struct buf *b, const struct chat_msg *m, size_t n, bool gen,
+static void render_llama3(struct sbuf *b, const struct chat_msg *m, size_t n, bool gen,
 			  const char *bos)
 {
 	for (size_t i = 0; i < n; i++) {
 		if (i == 0)
-			puts_(b, bos);
-		puts_(b, "<|start_header_id|>");
-		puts_(b, m[i].role);
-		puts_(b, "<|end_header_id|>\n\n");
+			sbuf_puts(b, bos);
+		sbuf_puts(b, "<|start_header_id|>");
+		sbuf_puts(b, m[i].role);
+		sbuf_puts(b, "<|end_header_id|>\n\n");
 		struct view c = trim(view_of(m[i].content));
-		put(b, c.p, c.n);
-		puts_(b, "<|eot_id|>");
+		sbuf_put(b, c.p, c.n);
+		sbuf_puts(b, "<|eot_id|>");
 	}
 	if (gen)
-		puts_(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+		sbuf_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
 int chat_render(enum chat_family f, const struct chat_msg *m, size_t n, bool gen, const char *bos,
@@ -288,7 +254,7 @@ int chat_render(enum chat_family f, const struct chat_msg *m, size_t n, bool gen
 					 "message %zu: role '%.32s' is not one of system, user, assistant",
 					 i, m[i].role);
 	}
-	struct buf b = {0};
+	struct sbuf b = {0};
 	switch (f) {
 	case CHAT_DEEPSEEK_V3:
 		render_deepseek_v3(&b, m, n, gen, bos ? bos : "");
@@ -302,7 +268,7 @@ int chat_render(enum chat_family f, const struct chat_msg *m, size_t n, bool gen
 	default:
 		return ember_err(err, -EINVAL, "unknown chat template family %d", (int)f);
 	}
-	puts_(&b, "");
+	sbuf_puts(&b, "");
 	if (b.failed) {
 		free(b.p);
 		return ember_err(err, -ENOMEM, "out of memory");

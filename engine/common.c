@@ -1,8 +1,11 @@
-/* Error formatting, dtype tables and half-precision conversion for the engine. */
+/* Error formatting, dtype tables, half-precision conversion, the clock and
+ * growable strings for the engine and the programs built on it. */
 #include "common.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
 
 int ember_err(char *err, int code, const char *fmt, ...)
 {
@@ -136,4 +139,75 @@ size_t utf8_valid_prefix(const uint8_t *s, size_t len)
 		i += n;
 	}
 	return len;
+}
+
+double ember_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void sbuf_put(struct sbuf *b, const char *s, size_t n)
+{
+	if (b->failed)
+		return;
+	if (b->cap - b->len < n + 1) {
+		size_t cap = b->cap ? b->cap : 256;
+		while (cap - b->len < n + 1) {
+			if (cap > SIZE_MAX / 2) {
+				b->failed = true;
+				return;
+			}
+			cap *= 2;
+		}
+		char *p = realloc(b->p, cap);
+		if (!p) {
+			b->failed = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = 0;
+}
+
+void sbuf_puts(struct sbuf *b, const char *s)
+{
+	sbuf_put(b, s, strlen(s));
+}
+
+void sbuf_printf(struct sbuf *b, const char *fmt, ...)
+{
+	char small[256];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(small, sizeof small, fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		b->failed = true;
+		return;
+	}
+	if ((size_t)n < sizeof small) {
+		sbuf_put(b, small, (size_t)n);
+		return;
+	}
+	char *big = malloc((size_t)n + 1);
+	if (!big) {
+		b->failed = true;
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(big, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	sbuf_put(b, big, (size_t)n);
+	free(big);
+}
+
+void sbuf_free(struct sbuf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof *b);
 }

@@ -91,4 +91,22 @@ static inline bool size_add(size_t a, size_t b, size_t *out)
 	return !__builtin_add_overflow(a, b, out);
 }
 
+
+/* Seconds on CLOCK_MONOTONIC: for durations and deadlines. */
+double ember_now(void);
+
+/* A growable byte buffer, always NUL-terminated after its len bytes;
+ * failed turns true (and stays) when memory runs out, after which appends
+ * do nothing. Zero-initialise it; sbuf_free releases it. */
+struct sbuf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+void sbuf_put(struct sbuf *b, const char *s, size_t n);
+void sbuf_puts(struct sbuf *b, const char *s);
+void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sbuf_free(struct sbuf *b);
+
 #endif

@@ -59,13 +59,6 @@ const char *finish_reason_name(enum finish_reason r)
 	return (unsigned)r < sizeof names / sizeof names[0] ? names[r] : "?";
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 int sched_create(struct backend *b, const struct sched_opts *o, struct sched **out, char *err)
 {
 	*out = NULL;
@@ -335,7 +328,7 @@ static void finish_all(struct sched *s, enum finish_reason why)
 int sched_step(struct sched *s, char *err)
 {
 	take_submissions_and_cancels(s);
-	double t = now();
+	double t = ember_now();
 	for (struct seq **l = &s->active; *l;) {
 		if ((*l)->req.deadline > 0 && t > (*l)->req.deadline)
 			finish(s, l, FINISH_DEADLINE);

@@ -16,13 +16,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 struct copy_task {
 	uint8_t *dst;
 	const uint8_t *src;
@@ -64,9 +57,9 @@ static double bandwidth(struct tpool *tp, size_t len, int read_only, int reps)
 	struct copy_task ct = {b, a, len, 0, read_only};
 	double best = 0;
 	for (int r = 0; r < reps; r++) {
-		double t0 = now();
+		double t0 = ember_now();
 		tp_run(tp, copy_worker, &ct);
-		double bw = (double)len * (read_only ? 1 : 2) / (now() - t0);
+		double bw = (double)len * (read_only ? 1 : 2) / (ember_now() - t0);
 		best = bw > best ? bw : best;
 	}
 	free(a);
@@ -145,12 +138,12 @@ int main(int argc, char **argv)
 	enum { REPS = 3 };
 	double pre[REPS];
 	for (int r = 0; r < REPS; r++) {
-		double t0 = now();
+		double t0 = ember_now();
 		if (gen_prefill(b, 0, ids, prompt, 0, logits, err) < 0) {
 			fprintf(stderr, "bench-engine: %s\n", err);
 			return 1;
 		}
-		pre[r] = now() - t0;
+		pre[r] = ember_now() - t0;
 	}
 	qsort(pre, REPS, sizeof pre[0], cmp_double);
 
@@ -158,12 +151,12 @@ int main(int argc, char **argv)
 	int32_t tok = gen_argmax(logits, c->vocab);
 	for (int i = 0; i < decode; i++) {
 		struct be_entry e = {0, prompt + i, tok, 0};
-		double t0 = now();
+		double t0 = ember_now();
 		if (be_forward(b, &e, 1, logits, err) < 0) {
 			fprintf(stderr, "bench-engine: %s\n", err);
 			return 1;
 		}
-		step[i] = now() - t0;
+		step[i] = ember_now() - t0;
 		tok = gen_argmax(logits, c->vocab);
 	}
 	qsort(step, (size_t)decode, sizeof step[0], cmp_double);

@@ -15,13 +15,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 struct seqstat {
 	int n;
 	double first;  /* time of the first token */
@@ -33,7 +26,7 @@ static void on_token(void *arg, const struct sampler_result *r, const char *text
 	(void)r, (void)text, (void)len;
 	struct seqstat *st = arg;
 	if (st->n++ == 0)
-		st->first = now();
+		st->first = ember_now();
 }
 
 static void on_finish(void *arg, enum finish_reason why, const char *text, size_t len)
@@ -132,11 +125,11 @@ int main(int argc, char **argv)
 			}
 			if (!started && all) {
 				started = true;
-				t0 = now();
+				t0 = ember_now();
 				base = total;
 			}
 			if (!live) {
-				double dt = now() - t0;
+				double dt = ember_now() - t0;
 				char label[64];
 				snprintf(label, sizeof label, "decode tokens/s, %d sequence%s (aggregate)", n,
 					 n > 1 ? "s" : "");
@@ -148,7 +141,7 @@ int main(int argc, char **argv)
 	/* Time to first token of a 16-token prompt: alone, and submitted one
 	 * step after a 2,000-token prompt started its prefill. */
 	prompt_ids(p, 16, 7);
-	double t0 = now();
+	double t0 = ember_now();
 	submit(s, p, 16, 1, &st[0]);
 	while (!st[0].done)
 		step(s);
@@ -156,7 +149,7 @@ int main(int argc, char **argv)
 	prompt_ids(p + 16, 2000, 8);
 	submit(s, p + 16, 2000, 1, &st[1]);
 	step(s);
-	t0 = now();
+	t0 = ember_now();
 	submit(s, p, 16, 1, &st[0]);
 	while (!st[0].done)
 		step(s);

@@ -15,13 +15,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 int main(int argc, char **argv)
 {
 	const char *dir = NULL, *path = "tests/tokenizer/corpus.jsonl";
@@ -41,12 +34,12 @@ int main(int argc, char **argv)
 	char err[EMBER_ERR_LEN];
 	struct mfiles *mf;
 	struct tokenizer *t;
-	double t0 = now();
+	double t0 = ember_now();
 	if (mf_open_dir(dir, &mf, err) < 0 || tok_load(mf, &t, err) < 0) {
 		fprintf(stderr, "bench-tokenizer: %s\n", err);
 		return 1;
 	}
-	double load = now() - t0;
+	double load = ember_now() - t0;
 	FILE *f = fopen(path, "r");
 	if (!f) {
 		perror(path);
@@ -70,7 +63,7 @@ int main(int argc, char **argv)
 	struct tok_ctx *c = tok_ctx_create(t);
 	int32_t *ids = NULL;
 	size_t idcap = 0, total = 0, tokens = 0, target = (size_t)(mb * 1e6);
-	t0 = now();
+	t0 = ember_now();
 	while (total < target) {
 		for (size_t i = 0; i < n; i++) {
 			size_t k = 0;
@@ -82,7 +75,7 @@ int main(int argc, char **argv)
 		}
 		total += bytes;
 	}
-	double dt = now() - t0;
+	double dt = ember_now() - t0;
 	printf("%-44s %10s\n", dir, "value");
 	printf("%-44s %10.3f\n", "tokenizer load, s", load);
 	printf("%-44s %10.1f\n", "encode, MB/s (one thread)", total / dt / 1e6);

@@ -12,20 +12,9 @@
 
 #include <jansson.h>
 
-/* A growable byte buffer; ok turns false (and stays) when memory runs out. */
-struct sbuf {
-	char *p;
-	size_t len, cap;
-	bool failed;
-};
-
-void sbuf_put(struct sbuf *b, const char *s, size_t n);
-void sbuf_puts(struct sbuf *b, const char *s);
-void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* s[0..n) as a JSON string with its quotes; bytes that are not valid UTF-8
  * become U+FFFD. */
 void sbuf_json_str(struct sbuf *b, const char *s, size_t n);
-void sbuf_free(struct sbuf *b);
 
 /* An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}. */
 struct api_error {

@@ -47,8 +47,7 @@ struct printer {
 	bool ids_only;               /* print ids, not text */
 	bool stream_now;             /* print as tokens come, else at the end */
 	int n;                       /* tokens made */
-	char *out;                   /* (cap) what to print at the end */
-	size_t len, cap;
+	struct sbuf out;             /* what to print at the end */
 };
 
 /* Prints, or keeps for the end, len bytes. */
@@ -59,18 +58,7 @@ static void put(struct printer *p, const char *s, size_t len)
 		fflush(stdout);
 		return;
 	}
-	if (p->len + len + 1 > p->cap) {
-		size_t cap = p->cap ? p->cap : 256;
-		while (cap < p->len + len + 1)
-			cap *= 2;
-		char *o = realloc(p->out, cap);
-		if (!o)
-			return;
-		p->out = o;
-		p->cap = cap;
-	}
-	memcpy(p->out + p->len, s, len);
-	p->len += len;
+	sbuf_put(&p->out, s, len);
 }
 
 static void print_token(void *arg, const struct sampler_result *r, const char *text, size_t len)
@@ -92,13 +80,6 @@ static void print_finish(void *arg, enum finish_reason why, const char *text, si
 	(void)why;
 	if (!p->ids_only)
 		put(p, text, len);
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 int cli_run(const struct cli_opts *co)
@@ -134,7 +115,7 @@ int cli_run(const struct cli_opts *co)
 	struct sched *sched = NULL;
 	struct printer *printers = NULL;
 	int status = 1;
-	double t0 = now();
+	double t0 = ember_now();
 	if (model_open_dir(model_dir, &m, err) < 0) {
 		fprintf(stderr, "ember-worker: %s\n", err);
 		goto done;
@@ -218,7 +199,7 @@ int cli_run(const struct cli_opts *co)
 		fprintf(stderr, "ember-worker: out of memory\n");
 		goto done;
 	}
-	double t1 = now();
+	double t1 = ember_now();
 	for (int i = 0; i < parallel; i++) {
 		struct printer *pr = &printers[i];
 		pr->ids_only = !tok || print_ids;
@@ -251,12 +232,12 @@ int cli_run(const struct cli_opts *co)
 		fprintf(stderr, "ember-worker: %s\n", err);
 		goto done;
 	}
-	double t2 = now();
+	double t2 = ember_now();
 	int made = 0;
 	for (int i = 0; i < parallel; i++) {
 		struct printer *pr = &printers[i];
 		if (!pr->stream_now)
-			printf("[%d] %.*s", i, (int)pr->len, pr->out ? pr->out : "");
+			printf("[%d] %.*s", i, (int)pr->out.len, pr->out.p ? pr->out.p : "");
 		printf("\n");
 		made += pr->n;
 	}
@@ -266,7 +247,7 @@ int cli_run(const struct cli_opts *co)
 	status = 0;
 done:
 	for (int i = 0; printers && i < parallel; i++)
-		free(printers[i].out);
+		sbuf_free(&printers[i].out);
 	free(printers);
 	sched_destroy(sched);
 	tok_ctx_destroy(ctx);

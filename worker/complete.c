@@ -12,13 +12,6 @@
 #include <sys/random.h>
 #include <time.h>
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* An absolute CLOCK_MONOTONIC time for timed waits, s seconds from now. */
 static struct timespec later(double s)
 {
@@ -156,7 +149,7 @@ struct job {
 static void job_token(void *arg, const struct sampler_result *r, const char *text, size_t len)
 {
 	struct job *j = arg;
-	double t = now();
+	double t = ember_now();
 	pthread_mutex_lock(&j->mu);
 	sbuf_put(&j->text, text, len);
 	if (j->n_ev < j->cap_ev) {
@@ -535,7 +528,7 @@ gone:
 void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c,
 		     enum api_kind kind, const char *body, size_t len, struct wlog_req *log)
 {
-	double t_arrive = now();
+	double t_arrive = ember_now();
 	struct api_request ar;
 	struct api_error e;
 	char err[EMBER_ERR_LEN];
@@ -608,7 +601,7 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 	}
 
 	bool got = slot_acquire(env);
-	double t_slot = now();
+	double t_slot = ember_now();
 	met_observe(&env->met->queue, t_slot - t_arrive);
 	log->queue_ms = (t_slot - t_arrive) * 1e3;
 	if (!got) {

@@ -45,13 +45,6 @@ struct req_thread {
 	bool started;
 };
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* --- routes other than the generation ones ---------------------------------- */
 
 static void answer_json(struct conn *c, struct sbuf *b)
@@ -130,7 +123,7 @@ static void random_hex(char *out, size_t n)
 static void handle(struct req_thread *rt, struct conn *c)
 {
 	struct server *s = rt->s;
-	double t0 = now();
+	double t0 = ember_now();
 	struct http_req h;
 	http_parse(c->envp, s->o->prefix, &h);
 	if (h.request_id[0])
@@ -228,9 +221,9 @@ done:
 	met_request(&s->met, h.route, c->status);
 logged:
 	log.status = c->status;
-	log.duration_ms = (now() - t0) * 1e3;
+	log.duration_ms = (ember_now() - t0) * 1e3;
 	if (h.route == ROUTE_CHAT || h.route == ROUTE_COMPLETIONS)
-		met_observe(&s->met.duration, now() - t0);
+		met_observe(&s->met.duration, ember_now() - t0);
 	wlog_request(&log);
 	/* A large body or answer is not kept for the next request. */
 	if (rt->body.cap > (1u << 20))
@@ -450,7 +443,7 @@ static int load(struct server *s)
 {
 	const struct server_opts *o = s->o;
 	char err[EMBER_ERR_LEN];
-	double t0 = now();
+	double t0 = ember_now();
 	if (model_open_dir(o->model_dir, &s->m, err) < 0 || tok_load(s->m->files, &s->tok, err) < 0) {
 		wlog(3, "cannot load the model: %s", err);
 		return -1;
@@ -505,7 +498,7 @@ static int load(struct server *s)
 	}
 	wlog(6, "model %s loaded (%s, %d layers, context %d, %d slots, %d KV blocks) in %.3f s",
 	     s->model_name, s->m->cfg.arch_name, s->m->cfg.n_layers, env->ctx, o->slots,
-	     co.kv_blocks, now() - t0);
+	     co.kv_blocks, ember_now() - t0);
 	return 0;
 }
 
