@@ -71,6 +71,12 @@ static int test_request_id_and_length(void)
 	char *none[] = {NULL};
 	http_parse(none, NULL, &h);
 	CHECK(h.content_length == -1 && !h.content_length_bad, "no length");
+	char *unknown[] = {"CONTENT_LENGTH=-1", NULL};
+	http_parse(unknown, NULL, &h);
+	CHECK(h.content_length == -1 && !h.content_length_bad, "-1: unknown, read to the end");
+	char *negative[] = {"CONTENT_LENGTH=-5", NULL};
+	http_parse(negative, NULL, &h);
+	CHECK(h.content_length_bad, "-5");
 	return 0;
 }
 

@@ -138,8 +138,9 @@ void http_parse(char *const *envp, const char *prefix, struct http_req *out)
 			memcpy(out->request_id, id, n + 1);
 	}
 
+	/* Caddy passes a chunked body of unknown length as "-1": read to its end. */
 	const char *cl = http_param(envp, "CONTENT_LENGTH");
-	if (cl && *cl) {
+	if (cl && *cl && strcmp(cl, "-1") != 0) {
 		long long v = 0;
 		const char *p = cl;
 		for (; *p >= '0' && *p <= '9'; p++) {

@@ -221,6 +221,7 @@ function eq(a, b, what) {
 }
 
 const fronts = {}; // name -> base URL
+const long = 'x'.repeat(1100000); // over the default --max-body-bytes
 
 function frontTests(front) {
 	test(`${front}_curl_chat`, async () => {
@@ -319,6 +320,15 @@ test('keepalive_during_prefill', async () => {
 	sseText(r.body, 'text');
 });
 
+test('chunked_request_body', async () => {
+	// A body of unknown length (Transfer-Encoding: chunked) reaches the
+	// worker without CONTENT_LENGTH (Caddy: -1) and is read to its end.
+	const r = curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: textBody(), headers: { 'Transfer-Encoding': 'chunked' } });
+	eq(r.status, 200, `status (${r.body.slice(0, 200)})`);
+	const big = curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: JSON.stringify({ prompt: long }), headers: { 'Transfer-Encoding': 'chunked' } });
+	eq(big.status, 413, 'a chunked body over the limit');
+});
+
 test('logprobs', async () => {
 	const r = curl(`${fronts.caddy}/v1/chat/completions`, { method: 'POST', body: chatBody({ logprobs: true, top_logprobs: 3, max_tokens: 5 }) });
 	const j = r.json();
@@ -355,7 +365,6 @@ test('request_id', async () => {
 });
 
 // Forty-odd bad requests through Caddy: status and error type of each.
-const long = 'x'.repeat(1100000);
 const bad = [
 	// [name, method, path, body, status, type, code]
 	['malformed JSON', 'POST', '/v1/chat/completions', '{"messages": [', 400, 'invalid_request_error', 'invalid_json'],
