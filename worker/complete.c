@@ -427,6 +427,47 @@ static void random_id(char *out, size_t n)
 
 /* --- one request ----------------------------------------------------------- */
 
+/* Cancels sequence seq and waits until the engine thread is done with j.
+ * The cancel is asked again now and then: it is dropped if the scheduler
+ * cannot record it (out of memory). */
+static void cancel_and_wait(struct comp_env *env, struct job *j, uint64_t seq)
+{
+	pthread_mutex_lock(&j->mu);
+	while (!j->done) {
+		pthread_mutex_unlock(&j->mu);
+		sched_cancel(env->sched, seq);
+		engine_wake(env);
+		pthread_mutex_lock(&j->mu);
+		struct timespec until = later(1.0);
+		while (!j->done && pthread_cond_timedwait(&j->cv, &j->mu, &until) != ETIMEDOUT)
+			;
+	}
+	pthread_mutex_unlock(&j->mu);
+}
+
+/* Waits until the job is done; returns false, having cancelled the
+ * sequence, when the client went away meanwhile (looked at every keepalive
+ * period: a request that does not stream has nothing to write till then). */
+static bool wait_done(struct comp_env *env, struct conn *c, struct job *j, uint64_t seq)
+{
+	pthread_mutex_lock(&j->mu);
+	while (!j->done) {
+		struct timespec until = later(env->keepalive);
+		while (!j->done && pthread_cond_timedwait(&j->cv, &j->mu, &until) != ETIMEDOUT)
+			;
+		if (j->done)
+			break;
+		pthread_mutex_unlock(&j->mu);
+		if (conn_gone(c)) {
+			cancel_and_wait(env, j, seq);
+			return false;
+		}
+		pthread_mutex_lock(&j->mu);
+	}
+	pthread_mutex_unlock(&j->mu);
+	return true;
+}
+
 /* Streams the job's output as Server-Sent Events until it is done or the
  * client is gone (then the sequence is cancelled and waited for). */
 static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn *c,
@@ -512,17 +553,15 @@ static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn 
 				sbuf_puts(o, "\n\n");
 			}
 		}
+		if (o->failed) /* a chunk half built: end the stream rather than send it */
+			goto gone;
 		if (o->len && (conn_write(c, o->p, o->len) < 0 || conn_flush(c) < 0))
 			goto gone;
 		if (done)
 			return;
 	}
 gone:
-	sched_cancel(env->sched, seq);
-	pthread_mutex_lock(&j->mu);
-	while (!j->done)
-		pthread_cond_wait(&j->cv, &j->mu);
-	pthread_mutex_unlock(&j->mu);
+	cancel_and_wait(env, j, seq);
 }
 
 void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c,
@@ -553,11 +592,15 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 			 limit < env->ctx - 1 ? limit : env->ctx - 1);
 		goto error;
 	}
-	int max_tokens = ar.max_tokens ? ar.max_tokens : env->ctx - n_prompt;
-	if (n_prompt + max_tokens > env->ctx) {
-		api_fail(&e, 400, "invalid_request_error", "context_length_exceeded", "max_tokens",
-			 "%d prompt tokens and max_tokens %d exceed the context of %d tokens",
-			 n_prompt, max_tokens, env->ctx);
+	/* A sequence holds its whole length in the KV cache, which may be
+	 * smaller than the context (--kv-cache-mb). */
+	int room = env->ctx < env->kv_tokens ? env->ctx : env->kv_tokens;
+	int max_tokens = ar.max_tokens ? ar.max_tokens : room - n_prompt;
+	if (max_tokens < 1 || n_prompt + max_tokens > room) {
+		api_fail(&e, 400, "invalid_request_error", "context_length_exceeded",
+			 ar.max_tokens ? "max_tokens" : kind == API_CHAT ? "messages" : "prompt",
+			 "%d prompt tokens and max_tokens %d exceed the %s of %d tokens", n_prompt,
+			 max_tokens, room < env->ctx ? "KV cache" : "context", room);
 		goto error;
 	}
 
@@ -612,9 +655,13 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 		goto done_job;
 	}
 	uint64_t seq;
-	if (sched_submit(env->sched, &q, &seq, err) < 0) {
+	int rc = sched_submit(env->sched, &q, &seq, err);
+	if (rc < 0) {
 		slot_release(env);
-		api_fail(&e, 400, "invalid_request_error", "invalid_value", NULL, "%s", err);
+		if (rc == -ENOMEM)
+			api_fail(&e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+		else
+			api_fail(&e, 400, "invalid_request_error", "invalid_value", NULL, "%s", err);
 		goto error_job;
 	}
 	atomic_fetch_add(&env->met->running, 1);
@@ -634,12 +681,12 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 		}
 		stream_out(env, t, c, &a, &j, seq, n_prompt, ar.include_usage);
 	} else {
-		pthread_mutex_lock(&j.mu);
-		while (!j.done)
-			pthread_cond_wait(&j.cv, &j.mu);
-		pthread_mutex_unlock(&j.mu);
+		bool here = wait_done(env, c, &j, seq);
 		const char *reason = finish_name(j.why);
-		if (reason) {
+		if (!here) {
+			c->broken = true; /* nobody to answer */
+			c->status = 499;
+		} else if (reason) {
 			t->out.len = 0;
 			whole_answer(&t->out, &a, env->tok, &j, reason, n_prompt);
 			if (t->out.failed)
@@ -654,7 +701,7 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 			api_fail(&e, 500, "server_error", "engine_error", NULL,
 				 "the engine failed; see the server's log");
 		}
-		if (!reason || t->out.failed) {
+		if (here && (!reason || t->out.failed)) {
 			conn_error(c, &e, NULL);
 			log->error_code = e.code;
 		}

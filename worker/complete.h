@@ -28,6 +28,7 @@ struct comp_env {
 	char family_err[EMBER_ERR_LEN];  /* why there is none */
 	char bos[256];                 /* the BOS token's text, for chat templates */
 	int ctx, max_prompt_tokens;
+	int kv_tokens;                 /* tokens the whole KV cache holds */
 	double request_timeout, keepalive, queue_timeout;
 	int32_t stop_ids[SCHED_MAX_STOP_IDS];
 	int n_stop_ids;

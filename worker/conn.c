@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 const char *conn_reason(int status)
@@ -62,6 +63,18 @@ int conn_flush(struct conn *c)
 		return -1;
 	}
 	return 0;
+}
+
+bool conn_gone(struct conn *c)
+{
+	if (c->broken)
+		return true;
+	if (!c->fr || c->fr->ipcFd < 0)
+		return false;
+	/* After the request the front end sends nothing more (an abort record
+	 * at most): end of file means it closed the connection. */
+	char b;
+	return recv(c->fr->ipcFd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
 int conn_head(struct conn *c, int status, const char *content_type, const char *extra)

@@ -23,6 +23,9 @@ long conn_read(struct conn *c, char *buf, size_t n);
 /* Writes n bytes; returns 0, or -1 (and sets broken) when the client is gone. */
 int conn_write(struct conn *c, const char *p, size_t n);
 int conn_flush(struct conn *c);
+/* Whether the front end closed the connection (a client that left, for a
+ * request whose answer has not begun); never true under CGI. */
+bool conn_gone(struct conn *c);
 
 /* Sends the status line and headers: Content-Type, X-Request-Id and extra
  * (complete "Name: value\r\n" lines, or NULL). */

@@ -187,6 +187,11 @@ int http_keys_load(const char *path, struct http_keys *k, char *err)
 			goto done;
 		}
 		size_t len = strlen(s);
+		if (len > HTTP_KEY_MAX) { /* its newline made it fit the line buffer */
+			rc = ember_err(err, -EINVAL, "%s:%d: a key is longer than %d bytes", path,
+				       lineno, HTTP_KEY_MAX);
+			goto done;
+		}
 		memcpy(k->key[k->n], s, len + 1);
 		k->len[k->n++] = len;
 	}

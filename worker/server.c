@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/random.h>
 #include <sys/un.h>
 #include <time.h>
@@ -139,8 +141,13 @@ static void handle(struct req_thread *rt, struct conn *c)
 	log.method = method_copy;
 	struct api_error e;
 	struct sbuf *b = &rt->ct.out;
-	b->len = 0;
-	b->failed = false;
+	/* The thread's buffers start each request empty, and a failure to
+	 * grow one is not carried over. */
+	struct sbuf *bufs[] = {&rt->ct.out, &rt->ct.tmp, &rt->body};
+	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+		bufs[i]->len = 0;
+		bufs[i]->failed = false;
+	}
 
 	if (h.route == ROUTE_NONE) {
 		api_fail(&e, 404, "invalid_request_error", "not_found", NULL,
@@ -182,8 +189,11 @@ static void handle(struct req_thread *rt, struct conn *c)
 				       .preemptions = sched_preemptions(s->env.sched),
 				       .start_time = s->start_time};
 		met_render(&s->met, &g, b);
-		if (!b->failed)
-			conn_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b->p, b->len);
+		if (b->failed) {
+			api_fail(&e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+			goto error;
+		}
+		conn_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b->p, b->len);
 		goto logged;
 	}
 	case ROUTE_MODELS:
@@ -226,10 +236,9 @@ logged:
 		met_observe(&s->met.duration, ember_now() - t0);
 	wlog_request(&log);
 	/* A large body or answer is not kept for the next request. */
-	if (rt->body.cap > (1u << 20))
-		sbuf_free(&rt->body);
-	if (rt->ct.out.cap > (1u << 20))
-		sbuf_free(&rt->ct.out);
+	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+		if (bufs[i]->cap > (1u << 20))
+			sbuf_free(bufs[i]);
 }
 
 /* --- threads ---------------------------------------------------------------- */
@@ -240,11 +249,26 @@ logged:
  * request threads. libfcgi reads such a record before a request without
  * answering it, so the worker answers it here. Returns 0 when a request
  * record is next, -1 when the connection ended or misbehaved. */
+/* Seconds a read of a request may wait for its bytes. */
+#define READ_TIMEOUT_S 30
+/* Seconds a connection kept open by the front end (FCGI_KEEP_CONN) may
+ * sit idle between requests before the worker closes it. */
+#define KEEP_IDLE_S 5
+
 static int answer_management(int fd, int max_conns)
 {
 	for (;;) {
+		/* MSG_WAITALL does not apply to MSG_PEEK on unix sockets: peek
+		 * until the header is all there (reads time out, see below). */
 		unsigned char h[8];
-		if (recv(fd, h, sizeof h, MSG_PEEK | MSG_WAITALL) != (ssize_t)sizeof h)
+		ssize_t got;
+		while ((got = recv(fd, h, sizeof h, MSG_PEEK)) > 0 && got < (ssize_t)sizeof h) {
+			struct pollfd p = {.fd = fd, .events = POLLIN};
+			if (poll(&p, 1, READ_TIMEOUT_S * 1000) <= 0)
+				return -1;
+			usleep(1000); /* more has come, or is coming: look again */
+		}
+		if (got != (ssize_t)sizeof h)
 			return -1;
 		if (h[0] != 1 || h[1] != 9 /* FCGI_GET_VALUES */ || h[2] || h[3])
 			return 0;
@@ -299,6 +323,8 @@ static int answer_management(int fd, int max_conns)
 }
 
 /* The next connection with a request on it, or -1 once the worker stops.
+ * Reads on it time out after READ_TIMEOUT_S, so that a peer that connects
+ * and sends nothing (or too slowly) cannot hold a thread for ever.
  * One thread at a time waits on the (non-blocking) listening socket and
  * looks at the stop flag between polls, so that a drain never leaves a
  * connection accepted and unanswered. */
@@ -325,10 +351,28 @@ static int next_connection(struct server *s, int max_conns)
 		pthread_mutex_unlock(&s->accept_mu);
 		if (fd < 0)
 			return -1;
-		if (answer_management(fd, max_conns) == 0)
+		struct timeval tv = {.tv_sec = READ_TIMEOUT_S};
+		if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
+		    answer_management(fd, max_conns) == 0)
 			return fd;
 		close(fd);
 	}
+}
+
+/* On a connection the front end keeps open: whether its next request
+ * starts within KEEP_IDLE_S seconds (and before the worker stops). */
+static bool next_request_comes(struct server *s, int fd)
+{
+	for (int waited = 0; waited < KEEP_IDLE_S * 1000 && !atomic_load(&s->env.stopping);
+	     waited += 200) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		int r = poll(&p, 1, 200);
+		if (r > 0)
+			return (p.revents & POLLIN) != 0;
+		if (r < 0 && errno != EINTR)
+			return false;
+	}
+	return false;
 }
 
 static void *request_thread(void *arg)
@@ -344,6 +388,10 @@ static void *request_thread(void *arg)
 	}
 	int max_conns = s->o->slots + s->o->queue;
 	for (;;) {
+		if (req.ipcFd >= 0 && !next_request_comes(s, req.ipcFd)) {
+			close(req.ipcFd);
+			req.ipcFd = -1;
+		}
 		if (req.ipcFd < 0) {
 			int fd = next_connection(s, max_conns);
 			if (fd < 0)
@@ -359,10 +407,6 @@ static void *request_thread(void *arg)
 		struct conn c = {.fr = &req, .envp = req.envp};
 		handle(rt, &c);
 		FCGX_Finish_r(&req);
-		if (atomic_load(&s->env.stopping) && req.ipcFd >= 0) {
-			close(req.ipcFd);
-			req.ipcFd = -1;
-		}
 	}
 	FCGX_Free(&req, 1);
 	return NULL;
@@ -490,6 +534,7 @@ static int load(struct server *s)
 		wlog(3, "--kv-cache-mb %d holds no block of %zu bytes", o->kv_mb, block_bytes);
 		return -1;
 	}
+	env->kv_tokens = co.kv_blocks > INT_MAX / KV_BLOCK ? INT_MAX : co.kv_blocks * KV_BLOCK;
 	struct sched_opts so = {.max_batch_tokens = o->max_batch_tokens, .tok = s->tok};
 	if (cpu_backend_create(s->m, &co, &s->b, err) < 0 ||
 	    sched_create(s->b, &so, &env->sched, err) < 0) {

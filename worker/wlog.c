@@ -98,8 +98,11 @@ void wlog_request(const struct wlog_req *r)
 	ts(&b);
 	sbuf_printf(&b, ",\"level\":\"%s\",\"msg\":\"request\",\"request_id\":", level_name(prio));
 	sbuf_json_str(&b, S(r->request_id), strlen(S(r->request_id)));
-	sbuf_printf(&b, ",\"method\":\"%s\",\"route\":\"%s\",\"status\":%d,\"duration_ms\":%.3f",
-		    S(r->method), S(r->route), r->status, r->duration_ms);
+	/* The method comes from the front end: escaped like any outside text. */
+	sbuf_puts(&b, ",\"method\":");
+	sbuf_json_str(&b, S(r->method), strlen(S(r->method)));
+	sbuf_printf(&b, ",\"route\":\"%s\",\"status\":%d,\"duration_ms\":%.3f", S(r->route),
+		    r->status, r->duration_ms);
 	if (r->model) {
 		sbuf_puts(&b, ",\"model\":");
 		sbuf_json_str(&b, r->model, strlen(r->model));

@@ -469,7 +469,7 @@ test('disconnects_free_slots', async () => {
 		return Number(m[1]);
 	};
 	const before = await metric('ember_sequences_finished_total\\{reason="aborted"\\}');
-	// 20 clients start long streams and drop after their first text.
+	// 20 clients start long streams and drop after their first text,
 	await Promise.all(Array.from({ length: 20 }, async (_, i) => {
 		const ac = new AbortController();
 		const res = await fetch(`${base}/v1/completions`, {
@@ -484,10 +484,22 @@ test('disconnects_free_slots', async () => {
 			got += Buffer.from(value).toString();
 		}
 		ac.abort();
-	}));
+	}).concat(Array.from({ length: 4 }, async (_, i) => {
+		// and 4 that do not stream drop after 300 ms, through nginx: it
+		// closes the FastCGI connection when its client leaves (Caddy and
+		// Apache keep it open until the answer is complete)
+		const ac = new AbortController();
+		const req = fetch(`${fronts.nginx}/v1/completions`, {
+			method: 'POST', signal: ac.signal, headers: { 'Content-Type': 'application/json' },
+			body: JSON.stringify({ model, prompt: `Patient ${i}`, max_tokens: 3000, seed: i }),
+		}).catch(() => null);
+		await sleep(300);
+		ac.abort();
+		await req;
+	})));
 	await waitFor('every slot free', async () => (await metric('ember_sequences_running')) === 0 && (await metric('ember_slots_busy')) === 0, 20000);
 	const aborted = (await metric('ember_sequences_finished_total\\{reason="aborted"\\}')) - before;
-	assert(aborted === 20, `${aborted} sequences cancelled, not 20`);
+	assert(aborted === 24, `${aborted} sequences cancelled, not 24`);
 	const used = await metric('ember_kv_cache_blocks_used');
 	eq(used, 0, 'KV blocks held');
 	const ok = curl(`${base}/v1/completions`, { method: 'POST', body: textBody() });
