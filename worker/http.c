@@ -158,6 +158,46 @@ void http_parse(char *const *envp, const char *prefix, struct http_req *out)
 	out->authorization = http_param(envp, "HTTP_AUTHORIZATION");
 }
 
+long http_get_values(const unsigned char *in, size_t len, int max_conns, char *out, size_t cap)
+{
+	size_t n = 0;
+	const unsigned char *p = in, *end = in + len;
+	while (p < end) {
+		size_t l[2];
+		for (int k = 0; k < 2; k++) { /* 1 byte, or 4 with the top bit set */
+			if (p >= end)
+				return -1;
+			if (*p < 0x80) {
+				l[k] = *p++;
+			} else {
+				if (end - p < 4)
+					return -1;
+				l[k] = ((size_t)(p[0] & 0x7f) << 24) | ((size_t)p[1] << 16) |
+				       ((size_t)p[2] << 8) | p[3];
+				p += 4;
+			}
+		}
+		if (l[0] > (size_t)(end - p) || l[1] > (size_t)(end - p) - l[0])
+			return -1;
+		char value[16] = "";
+		if (l[0] == 15 && memcmp(p, "FCGI_MPXS_CONNS", 15) == 0)
+			snprintf(value, sizeof value, "0");
+		else if ((l[0] == 14 && memcmp(p, "FCGI_MAX_CONNS", 14) == 0) ||
+			 (l[0] == 13 && memcmp(p, "FCGI_MAX_REQS", 13) == 0))
+			snprintf(value, sizeof value, "%d", max_conns);
+		size_t vl = strlen(value);
+		if (vl && n + 2 + l[0] + vl <= cap) {
+			out[n++] = (char)l[0];
+			out[n++] = (char)vl;
+			memcpy(out + n, p, l[0]);
+			memcpy(out + n + l[0], value, vl);
+			n += l[0] + vl;
+		}
+		p += l[0] + l[1];
+	}
+	return (long)n;
+}
+
 int http_keys_load(const char *path, struct http_keys *k, char *err)
 {
 	memset(k, 0, sizeof *k);

@@ -48,6 +48,16 @@ const char *http_param(char *const *envp, const char *name);
  * becomes ROUTE_NONE, method_ok false or content_length_bad. */
 void http_parse(char *const *envp, const char *prefix, struct http_req *out);
 
+/* Room for the answer to FCGI_GET_VALUES (three names and short values). */
+#define HTTP_VALUES_MAX 128
+
+/* The body of the answer to an FCGI_GET_VALUES record whose body is
+ * in[0..len) (name-value pairs in FastCGI's encoding): FCGI_MPXS_CONNS 0,
+ * and max_conns for FCGI_MAX_CONNS and FCGI_MAX_REQS; other names are left
+ * out. Writes at most cap bytes to out; returns their count, or -1 for a
+ * malformed body. */
+long http_get_values(const unsigned char *in, size_t len, int max_conns, char *out, size_t cap);
+
 /* API keys, one per line of a file; blank lines and lines starting with '#'
  * are skipped. */
 struct http_keys {

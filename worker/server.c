@@ -262,11 +262,11 @@ static int answer_management(int fd, int max_conns)
 		 * until the header is all there (reads time out, see below). */
 		unsigned char h[8];
 		ssize_t got;
+		double until = ember_now() + READ_TIMEOUT_S;
 		while ((got = recv(fd, h, sizeof h, MSG_PEEK)) > 0 && got < (ssize_t)sizeof h) {
-			struct pollfd p = {.fd = fd, .events = POLLIN};
-			if (poll(&p, 1, READ_TIMEOUT_S * 1000) <= 0)
+			if (ember_now() > until)
 				return -1;
-			usleep(1000); /* more has come, or is coming: look again */
+			usleep(1000); /* the rest of a header split in two is on its way */
 		}
 		if (got != (ssize_t)sizeof h)
 			return -1;
@@ -276,47 +276,15 @@ static int answer_management(int fd, int max_conns)
 		unsigned char rec[8 + 65535 + 255];
 		if (recv(fd, rec, total, MSG_WAITALL) != (ssize_t)total)
 			return -1;
-		char body[256];
-		size_t n = 0;
-		const unsigned char *p = rec + 8, *end = rec + 8 + clen;
-		while (p < end) {
-			size_t len[2];
-			for (int k = 0; k < 2; k++) { /* FastCGI lengths: 1 byte, or 4 with the top bit */
-				if (p >= end)
-					return -1;
-				if (*p < 0x80) {
-					len[k] = *p++;
-				} else {
-					if (end - p < 4)
-						return -1;
-					len[k] = ((size_t)(p[0] & 0x7f) << 24) | ((size_t)p[1] << 16) |
-						 ((size_t)p[2] << 8) | p[3];
-					p += 4;
-				}
-			}
-			if (len[0] > (size_t)(end - p) || len[1] > (size_t)(end - p) - len[0])
-				return -1;
-			char value[16] = "";
-			if (len[0] == 15 && memcmp(p, "FCGI_MPXS_CONNS", 15) == 0)
-				snprintf(value, sizeof value, "0");
-			else if ((len[0] == 14 && memcmp(p, "FCGI_MAX_CONNS", 14) == 0) ||
-				 (len[0] == 13 && memcmp(p, "FCGI_MAX_REQS", 13) == 0))
-				snprintf(value, sizeof value, "%d", max_conns);
-			size_t vl = strlen(value);
-			if (vl && n + 2 + len[0] + vl <= sizeof body) {
-				body[n++] = (char)len[0];
-				body[n++] = (char)vl;
-				memcpy(body + n, p, len[0]);
-				memcpy(body + n + len[0], value, vl);
-				n += len[0] + vl;
-			}
-			p += len[0] + len[1];
-		}
+		char body[HTTP_VALUES_MAX];
+		long n = http_get_values(rec + 8, clen, max_conns, body, sizeof body);
+		if (n < 0)
+			return -1;
 		unsigned char out[8 + sizeof body + 8] = {1, 10 /* FCGI_GET_VALUES_RESULT */, 0, 0,
 							 (unsigned char)(n >> 8), (unsigned char)n,
 							 (unsigned char)((8 - n % 8) % 8), 0};
-		memcpy(out + 8, body, n);
-		size_t olen = 8 + n + out[6];
+		memcpy(out + 8, body, (size_t)n);
+		size_t olen = 8 + (size_t)n + out[6];
 		if (send(fd, out, olen, MSG_NOSIGNAL) != (ssize_t)olen)
 			return -1;
 	}

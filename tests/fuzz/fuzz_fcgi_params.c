@@ -2,7 +2,7 @@
  * pairs in FastCGI's encoding (lengths of 1 byte, or 4 with the high bit
  * set), decoded here as libfcgi decodes them, then routed, read for the
  * request id and body length and checked against API keys, with and
- * without a prefix. */
+ * without a prefix; and the same bytes as an FCGI_GET_VALUES record. */
 #include "../../worker/http.h"
 
 #include <stdint.h>
@@ -61,6 +61,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct http_keys k = {.n = 2, .key = {"sk-one", "another-key"}, .len = {6, 11}};
 	if (http_auth_ok(&k, h.authorization) && h.authorization &&
 	    !strstr(h.authorization, "sk-one") && !strstr(h.authorization, "another-key"))
+		abort();
+	/* The same bytes as the body of an FCGI_GET_VALUES record. */
+	char out[HTTP_VALUES_MAX];
+	long m = http_get_values(data, size < 65535 ? size : 65535, 9, out, sizeof out);
+	if (m > (long)sizeof out)
 		abort();
 	for (int i = 0; i < n; i++)
 		free(envp[i]);
