@@ -81,8 +81,13 @@ int conn_head(struct conn *c, int status, const char *content_type, const char *
 {
 	char h[512];
 	c->status = status;
-	int n = snprintf(h, sizeof h, "Status: %d %s\r\nContent-Type: %s\r\nX-Request-Id: %s\r\n",
-			 status, conn_reason(status), content_type, c->request_id);
+	/* No Status line means 200 (CGI): Caddy passes the line on to the
+	 * client as a header, so it is left out where it is not needed. */
+	char st[64] = "";
+	if (status != 200)
+		snprintf(st, sizeof st, "Status: %d %s\r\n", status, conn_reason(status));
+	int n = snprintf(h, sizeof h, "%sContent-Type: %s\r\nX-Request-Id: %s\r\n", st,
+			 content_type, c->request_id);
 	if (n < 0 || (size_t)n >= sizeof h)
 		return -1;
 	if (conn_write(c, h, (size_t)n) < 0 || (extra && conn_write(c, extra, strlen(extra)) < 0))

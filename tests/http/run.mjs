@@ -593,7 +593,10 @@ test('cgi', async () => {
 	const r = spawnSync(worker, ['--model', path.join(models, model), '--threads', '1'], { env, input: textBody() });
 	eq(r.status, 0, `exit status (${r.stderr})`);
 	const out = r.stdout.toString();
-	assert(out.startsWith('Status: 200 OK\r\n'), `CGI head: ${out.slice(0, 80)}`);
+	assert(out.startsWith('Content-Type: application/json\r\n'), `CGI head: ${out.slice(0, 80)}`);
+	const bad = spawnSync(worker, ['--model', path.join(models, model), '--threads', '1'],
+		{ env: { ...env, CONTENT_LENGTH: '3' }, input: '{"x' });
+	assert(bad.stdout.toString().startsWith('Status: 400 Bad Request\r\n'), `CGI error head: ${bad.stdout.toString().slice(0, 80)}`);
 	const j = JSON.parse(out.slice(out.indexOf('\r\n\r\n') + 4));
 	const viaCaddy = curl(`${fronts.caddy}/v1/completions`, { method: 'POST', body: textBody() }).json();
 	eq(j.choices[0].text, viaCaddy.choices[0].text, 'same text as the server');
