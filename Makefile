@@ -22,24 +22,29 @@ endif
 
 ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c \
               engine/config.c engine/model.c engine/threads.c engine/matmul.c engine/cpu.c \
-              engine/generate.c engine/sha256.c engine/backend.c engine/tokenizer.c engine/chat.c engine/sampler.c engine/stop.c engine/sched.c
-ENGINE_HDR := $(wildcard engine/*.h) $(wildcard worker/*.h)
+              engine/generate.c engine/sha256.c engine/wimage.c engine/backend.c engine/tokenizer.c engine/chat.c engine/sampler.c engine/stop.c engine/sched.c
+ENGINE_HDR := $(wildcard engine/*.h) $(wildcard worker/*.h) $(wildcard supervisor/*.h)
 WORKER_SRC := worker/main.c worker/cli.c worker/server.c worker/complete.c worker/conn.c \
               worker/api.c worker/http.c worker/metrics.c worker/wlog.c
 WORKER_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(WORKER_SRC))
+SUPERVISOR_SRC := supervisor/wstore.c
+SUPERVISOR_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(SUPERVISOR_SRC))
+SUPERVISOR_LIBS := -luring
 
 TINY_MODELS := tiny-qwen2 tiny-llama
 MODEL_STAMPS := $(patsubst %,$(BUILD)/models/%/.done,$(TINY_MODELS))
 tokenizer_of = $(if $(filter tiny-llama,$(1)),deepseek_v3,qwen3)
 
-FUZZERS := safetensors config tokenizer_json tokenizer_encode request fcgi_params
+FUZZERS := safetensors config tokenizer_json tokenizer_encode request fcgi_params wimage
 FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c engine/config.c \
-            engine/tokenizer.c engine/chat.c engine/sampler.c worker/api.c worker/http.c
+            engine/tokenizer.c engine/chat.c engine/sampler.c engine/wimage.c engine/sha256.c \
+            worker/api.c worker/http.c
 
 .PHONY: all deps models test asan asan-build bench bench-http run clean fuzz
 .SECONDARY:
 all: $(BUILD)/ember-worker $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
      $(BUILD)/test-sampler $(BUILD)/test-sched $(BUILD)/test-worker $(BUILD)/journal-capture \
+     $(BUILD)/test-supervisor $(BUILD)/bench-wstore \
      $(BUILD)/bench-engine $(BUILD)/bench-tokenizer $(BUILD)/bench-sched \
      $(patsubst %,$(BUILD)/fuzz-replay-%,$(FUZZERS))
 
@@ -119,6 +124,7 @@ asan-build:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" \
 		LDFLAGS="$(ASAN_FLAGS) $(LDFLAGS)" $(BUILD)/asan/test-engine $(BUILD)/asan/test-tokenizer \
 		$(BUILD)/asan/test-sampler $(BUILD)/asan/test-sched $(BUILD)/asan/test-worker \
+		$(BUILD)/asan/test-supervisor \
 		$(patsubst %,$(BUILD)/asan/fuzz-replay-%,$(FUZZERS)) $(BUILD)/asan/ember-worker
 
 FUZZ_SECONDS ?= 600
@@ -147,6 +153,7 @@ bench: deps models all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
 	$(BUILD)/bench-sched --model $(BUILD)/models/$(BENCH_SHAPE)
 	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-qwen2
 	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-llama
+	$(BUILD)/bench-wstore --model $(BUILD)/models/$(BENCH_SHAPE)
 	scripts/bench_http.sh $(BUILD)
 
 # Only the HTTP benchmark: GET /health through Caddy, ember beside php-fpm.
@@ -171,6 +178,12 @@ $(BUILD)/test-sampler: $(BUILD)/tests/test_sampler.o $(BUILD)/libember-engine.a
 $(BUILD)/test-worker: $(BUILD)/tests/test_worker.o $(BUILD)/worker/api.o $(BUILD)/worker/http.o \
                       $(BUILD)/worker/metrics.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/test-supervisor: $(BUILD)/tests/test_supervisor.o $(SUPERVISOR_OBJ) $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(SUPERVISOR_LIBS) $(LDLIBS)
+
+$(BUILD)/bench-wstore: $(BUILD)/scripts/bench_wstore.o $(SUPERVISOR_OBJ) $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(SUPERVISOR_LIBS) $(LDLIBS)
 
 $(BUILD)/journal-capture: $(BUILD)/tests/journal_capture.o
 	$(CC) $(LDFLAGS) -o $@ $^

@@ -1,7 +1,9 @@
-/* Model files mapped from a directory. Each file is opened relative to the
- * directory's fd (O_NOFOLLOW is not used: model directories are often links
- * into a download cache) and mapped once. */
+/* Model files mapped from a directory, or found in a weight image. Each
+ * file of a directory is opened relative to the directory's fd (O_NOFOLLOW
+ * is not used: model directories are often links into a download cache)
+ * and mapped once; an image is mapped whole. */
 #include "modelfiles.h"
+#include "wimage.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +19,11 @@ struct mfile {
 };
 
 struct mfiles {
-	int dirfd;
+	int dirfd;                        /* -1 for an image */
+	const uint8_t *image;             /* (image_len) the mapped image, or NULL */
+	size_t image_len;
+	const struct wimg_file *table;    /* (n_table) inside the image */
+	size_t n_table;
 	char *origin;
 	struct mfile *files;
 	size_t n, cap;
@@ -44,10 +50,46 @@ int mf_open_dir(const char *dir, struct mfiles **out, char *err)
 	return 0;
 }
 
+int mf_open_image(int fd, struct mfiles **out, char *err)
+{
+	*out = NULL;
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return ember_err(err, -errno, "fstat(weight image) failed: %s", strerror(errno));
+	if (st.st_size <= 0)
+		return ember_err(err, -EINVAL, "the weight image is empty");
+	struct mfiles *mf = calloc(1, sizeof *mf);
+	if (!mf)
+		return ember_err(err, -ENOMEM, "out of memory");
+	mf->dirfd = -1;
+	void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		int rc = -errno;
+		free(mf);
+		return ember_err(err, rc, "mmap(weight image) failed: %s", strerror(-rc));
+	}
+	mf->image = p;
+	mf->image_len = (size_t)st.st_size;
+	int rc = wimg_check(mf->image, mf->image_len, &mf->table, &mf->n_table, err);
+	if (rc < 0) {
+		mf_close(mf);
+		return rc;
+	}
+	mf->origin = strdup("the weight image");
+	if (!mf->origin) {
+		mf_close(mf);
+		return ember_err(err, -ENOMEM, "out of memory");
+	}
+	*out = mf;
+	return 0;
+}
+
 void mf_close(struct mfiles *mf)
 {
 	if (!mf)
 		return;
+	if (mf->image)
+		munmap((void *)mf->image, mf->image_len);
 	for (size_t i = 0; i < mf->n; i++)
 		if (mf->files[i].len)
 			munmap((void *)mf->files[i].data, mf->files[i].len);
@@ -75,6 +117,16 @@ int mf_get(struct mfiles *mf, const char *name, const uint8_t **data, size_t *le
 {
 	if (!plain_name(name))
 		return ember_err(err, -EINVAL, "'%s' is not a plain file name", name);
+	if (mf->image) {
+		for (size_t i = 0; i < mf->n_table; i++) {
+			if (strcmp(mf->table[i].name, name) == 0) {
+				*data = mf->image + mf->table[i].offset;
+				*len = (size_t)mf->table[i].length;
+				return 0;
+			}
+		}
+		return ember_err(err, -ENOENT, "%s has no file %s", mf->origin, name);
+	}
 	for (size_t i = 0; i < mf->n; i++) {
 		if (strcmp(mf->files[i].name, name) == 0) {
 			*data = mf->files[i].data;

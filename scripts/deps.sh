@@ -7,10 +7,10 @@ set -eu
 # tokenizer packages and the reference tokenizer, clang for fuzzing
 PKGS="gcc make libc6-dev pkg-config libjansson-dev libpcre2-dev libutf8proc-dev nodejs npm ca-certificates coreutils"
 PKGS="$PKGS clang libclang-rt-14-dev"
-# the worker: FastCGI, journald; the front ends and tools the integration
+# the worker: FastCGI, journald; the supervisor: io_uring; the front ends and tools the integration
 # tests and benchmarks start: Caddy, Apache httpd, nginx, php-fpm, wrk, curl,
 # promtool (prometheus), spawn-fcgi and cgi-fcgi (libfcgi-bin)
-PKGS="$PKGS libfcgi-dev libsystemd-dev caddy apache2-bin nginx-light php-fpm wrk curl prometheus spawn-fcgi libfcgi-bin"
+PKGS="$PKGS libfcgi-dev libsystemd-dev liburing-dev caddy apache2-bin nginx-light php-fpm wrk curl prometheus spawn-fcgi libfcgi-bin"
 
 missing=""
 for p in $PKGS; do

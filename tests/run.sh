@@ -46,6 +46,8 @@ for build in "$@"; do
 	count "$log"
 	"$build/test-worker" | tee "$log"
 	count "$log"
+	"$build/test-supervisor" --models "$models" --worker "$build/ember-worker" | tee "$log"
+	count "$log"
 	# The worker behind real Caddy, Apache httpd and nginx.
 	node tests/http/run.mjs --worker "$build/ember-worker" --models "$models" | tee "$log"
 	count "$log"

@@ -456,7 +456,25 @@ static int load(struct server *s)
 	const struct server_opts *o = s->o;
 	char err[EMBER_ERR_LEN];
 	double t0 = ember_now();
-	if (model_open_dir(o->model_dir, &s->m, err) < 0 || tok_load(s->m->files, &s->tok, err) < 0) {
+	/* From the supervisor's weight image when it hands one over, else
+	 * from the directory's files. */
+	const char *wfd = getenv("EMBER_WEIGHTS_FD");
+	int rc;
+	if (wfd) {
+		char *end;
+		long fd = strtol(wfd, &end, 10);
+		struct mfiles *mf = NULL;
+		if (*end || end == wfd || fd < 0 || fd > INT_MAX) {
+			wlog(3, "EMBER_WEIGHTS_FD=%s is not a file descriptor", wfd);
+			return -1;
+		}
+		rc = mf_open_image((int)fd, &mf, err);
+		if (rc == 0)
+			rc = model_open(mf, &s->m, err);
+	} else {
+		rc = model_open_dir(o->model_dir, &s->m, err);
+	}
+	if (rc < 0 || tok_load(s->m->files, &s->tok, err) < 0) {
 		wlog(3, "cannot load the model: %s", err);
 		return -1;
 	}
