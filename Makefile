@@ -27,7 +27,7 @@ ENGINE_HDR := $(wildcard engine/*.h) $(wildcard worker/*.h) $(wildcard superviso
 WORKER_SRC := worker/main.c worker/cli.c worker/server.c worker/complete.c worker/conn.c \
               worker/api.c worker/http.c worker/metrics.c worker/wlog.c
 WORKER_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(WORKER_SRC))
-SUPERVISOR_SRC := supervisor/wstore.c
+SUPERVISOR_SRC := supervisor/wstore.c supervisor/scoreboard.c
 SUPERVISOR_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(SUPERVISOR_SRC))
 SUPERVISOR_LIBS := -luring
 
@@ -42,7 +42,7 @@ FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weig
 
 .PHONY: all deps models test asan asan-build bench bench-http run clean fuzz
 .SECONDARY:
-all: $(BUILD)/ember-worker $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
+all: $(BUILD)/ember-worker $(BUILD)/emberd $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
      $(BUILD)/test-sampler $(BUILD)/test-sched $(BUILD)/test-worker $(BUILD)/journal-capture \
      $(BUILD)/test-supervisor $(BUILD)/bench-wstore \
      $(BUILD)/bench-engine $(BUILD)/bench-tokenizer $(BUILD)/bench-sched \
@@ -62,7 +62,7 @@ ENGINE_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(ENGINE_SRC))
 $(BUILD)/libember-engine.a: $(ENGINE_OBJ)
 	ar rcs $@ $^
 
-$(BUILD)/ember-worker: $(WORKER_OBJ) $(BUILD)/libember-engine.a
+$(BUILD)/ember-worker: $(WORKER_OBJ) $(BUILD)/supervisor/scoreboard.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(WORKER_LIBS) $(LDLIBS)
 
 $(BUILD)/make-model: $(BUILD)/scripts/make_model.o $(BUILD)/engine/common.o
@@ -124,7 +124,7 @@ asan-build:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" \
 		LDFLAGS="$(ASAN_FLAGS) $(LDFLAGS)" $(BUILD)/asan/test-engine $(BUILD)/asan/test-tokenizer \
 		$(BUILD)/asan/test-sampler $(BUILD)/asan/test-sched $(BUILD)/asan/test-worker \
-		$(BUILD)/asan/test-supervisor \
+		$(BUILD)/asan/test-supervisor $(BUILD)/asan/emberd \
 		$(patsubst %,$(BUILD)/asan/fuzz-replay-%,$(FUZZERS)) $(BUILD)/asan/ember-worker
 
 FUZZ_SECONDS ?= 600
@@ -178,6 +178,9 @@ $(BUILD)/test-sampler: $(BUILD)/tests/test_sampler.o $(BUILD)/libember-engine.a
 $(BUILD)/test-worker: $(BUILD)/tests/test_worker.o $(BUILD)/worker/api.o $(BUILD)/worker/http.o \
                       $(BUILD)/worker/metrics.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/emberd: $(BUILD)/supervisor/emberd.o $(SUPERVISOR_OBJ) $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(SUPERVISOR_LIBS) -lsystemd $(LDLIBS)
 
 $(BUILD)/test-supervisor: $(BUILD)/tests/test_supervisor.o $(SUPERVISOR_OBJ) $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(SUPERVISOR_LIBS) $(LDLIBS)

@@ -6,6 +6,7 @@
 #include "http.h"
 #include "../engine/chat.h"
 #include "../engine/cpu.h"
+#include "../supervisor/scoreboard.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -37,6 +38,8 @@ struct server {
 	int listen_fd;
 	pthread_mutex_t accept_mu;
 	char model_name[API_MODEL_LEN];
+	struct scoreboard *sb;        /* under emberd: the pool's scoreboard, else NULL */
+	struct sb_slot *slot;         /* this worker's slot in it */
 };
 
 struct req_thread {
@@ -215,10 +218,24 @@ static void handle(struct req_thread *rt, struct conn *c)
 		break;
 	case ROUTE_CHAT:
 	case ROUTE_COMPLETIONS:
-		if (read_body(rt, c, &h, &e) < 0)
-			goto error;
-		complete_handle(&s->env, &rt->ct, c, h.route == ROUTE_CHAT ? API_CHAT : API_COMPLETION,
-				rt->body.p, rt->body.len, &log);
+		if (s->slot) { /* demand, for emberd's scaling */
+			atomic_fetch_add(&s->slot->busy, 1);
+			atomic_store(&s->slot->last_active_ms, sb_now_ms());
+		}
+		if (read_body(rt, c, &h, &e) == 0) {
+			complete_handle(&s->env, &rt->ct, c,
+					h.route == ROUTE_CHAT ? API_CHAT : API_COMPLETION, rt->body.p,
+					rt->body.len, &log);
+		} else {
+			conn_error(c, &e, NULL);
+			log.error_code = e.code;
+		}
+		if (s->slot) {
+			atomic_fetch_add(&s->slot->requests, 1);
+			atomic_fetch_add(&s->slot->tokens, (uint64_t)log.completion_tokens);
+			atomic_store(&s->slot->last_active_ms, sb_now_ms());
+			atomic_fetch_sub(&s->slot->busy, 1);
+		}
 		break;
 	default:
 		break;
@@ -607,6 +624,18 @@ int server_run(const struct server_opts *o)
 			goto done;
 		}
 	}
+	const char *sb_fd = getenv("EMBER_SCOREBOARD_FD"), *sb_slot = getenv("EMBER_WORKER_SLOT");
+	if (sb_fd && sb_slot) {
+		char err[EMBER_ERR_LEN];
+		int i = atoi(sb_slot);
+		s->sb = sb_attach(atoi(sb_fd), err);
+		if (!s->sb || i < 0 || (uint32_t)i >= s->sb->pool.n_slots) {
+			wlog(3, "EMBER_SCOREBOARD_FD=%s EMBER_WORKER_SLOT=%s: %s", sb_fd, sb_slot,
+			     s->sb ? "no such slot" : err);
+			goto done;
+		}
+		s->slot = &s->sb->slot[i];
+	}
 	if (load(s) < 0)
 		goto done;
 	if (FCGX_Init() != 0) {
@@ -641,6 +670,17 @@ int server_run(const struct server_opts *o)
 			break;
 		}
 		threads[i].started = true;
+	}
+	if (s->slot) {
+		/* Ready: emberd counts the cold start from its fork to here. */
+		int64_t t = sb_now_ms();
+		atomic_store(&s->slot->slots, o->slots);
+		atomic_store(&s->slot->ready_ms, t);
+		int expect = SB_STARTING;
+		atomic_compare_exchange_strong(&s->slot->state, &expect, SB_READY);
+		atomic_fetch_add(&s->sb->pool.cold_starts, 1);
+		atomic_fetch_add(&s->sb->pool.cold_start_us,
+				 (uint64_t)(t - atomic_load(&s->slot->started_ms)) * 1000);
 	}
 	wlog(6, "serving FastCGI on %s with %d slots and %d request threads",
 	     o->listen ? o->listen : "the inherited socket", o->slots, n_threads);
@@ -688,6 +728,7 @@ done:
 			unlink(o->listen);
 	}
 	comp_env_fini(&s->env);
+	sb_unmap(s->sb);
 	free(s);
 	return status;
 }

@@ -78,14 +78,22 @@ async function startWorker(name, extra = []) {
 	return w;
 }
 
-async function startCaddy(name, sock) {
+// Caddy in front of sock; with ask, waits for /health through it, else
+// only for its port (a request would start a worker of an idle pool).
+async function startCaddy(name, sock, ask = true) {
 	const port = await freePort();
 	start(name, 'caddy', ['run', '--config', path.join(units, 'Caddyfile'), '--adapter', 'caddyfile'], {
 		EMBER_SITE: `http://127.0.0.1:${port}`, EMBER_UPSTREAM: `unix/${sock}`, CADDY_ADMIN: 'off',
 		XDG_DATA_HOME: dir, XDG_CONFIG_HOME: dir, HOME: dir,
 	});
 	const base = `http://127.0.0.1:${port}`;
-	await waitFor(`${name} on ${port}`, async () => (await fetch(`${base}/health`)).status === 200);
+	if (ask)
+		await waitFor(`${name} on ${port}`, async () => (await fetch(`${base}/health`)).status === 200);
+	else
+		await waitFor(`${name} on ${port}`, () => new Promise((resolve) => {
+			const c = net.createConnection(port, '127.0.0.1', () => { c.end(); resolve(true); });
+			c.on('error', () => resolve(false));
+		}));
 	return base;
 }
 
@@ -671,6 +679,160 @@ wait $!`;
 		'SYSLOG_IDENTIFIER=ember-worker', 'MESSAGE='])
 		assert(entry.includes(f), `no ${f} in:\n${entry}`);
 	eq(fs.readFileSync(err, 'utf8'), '', 'nothing on stderr besides the journal');
+});
+
+// --- emberd: the pool, socket-activated by systemd-socket-activate ------------
+
+const emberd = () => path.join(path.dirname(worker), 'emberd');
+
+async function startPool(name, flags, workerFlags = [], modelDir = path.join(models, model)) {
+	const sock = path.join(dir, `${name}.sock`);
+	const p = start(name, 'systemd-socket-activate', ['-l', sock, emberd(), '--model', modelDir,
+		'--worker', worker, ...flags, '--', '--threads', '1', ...workerFlags]);
+	await waitFor(`${name}'s socket`, () => fs.existsSync(sock));
+	fs.chmodSync(sock, 0o666); // for the front ends' users
+	p.sock = sock;
+	return p;
+}
+
+// What runs as p: systemd-socket-activate until the first connection, then
+// (exec) emberd.
+const commOf = (p) => fs.readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim();
+
+// systemd-socket-activate execs emberd: the workers are its children.
+const workersOf = (p) => spawnSync('pgrep', ['-P', String(p.pid)]).stdout.toString().split('\n').filter(Boolean).map(Number);
+
+const streamOnce = (base, i, maxTokens) => fetch(`${base}/v1/completions`, {
+	method: 'POST', headers: { 'Content-Type': 'application/json' },
+	body: JSON.stringify({ model, prompt: `Request ${i}`, max_tokens: maxTokens, stream: true, seed: i }),
+}).then(async (r) => ({ status: r.status, body: await r.text() })).catch((e) => ({ status: 0, body: String(e) }));
+
+test('pool_scales_from_zero_and_back', async () => {
+	const p = await startPool('pool', ['--max-workers', '3', '--spare', '1', '--slots', '2', '--idle-timeout', '2'], ['--queue-timeout', '300']);
+	const base = await startCaddy('caddy-pool', p.sock, false);
+	// Nothing runs before the first request: not even emberd.
+	assert(commOf(p).startsWith('systemd-socket'), `before any request: ${commOf(p)}`);
+	eq(workersOf(p).length, 0, 'workers at start');
+	let served = 0;
+	let failed = 0;
+	const first = curl(`${base}/v1/completions`, { method: 'POST', body: textBody() });
+	first.status === 200 ? served++ : failed++;
+	eq(first.status, 200, 'the first request, through a cold start');
+	eq(commOf(p), 'emberd', 'activated');
+	// A burst of 32 streams: the pool grows to --max-workers.
+	let most = 0;
+	let watching = true;
+	const watch = (async () => {
+		while (watching) {
+			most = Math.max(most, workersOf(p).length);
+			await sleep(50);
+		}
+	})();
+	const results = await Promise.all(Array.from({ length: 32 }, (_, i) => streamOnce(base, i, 48)));
+	watching = false;
+	await watch;
+	for (const r of results) {
+		let ok = false;
+		try {
+			ok = r.status === 200 && sseText(r.body, 'text').finish === 'length';
+		} catch {}
+		ok ? served++ : failed++;
+	}
+	console.log(`    the burst of 32 streams: ${most} workers at most; ${served} requests served, ${failed} failed`);
+	eq(failed, 0, 'failed requests');
+	eq(most, 3, 'workers at the busiest');
+	await waitFor('the pool back to 0 workers', () => workersOf(p).length === 0, 15000);
+	const again = curl(`${base}/v1/completions`, { method: 'POST', body: textBody() });
+	eq(again.status, 200, 'a request after scaling to zero');
+	served++;
+	eq(served, 34, 'requests served');
+	const log = fs.readFileSync(path.join(dir, 'pool.log'), 'utf8');
+	assert(/emberd: stopping worker \d+ \(pid \d+\): idle/.test(log), 'no idle stop in the log');
+	p.kill('SIGTERM');
+});
+
+test('pool_worker_killed', async () => {
+	// Each worker takes 8 streams and no more (--queue 0): 16 streams land on
+	// two workers. One is killed: its streams end in error at the client,
+	// the other's complete, and the pool starts a replacement.
+	const p = await startPool('pool-kill', ['--max-workers', '3', '--spare', '1', '--slots', '8', '--idle-timeout', '60'], ['--queue', '0']);
+	const base = await startCaddy('caddy-kill', p.sock, false);
+	let started = 0;
+	const pending = Array.from({ length: 16 }, (_, i) => fetch(`${base}/v1/completions`, {
+		method: 'POST', headers: { 'Content-Type': 'application/json' },
+		body: JSON.stringify({ model, prompt: `Request ${i}`, max_tokens: 300, stream: true, seed: i }),
+	}).then(async (r) => {
+		let body = '';
+		try {
+			for await (const part of r.body) {
+				if (!body.includes('"text"') && Buffer.from(part).toString().includes('"text"')) started++;
+				body += Buffer.from(part).toString();
+			}
+		} catch {}
+		return { status: r.status, body };
+	}).catch((e) => ({ status: 0, body: String(e) })));
+	await waitFor('16 streams running on two workers', () => started === 16, 30000);
+	const victim = workersOf(p)[0]; // the first worker: 8 of the streams
+	process.kill(victim, 'SIGKILL');
+	const results = await Promise.all(pending);
+	let complete = 0;
+	let broken = 0;
+	for (const r of results) {
+		try {
+			if (sseText(r.body, 'text').finish === 'length') complete++;
+			else broken++;
+		} catch (e) {
+			if (process.env.EMBER_DEBUG) console.log(`    ${r.status} ${e.message} ...${r.body.slice(-200)}`);
+			broken++;
+		}
+	}
+	console.log(`    after SIGKILL of one worker: ${complete} streams complete, ${broken} ended in error`);
+	assert(broken > 0 && broken <= 8, `${broken} streams broken`);
+	eq(complete + broken, 16, 'every stream ended');
+	const ok = curl(`${base}/v1/completions`, { method: 'POST', body: textBody() });
+	eq(ok.status, 200, 'served afterwards');
+	await waitFor('the pool back at its target', () => workersOf(p).length >= 1 && !workersOf(p).includes(victim), 10000);
+	const log = fs.readFileSync(path.join(dir, 'pool-kill.log'), 'utf8');
+	assert(log.includes('was killed by signal 9'), 'the crash is in the log');
+	p.kill('SIGTERM');
+});
+
+test('pool_crash_loop_backs_off', async () => {
+	// A worker that dies at start, with a connection waiting: emberd must
+	// slow down, not spin at its 100 ms heartbeat.
+	const sock = path.join(dir, 'crashy.sock');
+	const p = start('crashy', 'systemd-socket-activate', ['-l', sock, emberd(), '--model', path.join(models, model),
+		'--worker', '/bin/false']);
+	await waitFor('crashy socket', () => fs.existsSync(sock));
+	const c = net.createConnection(sock); // activates emberd, then waits in the backlog
+	c.on('error', () => {});
+	await sleep(5000);
+	c.destroy();
+	const log = fs.readFileSync(path.join(dir, 'crashy.log'), 'utf8');
+	const starts = (log.match(/started worker/g) || []).length;
+	console.log(`    ${starts} starts in 5 s of a worker that exits at once`);
+	assert(starts >= 3 && starts <= 8, `${starts} starts`);
+	assert(/crashed \d+ times in 10 s: next start in/.test(log), 'no back-off line in the log');
+	p.kill('SIGTERM');
+});
+
+test('pool_verify_refuses_changed_file', async () => {
+	const m = path.join(dir, 'verified');
+	fs.cpSync(path.join(models, model), m, { recursive: true });
+	const files = fs.readdirSync(m).filter((f) => /\.(json|safetensors)$/.test(f));
+	const sums = spawnSync('sha256sum', files, { cwd: m }).stdout.toString();
+	fs.writeFileSync(path.join(m, 'ember.sha256'), sums);
+	const fd = fs.openSync(path.join(m, 'model.safetensors'), 'r+');
+	const size = fs.fstatSync(fd).size;
+	const b = Buffer.alloc(1);
+	fs.readSync(fd, b, 0, 1, size - 5);
+	b[0] ^= 0x40;
+	fs.writeSync(fd, b, 0, 1, size - 5);
+	fs.closeSync(fd);
+	const r = spawnSync(emberd(), ['--model', m, '--verify', '--listen', path.join(dir, 'verify.sock')], { timeout: 20000 });
+	eq(r.status, 1, 'exit status');
+	const err = r.stderr.toString();
+	assert(/model\.safetensors does not match its sha256 in ember\.sha256; refusing to serve it/.test(err), `log: ${err}`);
 });
 
 // --- main ---------------------------------------------------------------------

@@ -1,0 +1,564 @@
+/* emberd: the supervisor. Takes the listening socket from systemd (or opens
+ * it), reads the model once into the weight store, and starts, scales and
+ * stops ember-worker processes that inherit the socket, the weights and the
+ * scoreboard; it never accepts a connection and never runs the model. One
+ * heartbeat makes every spawn and stop decision. Runs as its own process. */
+#include "scoreboard.h"
+#include "wstore.h"
+#include "../engine/common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#define HEARTBEAT_MS 100
+
+struct opts {
+	const char *model, *listen, *worker;
+	int min_workers, max_workers, spare, slots, max_requests;
+	double idle_timeout, exit_idle;
+	int verify;
+	char **worker_args;              /* after "--": passed to every worker */
+	int n_worker_args;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: emberd --model DIR [options] [-- WORKER-OPTIONS...]\n"
+		"\n"
+		"  --model DIR          model directory, read once into shared memory\n"
+		"  --listen ADDR        unix socket path or HOST:PORT (default: the socket\n"
+		"                       systemd passes, LISTEN_FDS)\n"
+		"  --worker PATH        the ember-worker program (default: beside emberd)\n"
+		"  --min-workers N      workers kept running when idle (default 0)\n"
+		"  --max-workers N      most workers (default 4)\n"
+		"  --spare N            ready workers kept beyond demand while busy (default 1)\n"
+		"  --slots N            sequences per worker (default 4)\n"
+		"  --idle-timeout S     stop workers down to --min-workers after S idle seconds (default 60)\n"
+		"  --exit-idle S        exit after S seconds with no workers and no traffic, under\n"
+		"                       socket activation only (default 0: never)\n"
+		"  --max-requests N     replace a worker after N requests (default 0: never)\n"
+		"  --verify             check the model files against DIR/ember.sha256\n"
+		"\n"
+		"Each flag is also an environment variable: EMBER_MIN_WORKERS, EMBER_MAX_WORKERS,\n"
+		"EMBER_SPARE, EMBER_SLOTS, EMBER_IDLE_TIMEOUT, EMBER_EXIT_IDLE, EMBER_MAX_REQUESTS,\n"
+		"EMBER_MODEL, EMBER_LISTEN, EMBER_WORKER, EMBER_VERIFY=1 (flags win).\n");
+}
+
+static int num(const char *flag, const char *v, double lo, double hi, double *out)
+{
+	char *end;
+	double x = strtod(v, &end);
+	if (end == v || *end || !(x >= lo && x <= hi)) {
+		fprintf(stderr, "emberd: %s wants a number in %g..%g, not '%s'\n", flag, lo, hi, v);
+		return -1;
+	}
+	*out = x;
+	return 0;
+}
+
+/* Reads flags, after the EMBER_* environment. Returns 0, or 2 on bad use. */
+static int parse(int argc, char **argv, struct opts *o)
+{
+	static const struct {
+		const char *flag, *env;
+		double lo, hi;
+		int kind; /* 0 string, 1 int, 2 seconds */
+		size_t off;
+	} table[] = {
+		{"--model", "EMBER_MODEL", 0, 0, 0, offsetof(struct opts, model)},
+		{"--listen", "EMBER_LISTEN", 0, 0, 0, offsetof(struct opts, listen)},
+		{"--worker", "EMBER_WORKER", 0, 0, 0, offsetof(struct opts, worker)},
+		{"--min-workers", "EMBER_MIN_WORKERS", 0, SB_MAX_WORKERS, 1, offsetof(struct opts, min_workers)},
+		{"--max-workers", "EMBER_MAX_WORKERS", 1, SB_MAX_WORKERS, 1, offsetof(struct opts, max_workers)},
+		{"--spare", "EMBER_SPARE", 0, SB_MAX_WORKERS, 1, offsetof(struct opts, spare)},
+		{"--slots", "EMBER_SLOTS", 1, 1024, 1, offsetof(struct opts, slots)},
+		{"--max-requests", "EMBER_MAX_REQUESTS", 0, 1e9, 1, offsetof(struct opts, max_requests)},
+		{"--idle-timeout", "EMBER_IDLE_TIMEOUT", 0.1, 1e7, 2, offsetof(struct opts, idle_timeout)},
+		{"--exit-idle", "EMBER_EXIT_IDLE", 0, 1e7, 2, offsetof(struct opts, exit_idle)},
+	};
+	const size_t n = sizeof table / sizeof table[0];
+	const char *given[sizeof table / sizeof table[0]] = {0};
+	for (size_t k = 0; k < n; k++)
+		given[k] = getenv(table[k].env);
+	const char *verify = getenv("EMBER_VERIFY");
+	o->verify = verify && strcmp(verify, "0") != 0 && *verify;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--help") == 0) {
+			usage(stdout);
+			exit(0);
+		}
+		if (strcmp(argv[i], "--verify") == 0) {
+			o->verify = 1;
+			continue;
+		}
+		if (strcmp(argv[i], "--") == 0) {
+			o->worker_args = argv + i + 1;
+			o->n_worker_args = argc - i - 1;
+			break;
+		}
+		size_t k = 0;
+		while (k < n && strcmp(argv[i], table[k].flag) != 0)
+			k++;
+		if (k == n || i + 1 >= argc) {
+			fprintf(stderr, "emberd: %s %s (see --help)\n", argv[i],
+				k == n ? "is not an option" : "needs a value");
+			return 2;
+		}
+		given[k] = argv[++i];
+	}
+	for (size_t k = 0; k < n; k++) {
+		if (!given[k])
+			continue;
+		char *field = (char *)o + table[k].off;
+		double x;
+		if (table[k].kind == 0) {
+			memcpy(field, &given[k], sizeof given[k]);
+			continue;
+		}
+		if (num(table[k].flag, given[k], table[k].lo, table[k].hi, &x) < 0)
+			return 2;
+		if (table[k].kind == 1) {
+			int v = (int)x;
+			if (v != x) {
+				fprintf(stderr, "emberd: %s wants a whole number\n", table[k].flag);
+				return 2;
+			}
+			memcpy(field, &v, sizeof v);
+		} else {
+			memcpy(field, &x, sizeof x);
+		}
+	}
+	if (!o->model) {
+		usage(stderr);
+		return 2;
+	}
+	if (o->min_workers > o->max_workers) {
+		fprintf(stderr, "emberd: --min-workers %d is above --max-workers %d\n", o->min_workers,
+			o->max_workers);
+		return 2;
+	}
+	return 0;
+}
+
+static void logf_(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logf_(int prio, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	/* "<N>" prefixes give journald the priority of a line on stderr. */
+	fprintf(stderr, "<%d>emberd: %s\n", prio, msg);
+}
+
+/* --- the pool ----------------------------------------------------------------- */
+
+struct pool {
+	struct opts *o;
+	int listen_fd, weights_fd, sb_fd;
+	struct scoreboard *sb;
+	bool activated;                 /* the socket came from systemd */
+	int crashes_recent;             /* in the back-off window */
+	int64_t crash_window_ms, backoff_until_ms;
+	int64_t idle_since_ms;          /* no workers and no traffic since */
+	char worker_path[PATH_MAX];
+};
+
+/* Starts a worker in slot i: fork, then exec with the listening socket,
+ * the weight memfd and the scoreboard inherited. Returns 0 or -1 (logged). */
+static int spawn(struct pool *p, int i)
+{
+	struct sb_slot *s = &p->sb->slot[i];
+	int64_t t = sb_now_ms();
+	atomic_store(&s->state, SB_STARTING);
+	atomic_store(&s->busy, 0);
+	atomic_store(&s->requests, 0);
+	atomic_store(&s->started_ms, t);
+	atomic_store(&s->ready_ms, 0);
+	atomic_store(&s->last_active_ms, t);
+	/* prepare: the argument vector, before fork (nothing allocated after) */
+	char slots[16], model_fd[16], listen_fd[16], sb_fd[16], slot[16];
+	snprintf(slots, sizeof slots, "%d", p->o->slots);
+	snprintf(model_fd, sizeof model_fd, "%d", p->weights_fd);
+	snprintf(listen_fd, sizeof listen_fd, "%d", p->listen_fd);
+	snprintf(sb_fd, sizeof sb_fd, "%d", p->sb_fd);
+	snprintf(slot, sizeof slot, "%d", i);
+	char *argv[64 + 8];
+	int a = 0;
+	argv[a++] = p->worker_path;
+	argv[a++] = "--model";
+	argv[a++] = (char *)p->o->model;
+	argv[a++] = "--slots";
+	argv[a++] = slots;
+	for (int k = 0; k < p->o->n_worker_args && a < 64 + 6; k++)
+		argv[a++] = p->o->worker_args[k];
+	argv[a] = NULL;
+	pid_t pid = fork();
+	if (pid < 0) {
+		logf_(3, "fork failed: %s", strerror(errno));
+		atomic_store(&s->state, SB_FREE);
+		return -1;
+	}
+	if (pid == 0) {
+		/* the child: hand over the three fds, reset signals, exec */
+		int fds[] = {p->listen_fd, p->weights_fd, p->sb_fd};
+		for (size_t k = 0; k < 3; k++)
+			fcntl(fds[k], F_SETFD, 0);
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		setenv("EMBER_LISTEN_FD", listen_fd, 1);
+		setenv("EMBER_WEIGHTS_FD", model_fd, 1);
+		setenv("EMBER_SCOREBOARD_FD", sb_fd, 1);
+		setenv("EMBER_WORKER_SLOT", slot, 1);
+		unsetenv("LISTEN_FDS");
+		unsetenv("LISTEN_PID");
+		unsetenv("LISTEN_FDNAMES");
+		unsetenv("NOTIFY_SOCKET");
+		execv(p->worker_path, argv);
+		fprintf(stderr, "<3>emberd: exec(%s) failed: %s\n", p->worker_path, strerror(errno));
+		_exit(127);
+	}
+	/* use: the slot names the child */
+	atomic_store(&s->pid, pid);
+	atomic_fetch_add(&p->sb->pool.spawns, 1);
+	logf_(6, "started worker %d (pid %d)", i, (int)pid);
+	return 0;
+}
+
+static int count(struct pool *p, int state)
+{
+	int n = 0;
+	for (uint32_t i = 0; i < p->sb->pool.n_slots; i++)
+		n += atomic_load(&p->sb->slot[i].state) == state;
+	return n;
+}
+
+static int free_slot(struct pool *p)
+{
+	for (uint32_t i = 0; i < p->sb->pool.n_slots; i++)
+		if (atomic_load(&p->sb->slot[i].state) == SB_FREE)
+			return (int)i;
+	return -1;
+}
+
+static void stop_worker(struct pool *p, int i, const char *why)
+{
+	struct sb_slot *s = &p->sb->slot[i];
+	atomic_store(&s->state, SB_DRAINING);
+	pid_t pid = atomic_load(&s->pid);
+	if (pid > 0)
+		kill(pid, SIGTERM);
+	logf_(6, "stopping worker %d (pid %d): %s", i, (int)pid, why);
+}
+
+/* Collects exited workers: a slot is free again; an exit that was not
+ * asked for counts as a crash for the back-off. */
+static void reap(struct pool *p)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (uint32_t i = 0; i < p->sb->pool.n_slots; i++) {
+			struct sb_slot *s = &p->sb->slot[i];
+			if (atomic_load(&s->pid) != pid)
+				continue;
+			bool asked = atomic_load(&s->state) == SB_DRAINING;
+			bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+			if (!asked || !clean) {
+				atomic_fetch_add(&p->sb->pool.crashes, 1);
+				int64_t t = sb_now_ms();
+				if (t - p->crash_window_ms > 10000) {
+					p->crash_window_ms = t;
+					p->crashes_recent = 0;
+				}
+				p->crashes_recent++;
+				if (p->crashes_recent >= 3) {
+					int64_t wait = 1000LL << (p->crashes_recent - 3 < 5 ? p->crashes_recent - 3 : 5);
+					p->backoff_until_ms = t + wait;
+					logf_(4, "worker %u crashed %d times in 10 s: next start in %.1f s", i,
+					      p->crashes_recent, wait / 1000.0);
+				}
+				if (WIFSIGNALED(status))
+					logf_(4, "worker %u (pid %d) was killed by signal %d", i, (int)pid,
+					      WTERMSIG(status));
+				else
+					logf_(4, "worker %u (pid %d) exited with status %d", i, (int)pid,
+					      WEXITSTATUS(status));
+			} else {
+				logf_(6, "worker %u (pid %d) stopped", i, (int)pid);
+			}
+			atomic_store(&s->pid, 0);
+			atomic_store(&s->busy, 0);
+			atomic_store(&s->state, SB_FREE);
+		}
+	}
+}
+
+static bool socket_readable(int fd)
+{
+	struct pollfd q = {.fd = fd, .events = POLLIN};
+	return poll(&q, 1, 0) > 0;
+}
+
+/* The heartbeat: every spawn and stop decision, from the scoreboard. */
+static void heartbeat(struct pool *p)
+{
+	int64_t t = sb_now_ms();
+	int n = (int)p->sb->pool.n_slots;
+	int starting = 0, ready = 0, busy_workers = 0, spare = 0, live = 0;
+	int64_t last_active = atomic_load(&p->sb->pool.last_active_ms);
+	for (int i = 0; i < n; i++) {
+		struct sb_slot *s = &p->sb->slot[i];
+		int st = atomic_load(&s->state);
+		int64_t la = atomic_load(&s->last_active_ms);
+		if (la > last_active)
+			last_active = la;
+		if (st == SB_FREE || st == SB_DRAINING)
+			continue;
+		live++;
+		if (st == SB_STARTING) {
+			starting++;
+			continue;
+		}
+		ready++;
+		int busy = atomic_load(&s->busy);
+		busy_workers += busy > 0;
+		spare += busy < atomic_load(&s->slots);
+		/* recycle after --max-requests */
+		if (p->o->max_requests > 0 &&
+		    atomic_load(&s->requests) >= (uint64_t)p->o->max_requests) {
+			stop_worker(p, i, "--max-requests reached");
+			live--;
+		}
+	}
+	if (t < p->backoff_until_ms)
+		return;
+	int want = p->o->min_workers;
+	if (ready + starting == 0 && socket_readable(p->listen_fd))
+		want = want > 1 ? want : 1; /* a connection waits: a cold start */
+	if (busy_workers > 0) /* keep --spare ready workers beyond demand */
+		want = busy_workers + p->o->spare > want ? busy_workers + p->o->spare : want;
+	if (busy_workers > 0 && spare >= p->o->spare && live > want)
+		want = live; /* enough spare already: keep what runs */
+	if (want > p->o->max_workers)
+		want = p->o->max_workers;
+	bool idle = t - last_active > (int64_t)(p->o->idle_timeout * 1000);
+	while (live < want) {
+		int i = free_slot(p);
+		if (i < 0 || spawn(p, i) < 0)
+			break;
+		live++;
+	}
+	if (idle && busy_workers == 0 && live > p->o->min_workers) {
+		for (int i = n - 1; i >= 0 && live > p->o->min_workers; i--) {
+			int st = atomic_load(&p->sb->slot[i].state);
+			if (st == SB_READY && atomic_load(&p->sb->slot[i].busy) == 0) {
+				stop_worker(p, i, "idle");
+				live--;
+			}
+		}
+	}
+}
+
+/* STATUS= for systemctl status, from the scoreboard. */
+static void status_line(struct pool *p)
+{
+	uint64_t requests = 0;
+	int busy = 0;
+	for (uint32_t i = 0; i < p->sb->pool.n_slots; i++) {
+		requests += atomic_load(&p->sb->slot[i].requests);
+		busy += atomic_load(&p->sb->slot[i].busy);
+	}
+	sd_notifyf(0, "STATUS=%d ready, %d starting, %d draining workers; %d requests in progress, "
+		      "%llu answered by the workers running",
+		   count(p, SB_READY), count(p, SB_STARTING), count(p, SB_DRAINING), busy,
+		   (unsigned long long)requests);
+}
+
+/* --- the socket ---------------------------------------------------------------- */
+
+static int take_socket(struct pool *p, char *err)
+{
+	if (p->o->listen) {
+		int fd;
+		if (p->o->listen[0] == '/' || p->o->listen[0] == '.') {
+			struct sockaddr_un un = {.sun_family = AF_UNIX};
+			if (strlen(p->o->listen) >= sizeof un.sun_path)
+				return ember_err(err, -EINVAL, "--listen %s: path too long", p->o->listen);
+			strcpy(un.sun_path, p->o->listen);
+			struct stat st;
+			if (lstat(p->o->listen, &st) == 0 && S_ISSOCK(st.st_mode))
+				unlink(p->o->listen);
+			fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+			if (fd < 0 || bind(fd, (struct sockaddr *)&un, sizeof un) < 0 ||
+			    chmod(p->o->listen, 0666) < 0 || listen(fd, SOMAXCONN) < 0)
+				return ember_err(err, -errno, "--listen %s: %s", p->o->listen, strerror(errno));
+		} else {
+			return ember_err(err, -EINVAL, "--listen takes a unix socket path here; for "
+						       "TCP use systemd's ListenStream=");
+		}
+		p->listen_fd = fd;
+		return 0;
+	}
+	char **names = NULL;
+	int n = sd_listen_fds_with_names(1, &names);
+	if (n < 1)
+		return ember_err(err, -EINVAL, "no --listen and no socket from systemd (LISTEN_FDS)");
+	p->listen_fd = -1;
+	for (int i = 0; i < n; i++) {
+		int fd = SD_LISTEN_FDS_START + i;
+		if (names && names[i] && strcmp(names[i], "weights") == 0) {
+			p->weights_fd = fd; /* the fd store gave the weights back */
+		} else if (p->listen_fd < 0 && sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) > 0) {
+			p->listen_fd = fd;
+		}
+		fcntl(fd, F_SETFD, FD_CLOEXEC);
+	}
+	for (int i = 0; names && i < n; i++)
+		free(names[i]);
+	free(names);
+	if (p->listen_fd < 0)
+		return ember_err(err, -EINVAL, "systemd passed no listening stream socket");
+	p->activated = true;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o = {.max_workers = 4, .spare = 1, .slots = 4, .idle_timeout = 60};
+	int rc = parse(argc, argv, &o);
+	if (rc)
+		return rc;
+	struct pool p = {.o = &o, .listen_fd = -1, .weights_fd = -1};
+	char err[EMBER_ERR_LEN];
+	if (o.worker) {
+		snprintf(p.worker_path, sizeof p.worker_path, "%s", o.worker);
+	} else {
+		/* ember-worker beside emberd */
+		ssize_t k = readlink("/proc/self/exe", p.worker_path, sizeof p.worker_path - 20);
+		if (k < 0) {
+			logf_(3, "readlink(/proc/self/exe) failed: %s", strerror(errno));
+			return 1;
+		}
+		p.worker_path[k] = 0;
+		char *slash = strrchr(p.worker_path, '/');
+		strcpy(slash ? slash + 1 : p.worker_path, "ember-worker");
+	}
+	if (take_socket(&p, err) < 0) {
+		logf_(3, "%s", err);
+		return 1;
+	}
+	int fl = fcntl(p.listen_fd, F_GETFL);
+	fcntl(p.listen_fd, F_SETFL, fl | O_NONBLOCK); /* workers accept without blocking */
+	if (p.weights_fd < 0) {
+		struct wstore_opts wo = {.verify = o.verify};
+		struct wstore_stats st;
+		if (wstore_load(o.model, &wo, &p.weights_fd, &st, err) < 0) {
+			logf_(3, "cannot load the model: %s", err);
+			return 1;
+		}
+		logf_(6, "read %d files, %.3f GB, into the weight store in %.3f s (%.2f GB/s, %d with O_DIRECT)",
+		      st.files, st.bytes / 1e9, st.seconds, st.bytes / 1e9 / st.seconds, st.direct_files);
+		/* Under systemd the weights outlive a restart in the fd store. */
+		if (sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=weights", &p.weights_fd, 1) > 0)
+			logf_(6, "the weight store is in systemd's fd store");
+	} else {
+		logf_(6, "took the weight store back from systemd's fd store: nothing read from disk");
+	}
+	p.sb = sb_create(o.max_workers, &p.sb_fd, err);
+	if (!p.sb) {
+		logf_(3, "%s", err);
+		return 1;
+	}
+	atomic_store(&p.sb->pool.last_active_ms, sb_now_ms());
+
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGCHLD);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	sigprocmask(SIG_BLOCK, &sigs, NULL);
+	int sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	uint64_t watchdog_us = 0;
+	bool watchdog = sd_watchdog_enabled(0, &watchdog_us) > 0;
+	int64_t last_watchdog = 0, last_status = 0;
+	sd_notify(0, "READY=1");
+	logf_(6, "ready: %s, up to %d workers of %d slots, %d spare, idle timeout %.0f s",
+	      p.activated ? "socket from systemd" : o.listen, o.max_workers, o.slots, o.spare,
+	      o.idle_timeout);
+	p.idle_since_ms = sb_now_ms();
+	bool stopping = false;
+	int64_t stop_deadline = 0;
+	for (;;) {
+		struct pollfd q = {.fd = sfd, .events = POLLIN};
+		poll(&q, 1, HEARTBEAT_MS);
+		struct signalfd_siginfo si;
+		while (read(sfd, &si, sizeof si) == sizeof si) {
+			if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+				if (!stopping) {
+					logf_(6, "signal %u: stopping the workers", si.ssi_signo);
+					sd_notify(0, "STOPPING=1");
+					for (uint32_t i = 0; i < p.sb->pool.n_slots; i++)
+						if (atomic_load(&p.sb->slot[i].state) != SB_FREE)
+							stop_worker(&p, (int)i, "emberd stops");
+					stopping = true;
+					stop_deadline = sb_now_ms() + 60000;
+				}
+			} else if (si.ssi_signo == SIGHUP) {
+				logf_(6, "SIGHUP: model reloading is not built yet; nothing changes");
+			}
+		}
+		reap(&p);
+		int64_t t = sb_now_ms();
+		if (stopping) {
+			if (count(&p, SB_FREE) == (int)p.sb->pool.n_slots || t > stop_deadline)
+				break;
+			continue;
+		}
+		heartbeat(&p);
+		if (watchdog && t - last_watchdog > (int64_t)(watchdog_us / 2000)) {
+			sd_notify(0, "WATCHDOG=1");
+			last_watchdog = t;
+		}
+		if (t - last_status > 1000) {
+			status_line(&p);
+			last_status = t;
+		}
+		/* Exit on idle (socket activation only): no workers, no traffic,
+		 * and no connection already waiting. */
+		int live = (int)p.sb->pool.n_slots - count(&p, SB_FREE);
+		int64_t la = atomic_load(&p.sb->pool.last_active_ms);
+		for (uint32_t i = 0; i < p.sb->pool.n_slots; i++)
+			if (atomic_load(&p.sb->slot[i].last_active_ms) > la)
+				la = atomic_load(&p.sb->slot[i].last_active_ms);
+		if (live > 0)
+			p.idle_since_ms = t;
+		if (p.activated && o.exit_idle > 0 && live == 0 &&
+		    t - (la > p.idle_since_ms ? la : p.idle_since_ms) > (int64_t)(o.exit_idle * 1000) &&
+		    !socket_readable(p.listen_fd)) {
+			logf_(6, "idle for %.0f s with no workers: exiting (systemd keeps the socket)",
+			      o.exit_idle);
+			break;
+		}
+	}
+	sb_unmap(p.sb);
+	return 0;
+}

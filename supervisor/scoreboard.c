@@ -1,0 +1,79 @@
+/* The scoreboard's memory. Runs in emberd and the workers. */
+#include "scoreboard.h"
+#include "../engine/common.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *sb_state_name(int state)
+{
+	static const char *const names[] = {"free", "starting", "ready", "draining"};
+	return state >= 0 && state <= SB_DRAINING ? names[state] : "unknown";
+}
+
+int64_t sb_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static size_t sb_bytes(int n)
+{
+	return sizeof(struct sb_pool) + (size_t)n * sizeof(struct sb_slot);
+}
+
+struct scoreboard *sb_create(int n, int *fd, char *err)
+{
+	if (n < 1 || n > SB_MAX_WORKERS) {
+		ember_err(err, -EINVAL, "a scoreboard of %d slots (1..%d)", n, SB_MAX_WORKERS);
+		return NULL;
+	}
+	*fd = memfd_create("ember-scoreboard", MFD_CLOEXEC);
+	if (*fd < 0 || ftruncate(*fd, (off_t)sb_bytes(n)) < 0) {
+		ember_err(err, -errno, "memfd(scoreboard) failed: %s", strerror(errno));
+		if (*fd >= 0)
+			close(*fd);
+		return NULL;
+	}
+	struct scoreboard *sb = mmap(NULL, sb_bytes(n), PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+	if (sb == MAP_FAILED) {
+		ember_err(err, -errno, "mmap(scoreboard) failed: %s", strerror(errno));
+		close(*fd);
+		return NULL;
+	}
+	sb->pool.magic = SB_MAGIC;
+	sb->pool.n_slots = (uint32_t)n;
+	return sb;
+}
+
+struct scoreboard *sb_attach(int fd, char *err)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0 || st.st_size < (off_t)sb_bytes(1)) {
+		ember_err(err, -EINVAL, "the scoreboard fd %d is not a scoreboard", fd);
+		return NULL;
+	}
+	struct scoreboard *sb = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+				     fd, 0);
+	if (sb == MAP_FAILED) {
+		ember_err(err, -errno, "mmap(scoreboard) failed: %s", strerror(errno));
+		return NULL;
+	}
+	if (sb->pool.magic != SB_MAGIC || sb->pool.n_slots < 1 ||
+	    sb->pool.n_slots > SB_MAX_WORKERS || (off_t)sb_bytes((int)sb->pool.n_slots) > st.st_size) {
+		munmap(sb, (size_t)st.st_size);
+		ember_err(err, -EINVAL, "the scoreboard's header is wrong");
+		return NULL;
+	}
+	return sb;
+}
+
+void sb_unmap(struct scoreboard *sb)
+{
+	if (sb)
+		munmap(sb, sb_bytes((int)sb->pool.n_slots));
+}
