@@ -40,7 +40,7 @@ FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weig
             engine/tokenizer.c engine/chat.c engine/sampler.c engine/wimage.c engine/sha256.c \
             worker/api.c worker/http.c
 
-.PHONY: all deps models test asan asan-build bench bench-http run clean fuzz
+.PHONY: all deps models test asan asan-build bench bench-http run install clean fuzz
 .SECONDARY:
 all: $(BUILD)/ember-worker $(BUILD)/emberd $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
      $(BUILD)/test-sampler $(BUILD)/test-sched $(BUILD)/test-worker $(BUILD)/journal-capture \
@@ -160,8 +160,18 @@ bench: deps models all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
 bench-http: deps models $(BUILD)/ember-worker
 	scripts/bench_http.sh $(BUILD)
 
-run: deps models $(BUILD)/ember-worker
+run: deps models $(BUILD)/ember-worker $(BUILD)/emberd
 	@scripts/run-demo.sh $(BUILD)
+
+# Installs the two programs and, beside them, the systemd units and the
+# front-end files (copy those into /etc/systemd/system and the web server's
+# configuration).
+PREFIX ?= /usr/local
+install: $(BUILD)/ember-worker $(BUILD)/emberd
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ember
+	install -m 0755 $(BUILD)/ember-worker $(BUILD)/emberd $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 units/ember.socket units/ember.service units/Caddyfile \
+		units/apache-ember.conf units/nginx-ember.conf $(DESTDIR)$(PREFIX)/share/ember/
 
 clean:
 	rm -rf $(BUILD)

@@ -9,8 +9,9 @@ PKGS="gcc make libc6-dev pkg-config libjansson-dev libpcre2-dev libutf8proc-dev 
 PKGS="$PKGS clang libclang-rt-14-dev"
 # the worker: FastCGI, journald; the supervisor: io_uring; the front ends and tools the integration
 # tests and benchmarks start: Caddy, Apache httpd, nginx, php-fpm, wrk, curl,
-# promtool (prometheus), spawn-fcgi and cgi-fcgi (libfcgi-bin)
-PKGS="$PKGS libfcgi-dev libsystemd-dev liburing-dev caddy apache2-bin nginx-light php-fpm wrk curl prometheus spawn-fcgi libfcgi-bin"
+# promtool (prometheus), spawn-fcgi and cgi-fcgi (libfcgi-bin), systemd-socket-activate
+# and systemd-analyze (systemd), pgrep (procps)
+PKGS="$PKGS libfcgi-dev libsystemd-dev liburing-dev caddy apache2-bin nginx-light php-fpm wrk curl prometheus spawn-fcgi libfcgi-bin systemd procps"
 
 missing=""
 for p in $PKGS; do

@@ -71,6 +71,48 @@ static void model_object(struct server *s, struct sbuf *b)
 		       "\"max_model_len\":%d}", (long long)s->start_time, s->env.ctx);
 }
 
+/* The pool's part of /metrics, from the scoreboard every worker shares. */
+static void pool_metrics(const struct scoreboard *sb, struct sbuf *b)
+{
+	int by_state[SB_DRAINING + 1] = {0};
+	uint64_t requests = 0;
+	int busy = 0;
+	for (uint32_t i = 0; i < sb->pool.n_slots; i++) {
+		int st = atomic_load(&sb->slot[i].state);
+		if (st >= 0 && st <= SB_DRAINING)
+			by_state[st]++;
+		if (st != SB_FREE) {
+			requests += atomic_load(&sb->slot[i].requests);
+			busy += atomic_load(&sb->slot[i].busy);
+		}
+	}
+	sbuf_puts(b, "# HELP ember_pool_workers Worker processes of the pool, by state.\n"
+		     "# TYPE ember_pool_workers gauge\n");
+	for (int st = SB_STARTING; st <= SB_DRAINING; st++)
+		sbuf_printf(b, "ember_pool_workers{state=\"%s\"} %d\n", sb_state_name(st), by_state[st]);
+	const struct {
+		const char *name, *type, *help;
+		double v;
+	} rows[] = {
+		{"ember_pool_worker_slots", "gauge", "Most workers (emberd's --max-workers).",
+		 sb->pool.n_slots},
+		{"ember_pool_requests_in_progress", "gauge", "Requests being answered in the pool.", busy},
+		{"ember_pool_worker_requests", "gauge", "Requests answered by the workers now running.",
+		 (double)requests},
+		{"ember_pool_spawns_total", "counter", "Workers started.",
+		 (double)atomic_load(&sb->pool.spawns)},
+		{"ember_pool_crashes_total", "counter", "Workers that exited without being asked.",
+		 (double)atomic_load(&sb->pool.crashes)},
+		{"ember_pool_cold_starts_total", "counter", "Workers that became ready.",
+		 (double)atomic_load(&sb->pool.cold_starts)},
+		{"ember_pool_cold_start_seconds_total", "counter", "Time from fork to ready, summed.",
+		 (double)atomic_load(&sb->pool.cold_start_us) * 1e-6},
+	};
+	for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+		sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", rows[i].name, rows[i].help,
+			    rows[i].name, rows[i].type, rows[i].name, rows[i].v);
+}
+
 /* Reads the body of a POST into rt->body: at most max_body_bytes, exactly
  * CONTENT_LENGTH when given. Returns 0 or -1 with *e set. */
 static int read_body(struct req_thread *rt, struct conn *c, const struct http_req *h,
@@ -192,6 +234,8 @@ static void handle(struct req_thread *rt, struct conn *c)
 				       .preemptions = sched_preemptions(s->env.sched),
 				       .start_time = s->start_time};
 		met_render(&s->met, &g, b);
+		if (s->sb)
+			pool_metrics(s->sb, b);
 		if (b->failed) {
 			api_fail(&e, 503, "server_error", "out_of_memory", NULL, "out of memory");
 			goto error;

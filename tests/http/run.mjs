@@ -719,6 +719,11 @@ test('pool_scales_from_zero_and_back', async () => {
 	first.status === 200 ? served++ : failed++;
 	eq(first.status, 200, 'the first request, through a cold start');
 	eq(commOf(p), 'emberd', 'activated');
+	const m = curl(`${base}/metrics`).body;
+	assert(/^ember_pool_workers\{state="ready"\} [12]$/m.test(m) && /^ember_pool_cold_starts_total [12]$/m.test(m),
+		`pool metrics: ${m.split('\n').filter((l) => l.startsWith('ember_pool')).join('; ')}`);
+	const pt = spawnSync('promtool', ['check', 'metrics'], { input: m });
+	eq(pt.status, 0, `promtool: ${pt.stdout}${pt.stderr}`);
 	// A burst of 32 streams: the pool grows to --max-workers.
 	let most = 0;
 	let watching = true;
