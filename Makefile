@@ -143,9 +143,13 @@ fuzz: deps
 # --- benchmarks and the demo ----------------------------------------------
 
 BENCH_SHAPE ?= qwen2-0.5b
-$(BUILD)/models/$(BENCH_SHAPE)/.done-bench: $(BUILD)/make-model
+# The benchmark model gets the Qwen tokenizer of tiny-qwen2, so that the
+# worker can serve it (the cold-start benchmark).
+$(BUILD)/models/$(BENCH_SHAPE)/.done-bench: $(BUILD)/make-model $(BUILD)/models/tiny-qwen2/.done
 	@mkdir -p $(BUILD)/models
 	$(BUILD)/make-model --shape $(BENCH_SHAPE) --out $(BUILD)/models/$(BENCH_SHAPE)
+	cp $(BUILD)/models/tiny-qwen2/tokenizer.json $(BUILD)/models/tiny-qwen2/tokenizer_config.json \
+		$(BUILD)/models/$(BENCH_SHAPE)/
 	@touch $@
 
 bench: deps models all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
@@ -154,6 +158,7 @@ bench: deps models all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
 	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-qwen2
 	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-llama
 	$(BUILD)/bench-wstore --model $(BUILD)/models/$(BENCH_SHAPE)
+	node scripts/bench_coldstart.mjs $(BUILD) $(BUILD)/models/$(BENCH_SHAPE) 3
 	scripts/bench_http.sh $(BUILD)
 
 # Only the HTTP benchmark: GET /health through Caddy, ember beside php-fpm.
