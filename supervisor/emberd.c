@@ -56,7 +56,10 @@ static void usage(FILE *f)
 		"\n"
 		"Each flag is also an environment variable: EMBER_MIN_WORKERS, EMBER_MAX_WORKERS,\n"
 		"EMBER_SPARE, EMBER_SLOTS, EMBER_IDLE_TIMEOUT, EMBER_EXIT_IDLE, EMBER_MAX_REQUESTS,\n"
-		"EMBER_MODEL, EMBER_LISTEN, EMBER_WORKER, EMBER_VERIFY=1 (flags win).\n");
+		"EMBER_MODEL, EMBER_LISTEN, EMBER_WORKER, EMBER_VERIFY=1 (flags win).\n"
+		"\n"
+		"SIGTERM: the workers drain and emberd exits. SIGHUP: the model is read again\n"
+		"and the workers replaced without failing a request.\n");
 }
 
 static int num(const char *flag, const char *v, double lo, double hi, double *out)
@@ -172,6 +175,8 @@ static void logf_(int prio, const char *fmt, ...)
 struct pool {
 	struct opts *o;
 	int listen_fd, weights_fd, sb_fd;
+	int generation;                 /* of the weights; SIGHUP starts a new one */
+	int gen[2 * SB_MAX_WORKERS];    /* the generation of each slot's worker */
 	struct scoreboard *sb;
 	bool activated;                 /* the socket came from systemd */
 	int crashes_recent;             /* in the back-off window */
@@ -236,6 +241,7 @@ static int spawn(struct pool *p, int i)
 		_exit(127);
 	}
 	/* use: the slot names the child */
+	p->gen[i] = p->generation;
 	atomic_store(&s->pid, pid);
 	atomic_fetch_add(&p->sb->pool.spawns, 1);
 	logf_(6, "started worker %d (pid %d)", i, (int)pid);
@@ -324,6 +330,7 @@ static void heartbeat(struct pool *p)
 	int n = (int)p->sb->pool.n_slots;
 	int starting = 0, ready = 0, busy_workers = 0, spare = 0, live = 0;
 	int64_t last_active = atomic_load(&p->sb->pool.last_active_ms);
+	int old_gen = 0, new_ready = 0;
 	for (int i = 0; i < n; i++) {
 		struct sb_slot *s = &p->sb->slot[i];
 		int st = atomic_load(&s->state);
@@ -332,6 +339,11 @@ static void heartbeat(struct pool *p)
 			last_active = la;
 		if (st == SB_FREE || st == SB_DRAINING)
 			continue;
+		if (p->gen[i] != p->generation) { /* runs the weights before SIGHUP */
+			old_gen++;
+			continue;
+		}
+		new_ready += st == SB_READY;
 		live++;
 		if (st == SB_STARTING) {
 			starting++;
@@ -348,9 +360,21 @@ static void heartbeat(struct pool *p)
 			live--;
 		}
 	}
+	/* After SIGHUP: the old workers drain once a new one is ready; until
+	 * then they serve, so no request waits on the reload. */
+	if (old_gen > 0 && new_ready > 0) {
+		for (int i = 0; i < n; i++) {
+			int st = atomic_load(&p->sb->slot[i].state);
+			if (p->gen[i] != p->generation && (st == SB_READY || st == SB_STARTING))
+				stop_worker(p, i, "replaced after SIGHUP");
+		}
+		old_gen = 0;
+	}
 	if (t < p->backoff_until_ms)
 		return;
 	int want = p->o->min_workers;
+	if (old_gen > 0 && want < old_gen) /* replace them: as many new ones */
+		want = old_gen;
 	if (ready + starting == 0 && socket_readable(p->listen_fd))
 		want = want > 1 ? want : 1; /* a connection waits: a cold start */
 	if (busy_workers > 0) /* keep --spare ready workers beyond demand */
@@ -390,6 +414,28 @@ static void status_line(struct pool *p)
 		      "%llu answered by the workers running",
 		   count(p, SB_READY), count(p, SB_STARTING), count(p, SB_DRAINING), busy,
 		   (unsigned long long)requests);
+}
+
+/* SIGHUP: reads the model again into a new memfd; new workers start on it
+ * and the old ones drain once one of them is ready. A model that fails to
+ * load leaves everything as it was. */
+static void reload(struct pool *p)
+{
+	struct wstore_opts wo = {.verify = p->o->verify};
+	struct wstore_stats st;
+	char err[EMBER_ERR_LEN];
+	int fd;
+	if (wstore_load(p->o->model, &wo, &fd, &st, err) < 0) {
+		logf_(3, "SIGHUP: cannot load the model, keeping the one loaded: %s", err);
+		return;
+	}
+	close(p->weights_fd); /* running workers keep their own copies */
+	p->weights_fd = fd;
+	p->generation++;
+	sd_notify(0, "FDSTOREREMOVE=1\nFDNAME=weights");
+	sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=weights", &p->weights_fd, 1);
+	logf_(6, "SIGHUP: reloaded the model (%d files, %.3f GB in %.3f s); replacing the workers",
+	      st.files, st.bytes / 1e9, st.seconds);
 }
 
 /* --- the socket ---------------------------------------------------------------- */
@@ -482,7 +528,8 @@ int main(int argc, char **argv)
 	} else {
 		logf_(6, "took the weight store back from systemd's fd store: nothing read from disk");
 	}
-	p.sb = sb_create(o.max_workers, &p.sb_fd, err);
+	/* Room for two generations of workers, for SIGHUP. */
+	p.sb = sb_create(2 * o.max_workers, &p.sb_fd, err);
 	if (!p.sb) {
 		logf_(3, "%s", err);
 		return 1;
@@ -522,8 +569,8 @@ int main(int argc, char **argv)
 					stopping = true;
 					stop_deadline = sb_now_ms() + 60000;
 				}
-			} else if (si.ssi_signo == SIGHUP) {
-				logf_(6, "SIGHUP: model reloading is not built yet; nothing changes");
+			} else if (si.ssi_signo == SIGHUP && !stopping) {
+				reload(&p);
 			}
 		}
 		reap(&p);

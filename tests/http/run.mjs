@@ -840,6 +840,61 @@ test('pool_verify_refuses_changed_file', async () => {
 	assert(/model\.safetensors does not match its sha256 in ember\.sha256; refusing to serve it/.test(err), `log: ${err}`);
 });
 
+test('pool_sighup_and_sigterm_under_load', async () => {
+	// Eight clients send requests back to back; SIGHUP twice (the model is
+	// read again and every worker replaced): no request fails. Then SIGTERM
+	// with streams in flight: they all finish.
+	const p = await startPool('pool-hup', ['--max-workers', '2', '--spare', '1', '--slots', '4', '--idle-timeout', '60']);
+	const base = await startCaddy('caddy-hup', p.sock, false);
+	eq(curl(`${base}/v1/completions`, { method: 'POST', body: textBody() }).status, 200, 'first request');
+	const before = workersOf(p);
+	let running = true;
+	let served = 0;
+	const failures = [];
+	const clients = Array.from({ length: 8 }, async (_, k) => {
+		for (let i = 0; running; i++) {
+			const r = await fetch(`${base}/v1/completions`, {
+				method: 'POST', headers: { 'Content-Type': 'application/json' },
+				body: JSON.stringify({ model, prompt: `Client ${k} request ${i}`, max_tokens: 8, seed: i }),
+			}).then(async (r) => ({ status: r.status, body: await r.text() })).catch((e) => ({ status: 0, body: String(e) }));
+			if (r.status === 200 && JSON.parse(r.body).choices[0].finish_reason) served++;
+			else failures.push(`${r.status} ${r.body.slice(0, 120)}`);
+		}
+	});
+	await sleep(1500);
+	process.kill(p.pid, 'SIGHUP');
+	await waitFor('the first reload', () => fs.readFileSync(path.join(dir, 'pool-hup.log'), 'utf8').includes('replaced after SIGHUP'), 20000);
+	await sleep(1500);
+	process.kill(p.pid, 'SIGHUP');
+	await sleep(2500);
+	running = false;
+	await Promise.all(clients);
+	const after = workersOf(p);
+	console.log(`    two SIGHUPs under load: ${served} requests served, ${failures.length} failed; workers ${before.join(',')} -> ${after.join(',')}`);
+	eq(failures, [], 'failed requests');
+	assert(served > 20, `only ${served} requests`);
+	assert(!after.some((w) => before.includes(w)), 'the old workers are still running');
+	// SIGTERM with 6 streams in flight.
+	let started = 0;
+	const streams = Array.from({ length: 6 }, (_, i) => fetch(`${base}/v1/completions`, {
+		method: 'POST', headers: { 'Content-Type': 'application/json' },
+		body: JSON.stringify({ model, prompt: `Last ${i}`, max_tokens: 150, stream: true, seed: i }),
+	}).then(async (r) => {
+		let body = '';
+		for await (const part of r.body) {
+			if (!body.includes('"text"') && Buffer.from(part).toString().includes('"text"')) started++;
+			body += Buffer.from(part).toString();
+		}
+		return body;
+	}).catch((e) => String(e)));
+	await waitFor('the streams running', () => started === 6, 30000);
+	const exited = new Promise((resolve) => p.on('exit', (code) => resolve(code)));
+	process.kill(p.pid, 'SIGTERM');
+	const bodies = await Promise.all(streams);
+	for (const b of bodies) eq(sseText(b, 'text').finish, 'length', 'a stream in flight at SIGTERM ran to its end');
+	eq(await exited, 0, 'emberd exit status');
+});
+
 // --- main ---------------------------------------------------------------------
 
 async function main() {
