@@ -58,6 +58,10 @@ int mf_open_image(int fd, struct mfiles **out, char *err)
 		return ember_err(err, -errno, "fstat(weight image) failed: %s", strerror(errno));
 	if (st.st_size <= 0)
 		return ember_err(err, -EINVAL, "the weight image is empty");
+	/* Sealed, so that the bytes checked below cannot change or vanish. */
+	int seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || (seals & (F_SEAL_WRITE | F_SEAL_SHRINK)) != (F_SEAL_WRITE | F_SEAL_SHRINK))
+		return ember_err(err, -EINVAL, "the weight image is not sealed against writes");
 	struct mfiles *mf = calloc(1, sizeof *mf);
 	if (!mf)
 		return ember_err(err, -ENOMEM, "out of memory");

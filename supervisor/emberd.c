@@ -6,6 +6,7 @@
 #include "scoreboard.h"
 #include "wstore.h"
 #include "../engine/common.h"
+#include "../engine/modelfiles.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -86,8 +87,8 @@ static int parse(int argc, char **argv, struct opts *o)
 		{"--model", "EMBER_MODEL", 0, 0, 0, offsetof(struct opts, model)},
 		{"--listen", "EMBER_LISTEN", 0, 0, 0, offsetof(struct opts, listen)},
 		{"--worker", "EMBER_WORKER", 0, 0, 0, offsetof(struct opts, worker)},
-		{"--min-workers", "EMBER_MIN_WORKERS", 0, SB_MAX_WORKERS, 1, offsetof(struct opts, min_workers)},
-		{"--max-workers", "EMBER_MAX_WORKERS", 1, SB_MAX_WORKERS, 1, offsetof(struct opts, max_workers)},
+		{"--min-workers", "EMBER_MIN_WORKERS", 0, SB_MAX_WORKERS / 2, 1, offsetof(struct opts, min_workers)},
+		{"--max-workers", "EMBER_MAX_WORKERS", 1, SB_MAX_WORKERS / 2, 1, offsetof(struct opts, max_workers)},
 		{"--spare", "EMBER_SPARE", 0, SB_MAX_WORKERS, 1, offsetof(struct opts, spare)},
 		{"--slots", "EMBER_SLOTS", 1, 1024, 1, offsetof(struct opts, slots)},
 		{"--max-requests", "EMBER_MAX_REQUESTS", 0, 1e9, 1, offsetof(struct opts, max_requests)},
@@ -176,6 +177,7 @@ struct pool {
 	struct opts *o;
 	int listen_fd, weights_fd, sb_fd;
 	int generation;                 /* of the weights; SIGHUP starts a new one */
+	int retired;                    /* old workers told to drain since then */
 	int gen[2 * SB_MAX_WORKERS];    /* the generation of each slot's worker */
 	struct scoreboard *sb;
 	bool activated;                 /* the socket came from systemd */
@@ -286,8 +288,7 @@ static void reap(struct pool *p)
 			if (atomic_load(&s->pid) != pid)
 				continue;
 			bool asked = atomic_load(&s->state) == SB_DRAINING;
-			bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-			if (!asked || !clean) {
+			if (!asked) {
 				atomic_fetch_add(&p->sb->pool.crashes, 1);
 				int64_t t = sb_now_ms();
 				if (t - p->crash_window_ms > 10000) {
@@ -327,77 +328,83 @@ static bool socket_readable(int fd)
 static void heartbeat(struct pool *p)
 {
 	int64_t t = sb_now_ms();
+	int64_t idle_ms = (int64_t)(p->o->idle_timeout * 1000);
 	int n = (int)p->sb->pool.n_slots;
-	int starting = 0, ready = 0, busy_workers = 0, spare = 0, live = 0;
-	int64_t last_active = atomic_load(&p->sb->pool.last_active_ms);
+	/* Of the workers on the current weights: live (starting or ready),
+	 * ready ones, busy ones, and those with a free slot (starting ones
+	 * will have them). */
+	int live = 0, ready = 0, busy_workers = 0, with_room = 0;
 	int old_gen = 0, new_ready = 0;
 	for (int i = 0; i < n; i++) {
 		struct sb_slot *s = &p->sb->slot[i];
 		int st = atomic_load(&s->state);
-		int64_t la = atomic_load(&s->last_active_ms);
-		if (la > last_active)
-			last_active = la;
 		if (st == SB_FREE || st == SB_DRAINING)
 			continue;
 		if (p->gen[i] != p->generation) { /* runs the weights before SIGHUP */
 			old_gen++;
 			continue;
 		}
-		new_ready += st == SB_READY;
 		live++;
 		if (st == SB_STARTING) {
-			starting++;
+			with_room++;
 			continue;
 		}
 		ready++;
+		new_ready++;
 		int busy = atomic_load(&s->busy);
 		busy_workers += busy > 0;
-		spare += busy < atomic_load(&s->slots);
+		with_room += busy < atomic_load(&s->slots);
 		/* recycle after --max-requests */
 		if (p->o->max_requests > 0 &&
 		    atomic_load(&s->requests) >= (uint64_t)p->o->max_requests) {
 			stop_worker(p, i, "--max-requests reached");
 			live--;
+			ready--;
 		}
 	}
-	/* After SIGHUP: the old workers drain once a new one is ready; until
-	 * then they serve, so no request waits on the reload. */
-	if (old_gen > 0 && new_ready > 0) {
-		for (int i = 0; i < n; i++) {
-			int st = atomic_load(&p->sb->slot[i].state);
-			if (p->gen[i] != p->generation && (st == SB_READY || st == SB_STARTING))
-				stop_worker(p, i, "replaced after SIGHUP");
+	/* After SIGHUP: an old worker drains for each new one that is ready;
+	 * until then it serves, so no request waits on the reload. */
+	for (int i = 0; i < n && old_gen > 0 && p->retired < new_ready; i++) {
+		int st = atomic_load(&p->sb->slot[i].state);
+		if (p->gen[i] != p->generation && (st == SB_READY || st == SB_STARTING)) {
+			stop_worker(p, i, "replaced after SIGHUP");
+			p->retired++;
+			old_gen--;
 		}
-		old_gen = 0;
 	}
 	if (t < p->backoff_until_ms)
 		return;
 	int want = p->o->min_workers;
-	if (old_gen > 0 && want < old_gen) /* replace them: as many new ones */
-		want = old_gen;
-	if (ready + starting == 0 && socket_readable(p->listen_fd))
+	if (old_gen > 0 && want < live + old_gen) /* replace the old ones, one for one */
+		want = live + old_gen;
+	if (live == 0 && socket_readable(p->listen_fd))
 		want = want > 1 ? want : 1; /* a connection waits: a cold start */
-	if (busy_workers > 0) /* keep --spare ready workers beyond demand */
-		want = busy_workers + p->o->spare > want ? busy_workers + p->o->spare : want;
-	if (busy_workers > 0 && spare >= p->o->spare && live > want)
-		want = live; /* enough spare already: keep what runs */
-	if (want > p->o->max_workers)
+	/* While any worker is busy, keep --spare workers with room beyond demand. */
+	if (busy_workers > 0 && with_room < p->o->spare && want < live + p->o->spare - with_room)
+		want = live + p->o->spare - with_room;
+	if (want > p->o->max_workers) /* of the current weights; old ones drain */
 		want = p->o->max_workers;
-	bool idle = t - last_active > (int64_t)(p->o->idle_timeout * 1000);
 	while (live < want) {
 		int i = free_slot(p);
 		if (i < 0 || spawn(p, i) < 0)
 			break;
 		live++;
 	}
-	if (idle && busy_workers == 0 && live > p->o->min_workers) {
-		for (int i = n - 1; i >= 0 && live > p->o->min_workers; i--) {
-			int st = atomic_load(&p->sb->slot[i].state);
-			if (st == SB_READY && atomic_load(&p->sb->slot[i].busy) == 0) {
-				stop_worker(p, i, "idle");
-				live--;
-			}
-		}
+	/* Each worker idle for --idle-timeout (by its own last request) stops,
+	 * down to --min-workers, keeping --spare with room while others work. */
+	for (int i = n - 1; i >= 0 && live > p->o->min_workers; i--) {
+		struct sb_slot *s = &p->sb->slot[i];
+		if (atomic_load(&s->state) != SB_READY || p->gen[i] != p->generation ||
+		    atomic_load(&s->busy) > 0)
+			continue;
+		int64_t since = atomic_load(&s->last_active_ms);
+		if (atomic_load(&s->ready_ms) > since)
+			since = atomic_load(&s->ready_ms);
+		if (t - since <= idle_ms || (busy_workers > 0 && with_room <= p->o->spare))
+			continue;
+		stop_worker(p, i, "idle");
+		live--;
+		with_room--;
 	}
 }
 
@@ -432,6 +439,7 @@ static void reload(struct pool *p)
 	close(p->weights_fd); /* running workers keep their own copies */
 	p->weights_fd = fd;
 	p->generation++;
+	p->retired = 0;
 	sd_notify(0, "FDSTOREREMOVE=1\nFDNAME=weights");
 	sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=weights", &p->weights_fd, 1);
 	logf_(6, "SIGHUP: reloaded the model (%d files, %.3f GB in %.3f s); replacing the workers",
@@ -526,7 +534,24 @@ int main(int argc, char **argv)
 		if (sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=weights", &p.weights_fd, 1) > 0)
 			logf_(6, "the weight store is in systemd's fd store");
 	} else {
-		logf_(6, "took the weight store back from systemd's fd store: nothing read from disk");
+		/* The fd store's copy, if it is an image this version reads. */
+		struct mfiles *mf;
+		if (mf_open_image(p.weights_fd, &mf, err) < 0) {
+			logf_(4, "the fd store's weights are unusable (%s): reading the model", err);
+			sd_notify(0, "FDSTOREREMOVE=1\nFDNAME=weights");
+			close(p.weights_fd);
+			p.weights_fd = -1;
+			struct wstore_opts wo = {.verify = o.verify};
+			struct wstore_stats st;
+			if (wstore_load(o.model, &wo, &p.weights_fd, &st, err) < 0) {
+				logf_(3, "cannot load the model: %s", err);
+				return 1;
+			}
+			sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=weights", &p.weights_fd, 1);
+		} else {
+			mf_close(mf);
+			logf_(6, "took the weight store back from systemd's fd store: nothing read from disk");
+		}
 	}
 	/* Room for two generations of workers, for SIGHUP. */
 	p.sb = sb_create(2 * o.max_workers, &p.sb_fd, err);
@@ -576,8 +601,20 @@ int main(int argc, char **argv)
 		reap(&p);
 		int64_t t = sb_now_ms();
 		if (stopping) {
-			if (count(&p, SB_FREE) == (int)p.sb->pool.n_slots || t > stop_deadline)
+			if (count(&p, SB_FREE) == (int)p.sb->pool.n_slots)
 				break;
+			if (t > stop_deadline) {
+				for (uint32_t i = 0; i < p.sb->pool.n_slots; i++) {
+					pid_t pid = atomic_load(&p.sb->slot[i].pid);
+					if (pid > 0) {
+						logf_(4, "worker %u (pid %d) still runs after 60 s: killing it", i,
+						      (int)pid);
+						kill(pid, SIGKILL);
+						waitpid(pid, NULL, 0);
+					}
+				}
+				break;
+			}
 			continue;
 		}
 		heartbeat(&p);

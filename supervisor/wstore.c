@@ -104,6 +104,12 @@ static int check_headers(int dirfd, const char *dir, const struct wimg_file *fil
 		int fd = openat(dirfd, files[i].name, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)
 			return ember_err(err, -errno, "%s/%s: %s", dir, files[i].name, strerror(errno));
+		struct stat sb;
+		if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size != files[i].length) {
+			close(fd);
+			return ember_err(err, -EAGAIN, "%s/%s changed while being loaded", dir,
+					 files[i].name);
+		}
 		void *p = files[i].length ? mmap(NULL, files[i].length, PROT_READ, MAP_SHARED, fd, 0)
 					  : MAP_FAILED;
 		close(fd);
@@ -217,10 +223,12 @@ static int fill(int dirfd, const char *dir, const struct wimg_file *files, size_
 	for (size_t i = 0; i < n; i++)
 		jobs[i].fd = -1;
 	size_t cur = 0;         /* the file whose reads are being queued */
-	int in_flight = 0;
+	int in_flight = 0;      /* submitted and not yet completed */
+	bool failed = false;    /* then: queue nothing more, let what was submitted land */
+	rc = 0;
 	for (;;) {
 		/* Queue reads until the ring is full or every byte is asked for. */
-		while (in_flight < qd && cur < n) {
+		while (!failed && in_flight + (int)io_uring_sq_ready(&ring) < qd && cur < n) {
 			struct job *j = &jobs[cur];
 			if (j->fd < 0) {
 				j->dst = image + files[cur].offset;
@@ -234,7 +242,8 @@ static int fill(int dirfd, const char *dir, const struct wimg_file *files, size_
 				if (j->fd < 0) {
 					rc = ember_err(err, -errno, "%s/%s: %s", dir, files[cur].name,
 						       strerror(errno));
-					goto out;
+					failed = true;
+					break;
 				}
 				stats->direct_files += j->direct;
 			}
@@ -247,18 +256,29 @@ static int fill(int dirfd, const char *dir, const struct wimg_file *files, size_
 			io_uring_sqe_set_data64(sqe, (uint64_t)cur << 40 | j->next);
 			j->next += want;
 			j->pending++;
-			in_flight++;
 			if (j->next >= j->length)
 				cur++;
 		}
+		if (!failed && io_uring_sq_ready(&ring) > 0) {
+			int k = io_uring_submit(&ring);
+			if (k < 0) {
+				rc = ember_err(err, k, "io_uring_submit failed: %s", strerror(-k));
+				failed = true; /* what was not submitted is never read */
+			} else {
+				in_flight += k;
+			}
+		}
 		if (in_flight == 0)
 			break;
-		rc = io_uring_submit_and_wait(&ring, 1);
-		if (rc < 0) {
-			ember_err(err, rc, "io_uring_submit failed: %s", strerror(-rc));
-			goto out;
-		}
 		struct io_uring_cqe *cqe;
+		int w = io_uring_wait_cqe(&ring, &cqe);
+		if (w < 0 && w != -EINTR) {
+			/* Cannot happen with reads in flight; if it does, the image
+			 * must not be unmapped under them: give up loudly. */
+			fprintf(stderr, "<2>emberd: io_uring_wait_cqe failed with reads in flight: %s\n",
+				strerror(-w));
+			abort();
+		}
 		unsigned head, seen = 0;
 		io_uring_for_each_cqe(&ring, head, cqe) {
 			seen++;
@@ -266,46 +286,39 @@ static int fill(int dirfd, const char *dir, const struct wimg_file *files, size_
 			size_t fi = (size_t)(cqe->user_data >> 40);
 			size_t at = (size_t)(cqe->user_data & ((1ull << 40) - 1));
 			struct job *j = &jobs[fi];
+			j->pending--;
+			if (failed)
+				continue;
 			size_t expect = j->length - at < chunk ? j->length - at : chunk;
 			if (cqe->res < 0) {
 				rc = ember_err(err, cqe->res, "reading %s/%s failed: %s", dir,
 					       files[fi].name, strerror(-cqe->res));
-				goto out;
+				failed = true;
+				continue;
 			}
-			j->pending--;
-			if ((size_t)cqe->res < expect) {
-				/* A short read inside the file: read the rest the plain way. */
-				size_t got = (size_t)cqe->res;
-				while (got < expect) {
-					ssize_t k = pread(j->fd, j->dst + at + got, expect - got,
-							  (off_t)(at + got));
-					if (k <= 0) {
-						rc = ember_err(err, k < 0 ? -errno : -EIO,
-							       "%s/%s: the file shrank or failed while being read",
-							       dir, files[fi].name);
-						goto out;
-					}
-					got += (size_t)k;
+			/* A short read inside the file: read the rest the plain way
+			 * (whole blocks for O_DIRECT: the room has space for them). */
+			size_t got = (size_t)cqe->res;
+			while (!failed && got < expect) {
+				size_t ask = expect - got;
+				if (j->direct)
+					ask = (ask + DIRECT_BLOCK - 1) / DIRECT_BLOCK * DIRECT_BLOCK;
+				ssize_t k = pread(j->fd, j->dst + at + got, ask, (off_t)(at + got));
+				if (k <= 0) {
+					rc = ember_err(err, k < 0 ? -errno : -EIO,
+						       "%s/%s: the file shrank or failed while being read",
+						       dir, files[fi].name);
+					failed = true;
+					break;
 				}
+				got += (size_t)k;
 			}
-			if (j->pending == 0 && j->next >= j->length) { /* the file is in */
+			if (j->pending == 0 && j->next >= j->length && j->fd >= 0) { /* the file is in */
 				close(j->fd);
 				j->fd = -1;
 			}
 		}
 		io_uring_cq_advance(&ring, seen);
-	}
-	rc = 0;
-out:
-	if (rc < 0 && in_flight > 0) {
-		/* Let the reads still in flight land before the image goes away. */
-		while (in_flight > 0) {
-			struct io_uring_cqe *cqe;
-			if (io_uring_wait_cqe(&ring, &cqe) < 0)
-				break;
-			io_uring_cqe_seen(&ring, cqe);
-			in_flight--;
-		}
 	}
 	for (size_t i = 0; i < n; i++)
 		if (jobs[i].fd >= 0)
