@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -216,9 +217,40 @@ static int spawn(struct pool *p, int i)
 	for (int k = 0; k < p->o->n_worker_args && a < 64 + 6; k++)
 		argv[a++] = p->o->worker_args[k];
 	argv[a] = NULL;
+	/* The environment too: the child calls nothing that allocates (a
+	 * reload thread may hold malloc's lock at fork). */
+	char vars[4][64];
+	snprintf(vars[0], sizeof vars[0], "EMBER_LISTEN_FD=%s", listen_fd);
+	snprintf(vars[1], sizeof vars[1], "EMBER_WEIGHTS_FD=%s", model_fd);
+	snprintf(vars[2], sizeof vars[2], "EMBER_SCOREBOARD_FD=%s", sb_fd);
+	snprintf(vars[3], sizeof vars[3], "EMBER_WORKER_SLOT=%s", slot);
+	static const char *const drop[] = {"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=",
+					   "NOTIFY_SOCKET=", "EMBER_LISTEN_FD=", "EMBER_WEIGHTS_FD=",
+					   "EMBER_SCOREBOARD_FD=", "EMBER_WORKER_SLOT="};
+	size_t ne = 0;
+	while (environ[ne])
+		ne++;
+	char **envp = malloc((ne + 5) * sizeof *envp);
+	if (!envp) {
+		logf_(3, "out of memory");
+		atomic_store(&s->state, SB_FREE);
+		return -1;
+	}
+	size_t k = 0;
+	for (size_t e = 0; e < ne; e++) {
+		bool skip = false;
+		for (size_t d = 0; d < sizeof drop / sizeof drop[0]; d++)
+			skip |= strncmp(environ[e], drop[d], strlen(drop[d])) == 0;
+		if (!skip)
+			envp[k++] = environ[e];
+	}
+	for (int v = 0; v < 4; v++)
+		envp[k++] = vars[v];
+	envp[k] = NULL;
 	pid_t pid = fork();
 	if (pid < 0) {
 		logf_(3, "fork failed: %s", strerror(errno));
+		free(envp);
 		atomic_store(&s->state, SB_FREE);
 		return -1;
 	}
@@ -230,18 +262,13 @@ static int spawn(struct pool *p, int i)
 		sigset_t none;
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
-		setenv("EMBER_LISTEN_FD", listen_fd, 1);
-		setenv("EMBER_WEIGHTS_FD", model_fd, 1);
-		setenv("EMBER_SCOREBOARD_FD", sb_fd, 1);
-		setenv("EMBER_WORKER_SLOT", slot, 1);
-		unsetenv("LISTEN_FDS");
-		unsetenv("LISTEN_PID");
-		unsetenv("LISTEN_FDNAMES");
-		unsetenv("NOTIFY_SOCKET");
-		execv(p->worker_path, argv);
-		fprintf(stderr, "<3>emberd: exec(%s) failed: %s\n", p->worker_path, strerror(errno));
+		execve(p->worker_path, argv, envp);
+		static const char msg[] = "<3>emberd: exec of the worker failed\n";
+		if (write(2, msg, sizeof msg - 1) < 0)
+			_exit(126);
 		_exit(127);
 	}
+	free(envp);
 	/* use: the slot names the child */
 	p->gen[i] = p->generation;
 	atomic_store(&s->pid, pid);
@@ -423,27 +450,69 @@ static void status_line(struct pool *p)
 		   (unsigned long long)requests);
 }
 
-/* SIGHUP: reads the model again into a new memfd; new workers start on it
- * and the old ones drain once one of them is ready. A model that fails to
- * load leaves everything as it was. */
-static void reload(struct pool *p)
-{
-	struct wstore_opts wo = {.verify = p->o->verify};
+/* SIGHUP: reads the model again into a new memfd, in a thread of its own
+ * so that the heartbeat (and the watchdog) go on meanwhile; new workers
+ * start on it and an old one drains for each new one that is ready. A
+ * model that fails to load leaves everything as it was. */
+struct reload {
+	pthread_t thread;
+	bool running;
+	int done_pipe[2];            /* the thread writes a byte when it ends */
+	int fd;                      /* the new memfd, or -1 */
 	struct wstore_stats st;
 	char err[EMBER_ERR_LEN];
-	int fd;
-	if (wstore_load(p->o->model, &wo, &fd, &st, err) < 0) {
-		logf_(3, "SIGHUP: cannot load the model, keeping the one loaded: %s", err);
+};
+
+static struct reload reloading = {.done_pipe = {-1, -1}, .fd = -1};
+
+static void *reload_thread(void *arg)
+{
+	struct pool *p = arg;
+	struct wstore_opts wo = {.verify = p->o->verify};
+	if (wstore_load(p->o->model, &wo, &reloading.fd, &reloading.st, reloading.err) < 0)
+		reloading.fd = -1;
+	char b = 1;
+	if (write(reloading.done_pipe[1], &b, 1) != 1)
+		abort(); /* a pipe of our own with room: cannot fail */
+	return NULL;
+}
+
+static void reload_start(struct pool *p)
+{
+	if (reloading.running) {
+		logf_(4, "SIGHUP: a reload is already running; this one is ignored");
+		return;
+	}
+	reloading.running = true;
+	if (pthread_create(&reloading.thread, NULL, reload_thread, p) != 0) {
+		reloading.running = false;
+		logf_(3, "SIGHUP: pthread_create failed; the model is not reloaded");
+		return;
+	}
+	logf_(6, "SIGHUP: reading the model again");
+}
+
+/* Takes the finished reload's memfd into use. */
+static void reload_finish(struct pool *p)
+{
+	char b;
+	if (read(reloading.done_pipe[0], &b, 1) != 1)
+		return;
+	pthread_join(reloading.thread, NULL);
+	reloading.running = false;
+	if (reloading.fd < 0) {
+		logf_(3, "SIGHUP: cannot load the model, keeping the one loaded: %s", reloading.err);
 		return;
 	}
 	close(p->weights_fd); /* running workers keep their own copies */
-	p->weights_fd = fd;
+	p->weights_fd = reloading.fd;
+	reloading.fd = -1;
 	p->generation++;
 	p->retired = 0;
 	sd_notify(0, "FDSTOREREMOVE=1\nFDNAME=weights");
 	sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=weights", &p->weights_fd, 1);
 	logf_(6, "SIGHUP: reloaded the model (%d files, %.3f GB in %.3f s); replacing the workers",
-	      st.files, st.bytes / 1e9, st.seconds);
+	      reloading.st.files, reloading.st.bytes / 1e9, reloading.st.seconds);
 }
 
 /* --- the socket ---------------------------------------------------------------- */
@@ -569,6 +638,10 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGHUP);
 	sigprocmask(SIG_BLOCK, &sigs, NULL);
 	int sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0 || pipe2(reloading.done_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+		logf_(3, "signalfd or pipe failed: %s", strerror(errno));
+		return 1;
+	}
 	uint64_t watchdog_us = 0;
 	bool watchdog = sd_watchdog_enabled(0, &watchdog_us) > 0;
 	int64_t last_watchdog = 0, last_status = 0;
@@ -580,8 +653,11 @@ int main(int argc, char **argv)
 	bool stopping = false;
 	int64_t stop_deadline = 0;
 	for (;;) {
-		struct pollfd q = {.fd = sfd, .events = POLLIN};
-		poll(&q, 1, HEARTBEAT_MS);
+		struct pollfd q[2] = {{.fd = sfd, .events = POLLIN},
+				      {.fd = reloading.done_pipe[0], .events = POLLIN}};
+		poll(q, 2, HEARTBEAT_MS);
+		if (q[1].revents & POLLIN)
+			reload_finish(&p);
 		struct signalfd_siginfo si;
 		while (read(sfd, &si, sizeof si) == sizeof si) {
 			if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
@@ -595,7 +671,7 @@ int main(int argc, char **argv)
 					stop_deadline = sb_now_ms() + 60000;
 				}
 			} else if (si.ssi_signo == SIGHUP && !stopping) {
-				reload(&p);
+				reload_start(&p);
 			}
 		}
 		reap(&p);
