@@ -821,6 +821,26 @@ test('pool_crash_loop_backs_off', async () => {
 	p.kill('SIGTERM');
 });
 
+test('pool_max_requests_recycles', async () => {
+	// --max-requests 3: a worker is replaced after 3 requests; 8 requests
+	// one after another all succeed across the replacements.
+	const p = await startPool('pool-recycle', ['--max-workers', '2', '--spare', '0', '--max-requests', '3', '--idle-timeout', '60']);
+	const base = await startCaddy('caddy-recycle', p.sock, false);
+	const seen = new Set();
+	for (let i = 0; i < 8; i++) {
+		const r = curl(`${base}/v1/completions`, { method: 'POST', body: textBody({ max_tokens: 2, seed: i }) });
+		eq(r.status, 200, `request ${i}`);
+		for (const w of workersOf(p)) seen.add(w);
+		await sleep(250); // a heartbeat or two
+	}
+	const log = fs.readFileSync(path.join(dir, 'pool-recycle.log'), 'utf8');
+	const recycled = (log.match(/--max-requests reached/g) || []).length;
+	console.log(`    8 requests with --max-requests 3: ${recycled} workers recycled, ${seen.size} worker processes seen`);
+	assert(recycled >= 2 && seen.size >= 3, `${recycled} recycled, ${seen.size} seen`);
+	assert(!log.includes('crashed'), 'a recycled worker counted as a crash');
+	p.kill('SIGTERM');
+});
+
 test('pool_verify_refuses_changed_file', async () => {
 	const m = path.join(dir, 'verified');
 	fs.cpSync(path.join(models, model), m, { recursive: true });
