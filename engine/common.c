@@ -148,6 +148,19 @@ double ember_now(void)
 	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+void sbuf_reserve(struct sbuf *b, size_t n)
+{
+	if (b->failed || n >= SIZE_MAX || b->cap > n)
+		return;
+	char *p = realloc(b->p, n + 1);
+	if (!p)
+		return;
+	if (!b->p)
+		p[0] = 0;
+	b->p = p;
+	b->cap = n + 1;
+}
+
 void sbuf_put(struct sbuf *b, const char *s, size_t n)
 {
 	if (b->failed)

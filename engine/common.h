@@ -104,6 +104,9 @@ struct sbuf {
 	bool failed;
 };
 
+/* Makes room for n bytes in all (and the NUL) up front; a failure only
+ * means later appends grow it. */
+void sbuf_reserve(struct sbuf *b, size_t n);
 void sbuf_put(struct sbuf *b, const char *s, size_t n);
 void sbuf_puts(struct sbuf *b, const char *s);
 void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -2,6 +2,7 @@
  * Runs in the worker's request threads; job_token and job_finish run in the
  * engine thread and only append under the job's lock. */
 #include "complete.h"
+#include "http.h"
 #include "../engine/chat.h"
 
 #include <errno.h>
@@ -411,20 +412,6 @@ static void whole_answer(struct sbuf *b, const struct answer *a, const struct to
 	sbuf_puts(b, "}\n");
 }
 
-static void random_id(char *out, size_t n)
-{
-	static const char abc[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-	unsigned char r[32];
-	if (n > sizeof r + 1)
-		n = sizeof r + 1;
-	if (getrandom(r, n - 1, 0) != (ssize_t)(n - 1))
-		for (size_t i = 0; i < n - 1; i++)
-			r[i] = (unsigned char)rand();
-	for (size_t i = 0; i + 1 < n; i++)
-		out[i] = abc[r[i] % (sizeof abc - 1)];
-	out[n - 1] = 0;
-}
-
 /* --- one request ----------------------------------------------------------- */
 
 /* Cancels sequence seq and waits until the engine thread is done with j.
@@ -634,6 +621,9 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 	pthread_mutex_init(&j.mu, NULL);
 	cond_init_monotonic(&j.cv);
 	q.arg = &j;
+	/* Room for the text up front (8 bytes a token, at most 1 MiB): the
+	 * engine thread's appends then seldom have to grow it. */
+	sbuf_reserve(&j.text, (size_t)max_tokens * 8 < (1u << 20) ? (size_t)max_tokens * 8 : 1u << 20);
 	if (ar.logprobs) {
 		j.ev = malloc((size_t)max_tokens * sizeof *j.ev);
 		if (!j.ev) {
@@ -671,7 +661,8 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 	struct answer a = {.kind = kind, .created = (long long)time(NULL), .model = env->model_name,
 			   .usage_null = ar.stream && ar.include_usage, .logprobs = ar.logprobs};
 	char rid[25];
-	random_id(rid, sizeof rid);
+	http_random_id(rid, sizeof rid,
+		       "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
 	snprintf(a.id, sizeof a.id, "%s%s", kind == API_CHAT ? "chatcmpl-" : "cmpl-", rid);
 	if (ar.stream) {
 		if (conn_head(c, 200, "text/event-stream",

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <stdlib.h>
+#include <sys/random.h>
 
 /* Longest path considered; longer ones route nowhere. */
 #define PATH_MAX_LEN 2048
@@ -196,6 +198,18 @@ long http_get_values(const unsigned char *in, size_t len, int max_conns, char *o
 		p += l[0] + l[1];
 	}
 	return (long)n;
+}
+
+void http_random_id(char *out, size_t n, const char *alphabet)
+{
+	unsigned char r[64];
+	size_t k = n - 1 < sizeof r ? n - 1 : sizeof r, a = strlen(alphabet);
+	if (getrandom(r, k, 0) != (ssize_t)k)
+		for (size_t i = 0; i < k; i++)
+			r[i] = (unsigned char)rand();
+	for (size_t i = 0; i < k; i++)
+		out[i] = alphabet[r[i] % a];
+	out[k] = 0;
 }
 
 int http_keys_load(const char *path, struct http_keys *k, char *err)

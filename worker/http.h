@@ -48,6 +48,10 @@ const char *http_param(char *const *envp, const char *name);
  * becomes ROUTE_NONE, method_ok false or content_length_bad. */
 void http_parse(char *const *envp, const char *prefix, struct http_req *out);
 
+/* Writes n - 1 random characters of alphabet (at most 64 of them) and a
+ * NUL to out: request and completion ids. */
+void http_random_id(char *out, size_t n, const char *alphabet);
+
 /* Room for the answer to FCGI_GET_VALUES (three names and short values). */
 #define HTTP_VALUES_MAX 128
 

@@ -21,7 +21,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
-#include <sys/random.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -152,21 +151,6 @@ static int read_body(struct req_thread *rt, struct conn *c, const struct http_re
 	return 0;
 }
 
-static void random_hex(char *out, size_t n)
-{
-	static const char hex[] = "0123456789abcdef";
-	unsigned char r[32];
-	size_t k = (n - 1) / 2 < sizeof r ? (n - 1) / 2 : sizeof r;
-	if (getrandom(r, k, 0) != (ssize_t)k)
-		for (size_t i = 0; i < k; i++)
-			r[i] = (unsigned char)rand();
-	for (size_t i = 0; i < k; i++) {
-		out[2 * i] = hex[r[i] >> 4];
-		out[2 * i + 1] = hex[r[i] & 15];
-	}
-	out[2 * k] = 0;
-}
-
 static void handle(struct req_thread *rt, struct conn *c)
 {
 	struct server *s = rt->s;
@@ -176,7 +160,7 @@ static void handle(struct req_thread *rt, struct conn *c)
 	if (h.request_id[0])
 		snprintf(c->request_id, sizeof c->request_id, "%s", h.request_id);
 	else
-		random_hex(c->request_id, 33);
+		http_random_id(c->request_id, 33, "0123456789abcdef");
 	c->head_only = h.head;
 	const char *method = http_param(c->envp, "REQUEST_METHOD");
 	struct wlog_req log = {.request_id = c->request_id, .route = http_route_name(h.route),
