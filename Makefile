@@ -40,7 +40,7 @@ FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weig
             engine/tokenizer.c engine/chat.c engine/sampler.c engine/wimage.c engine/sha256.c \
             worker/api.c worker/http.c
 
-.PHONY: all deps models test asan asan-build bench bench-http run install clean fuzz
+.PHONY: all deps models nsroot test asan asan-build bench bench-http run install clean fuzz
 .SECONDARY:
 all: $(BUILD)/ember-worker $(BUILD)/emberd $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
      $(BUILD)/test-sampler $(BUILD)/test-sched $(BUILD)/test-worker $(BUILD)/journal-capture \
@@ -113,8 +113,12 @@ $(HTTPREF): tests/http/package.json tests/http/package-lock.json
 
 # The whole suite, on the plain build and under AddressSanitizer and
 # UndefinedBehaviorSanitizer, with one closing line for both.
-test: deps models all asan-build $(TOKREF) $(HTTPREF)
-	@EMBER_MODELS=$(BUILD)/models tests/run.sh $(BUILD) $(BUILD)/asan
+test: deps models all asan-build nsroot $(TOKREF) $(HTTPREF)
+	@EMBER_MODELS=$(BUILD)/models EMBER_NSROOT=$(BUILD)/nsroot tests/run.sh $(BUILD) $(BUILD)/asan
+
+# The Debian root that the systemd tests boot in a container (made once).
+nsroot: deps
+	@scripts/nsroot.sh $(BUILD)/nsroot
 
 asan: deps models asan-build $(TOKREF) $(HTTPREF)
 	@EMBER_MODELS=$(BUILD)/models tests/run.sh $(BUILD)/asan

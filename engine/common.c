@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <time.h>
 
 int ember_err(char *err, int code, const char *fmt, ...)
@@ -146,6 +147,15 @@ double ember_now(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int ember_stderr_is_journal(void)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	struct stat st;
+	unsigned long long dev, ino;
+	return js && sscanf(js, "%llu:%llu", &dev, &ino) == 2 && fstat(2, &st) == 0 &&
+	       (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
 void sbuf_reserve(struct sbuf *b, size_t n)

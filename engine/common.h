@@ -94,6 +94,9 @@ static inline bool size_add(size_t a, size_t b, size_t *out)
 
 /* Seconds on CLOCK_MONOTONIC: for durations and deadlines. */
 double ember_now(void);
+/* Whether stderr is the journal stream systemd connected (JOURNAL_STREAM
+ * names its device and inode; a redirected stderr is not). */
+int ember_stderr_is_journal(void);
 
 /* A growable byte buffer, always NUL-terminated after its len bytes;
  * failed turns true (and stays) when memory runs out, after which appends

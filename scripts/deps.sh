@@ -10,8 +10,10 @@ PKGS="$PKGS clang libclang-rt-14-dev"
 # the worker: FastCGI, journald; the supervisor: io_uring; the front ends and tools the integration
 # tests and benchmarks start: Caddy, Apache httpd, nginx, php-fpm, wrk, curl,
 # promtool (prometheus), spawn-fcgi and cgi-fcgi (libfcgi-bin), systemd-socket-activate
-# and systemd-analyze (systemd), pgrep (procps)
+# and systemd-analyze (systemd), pgrep (procps); a Debian root and systemd-nspawn
+# to boot systemd in a container (debootstrap, systemd-container)
 PKGS="$PKGS libfcgi-dev libsystemd-dev liburing-dev caddy apache2-bin nginx-light php-fpm wrk curl prometheus spawn-fcgi libfcgi-bin systemd procps"
+PKGS="$PKGS debootstrap systemd-container"
 
 missing=""
 for p in $PKGS; do

@@ -168,8 +168,12 @@ static void logf_(int prio, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	/* "<N>" prefixes give journald the priority of a line on stderr. */
-	fprintf(stderr, "<%d>emberd: %s\n", prio, msg);
+	/* "<N>" prefixes give journald the priority of a line on stderr; the
+	 * journal names the program itself. */
+	static int journal = -1;
+	if (journal < 0)
+		journal = ember_stderr_is_journal();
+	fprintf(stderr, "<%d>%s%s\n", prio, journal ? "" : "emberd: ", msg);
 }
 
 /* --- the pool ----------------------------------------------------------------- */

@@ -2,7 +2,9 @@
 # Runs every suite against each build directory given (the plain build and
 # the sanitizer build), then prints one closing line with the totals.
 #   tests/run.sh BUILD_DIR...
-# The test models are in build/models whatever the build directory.
+# The test models are in build/models whatever the build directory. With
+# EMBER_NSROOT (a root made by scripts/nsroot.sh), the first build's emberd
+# also runs under a real systemd booted in a container.
 set -u
 models=${EMBER_MODELS:-build/models}
 passed=0 failed=0 skipped=0
@@ -32,6 +34,7 @@ one() {
 	fi
 }
 
+first=$1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for build in "$@"; do
@@ -56,5 +59,10 @@ for build in "$@"; do
 		one "fuzz corpus $name ($(ls "$f" | wc -l) inputs)" "$build/fuzz-replay-$name" "$f"
 	done
 done
+if [ -n "${EMBER_NSROOT:-}" ]; then
+	echo "== the units under systemd in a container, with $first"
+	node tests/http/systemd.mjs --build "$first" --models "$models" --nsroot "$EMBER_NSROOT" | tee "$log"
+	count "$log"
+fi
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

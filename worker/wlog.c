@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <syslog.h>
 #include <systemd/sd-journal.h>
 #include <time.h>
@@ -17,13 +16,7 @@ static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
 
 void wlog_init(void)
 {
-	/* systemd sets JOURNAL_STREAM=dev:inode of the stream it connected to
-	 * stderr; if stderr was redirected since, it is not the journal. */
-	const char *js = getenv("JOURNAL_STREAM");
-	struct stat st;
-	unsigned long long dev, ino;
-	use_journal = js && sscanf(js, "%llu:%llu", &dev, &ino) == 2 && fstat(2, &st) == 0 &&
-		      (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+	use_journal = ember_stderr_is_journal();
 }
 
 static const char *level_name(int p)

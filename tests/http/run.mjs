@@ -4,17 +4,16 @@
 // plain CGI and on a socket inherited from spawn-fcgi.
 //   node tests/http/run.mjs --worker build/ember-worker --models build/models [--only NAME]
 // Prints PASS/FAIL per test and the closing line "N passed, N failed, N skipped".
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '../..');
-const units = path.join(root, 'units');
+import {
+	assert, cleanup, ctx, curl, eq, freePort, have, runTests, sleep, sseText, start, startCaddy,
+	loadClients, streamOnce, streamedToLength, streamsInFlight, units, waitFor,
+} from './lib.mjs';
 
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
@@ -24,50 +23,8 @@ const opt = (name, dflt) => {
 const worker = path.resolve(opt('--worker', 'build/ember-worker'));
 const models = path.resolve(opt('--models', 'build/models'));
 const only = opt('--only', null);
-const model = 'tiny-qwen2';
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const children = [];
+const model = ctx.model;
 let dir;
-
-function have(cmd) {
-	return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
-}
-
-async function freePort() {
-	return new Promise((resolve, reject) => {
-		const s = net.createServer();
-		s.listen(0, '127.0.0.1', () => {
-			const p = s.address().port;
-			s.close(() => resolve(p));
-		});
-		s.on('error', reject);
-	});
-}
-
-function start(name, cmd, argv, env = {}) {
-	const log = fs.openSync(path.join(dir, `${name}.log`), 'a');
-	const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', log, log], cwd: dir });
-	child.name = name;
-	child.exited = false;
-	child.on('exit', () => { child.exited = true; });
-	children.push(child);
-	return child;
-}
-
-async function waitFor(what, fn, ms = 15000) {
-	const until = Date.now() + ms;
-	let last;
-	while (Date.now() < until) {
-		try {
-			if (await fn()) return;
-		} catch (e) {
-			last = e;
-		}
-		await sleep(50);
-	}
-	throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
-}
 
 async function startWorker(name, extra = []) {
 	const sock = path.join(dir, `${name}.sock`);
@@ -76,25 +33,6 @@ async function startWorker(name, extra = []) {
 	await waitFor(`${name} to listen`, () => fs.existsSync(sock) && !w.exited);
 	w.sock = sock;
 	return w;
-}
-
-// Caddy in front of sock; with ask, waits for /health through it, else
-// only for its port (a request would start a worker of an idle pool).
-async function startCaddy(name, sock, ask = true) {
-	const port = await freePort();
-	start(name, 'caddy', ['run', '--config', path.join(units, 'Caddyfile'), '--adapter', 'caddyfile'], {
-		EMBER_SITE: `http://127.0.0.1:${port}`, EMBER_UPSTREAM: `unix/${sock}`, CADDY_ADMIN: 'off',
-		XDG_DATA_HOME: dir, XDG_CONFIG_HOME: dir, HOME: dir,
-	});
-	const base = `http://127.0.0.1:${port}`;
-	if (ask)
-		await waitFor(`${name} on ${port}`, async () => (await fetch(`${base}/health`)).status === 200);
-	else
-		await waitFor(`${name} on ${port}`, () => new Promise((resolve) => {
-			const c = net.createConnection(port, '127.0.0.1', () => { c.end(); resolve(true); });
-			c.on('error', () => resolve(false));
-		}));
-	return base;
 }
 
 async function startApache(sock) {
@@ -153,64 +91,6 @@ http {
 
 // --- clients ---------------------------------------------------------------
 
-// curl, returning { status, headers, body } (and the raw stdout).
-function curl(url, { method = 'GET', body = null, headers = {}, raw = false } = {}) {
-	const argv = ['-s', '-S', '-i', '--max-time', '60', '-X', method];
-	for (const [k, v] of Object.entries(headers)) argv.push('-H', `${k}: ${v}`);
-	if (body !== null) {
-		const f = path.join(dir, `body-${process.pid}-${Math.random().toString(36).slice(2)}`);
-		fs.writeFileSync(f, body);
-		argv.push('--data-binary', `@${f}`, '-H', 'Content-Type: application/json');
-	}
-	argv.push(url);
-	const r = spawnSync('curl', argv, { maxBuffer: 64 << 20 });
-	if (r.status !== 0) throw new Error(`curl ${url} failed: ${r.stderr}`);
-	const out = r.stdout.toString('utf8');
-	// Skip interim "HTTP/1.1 100 Continue" blocks.
-	let rest = out;
-	let head;
-	for (;;) {
-		const i = rest.indexOf('\r\n\r\n');
-		head = rest.slice(0, i);
-		rest = rest.slice(i + 4);
-		if (!/^HTTP\/\S+ 1\d\d/.test(head)) break;
-	}
-	const status = Number(head.split(' ')[1]);
-	const hdrs = {};
-	for (const line of head.split('\r\n').slice(1)) {
-		const k = line.indexOf(':');
-		hdrs[line.slice(0, k).toLowerCase()] = line.slice(k + 1).trim();
-	}
-	return { status, headers: hdrs, body: rest, json: () => JSON.parse(rest), raw: out };
-}
-
-// The text of an SSE stream's chunks, checking their shape on the way.
-function sseText(body, kind) {
-	const events = body.split('\n\n').filter((e) => e.length);
-	let text = '';
-	let done = false;
-	let finish = null;
-	let usage = null;
-	for (const e of events) {
-		if (e.startsWith(':')) continue;
-		if (!e.startsWith('data: ')) throw new Error(`not an SSE event: ${e.slice(0, 80)}`);
-		const d = e.slice(6);
-		if (d === '[DONE]') { done = true; continue; }
-		const c = JSON.parse(d);
-		if (c.error) throw new Error(`error event: ${d}`);
-		if (kind === 'chat' && c.object !== 'chat.completion.chunk') throw new Error(`object ${c.object}`);
-		if (kind === 'text' && c.object !== 'text_completion') throw new Error(`object ${c.object}`);
-		if (!c.id || typeof c.created !== 'number' || c.model !== model) throw new Error(`chunk fields: ${d}`);
-		if (c.usage) usage = c.usage;
-		for (const ch of c.choices) {
-			text += kind === 'chat' ? (ch.delta.content ?? '') : ch.text;
-			if (ch.finish_reason) finish = ch.finish_reason;
-		}
-	}
-	if (!done) throw new Error('no data: [DONE]');
-	return { text, finish, usage };
-}
-
 const chatBody = (extra = {}) => JSON.stringify({
 	model, messages: [{ role: 'system', content: 'You are terse.' }, { role: 'user', content: 'Name three rivers.' }],
 	max_tokens: 24, seed: 7, temperature: 0.8, ...extra,
@@ -221,12 +101,6 @@ const textBody = (extra = {}) => JSON.stringify({ model, prompt: 'The rivers of 
 
 const tests = [];
 const test = (name, fn) => tests.push({ name, fn });
-function assert(cond, msg) {
-	if (!cond) throw new Error(msg);
-}
-function eq(a, b, what) {
-	if (JSON.stringify(a) !== JSON.stringify(b)) throw new Error(`${what}: ${JSON.stringify(a)} != ${JSON.stringify(b)}`);
-}
 
 const fronts = {}; // name -> base URL
 const long = 'x'.repeat(1100000); // over the default --max-body-bytes
@@ -702,11 +576,6 @@ const commOf = (p) => fs.readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim();
 // systemd-socket-activate execs emberd: the workers are its children.
 const workersOf = (p) => spawnSync('pgrep', ['-P', String(p.pid)]).stdout.toString().split('\n').filter(Boolean).map(Number);
 
-const streamOnce = (base, i, maxTokens) => fetch(`${base}/v1/completions`, {
-	method: 'POST', headers: { 'Content-Type': 'application/json' },
-	body: JSON.stringify({ model, prompt: `Request ${i}`, max_tokens: maxTokens, stream: true, seed: i }),
-}).then(async (r) => ({ status: r.status, body: await r.text() })).catch((e) => ({ status: 0, body: String(e) }));
-
 test('pool_scales_from_zero_and_back', async () => {
 	const p = await startPool('pool', ['--max-workers', '3', '--spare', '1', '--slots', '2', '--idle-timeout', '2'], ['--queue-timeout', '300']);
 	const base = await startCaddy('caddy-pool', p.sock, false);
@@ -736,13 +605,7 @@ test('pool_scales_from_zero_and_back', async () => {
 	const results = await Promise.all(Array.from({ length: 32 }, (_, i) => streamOnce(base, i, 48)));
 	watching = false;
 	await watch;
-	for (const r of results) {
-		let ok = false;
-		try {
-			ok = r.status === 200 && sseText(r.body, 'text').finish === 'length';
-		} catch {}
-		ok ? served++ : failed++;
-	}
+	for (const r of results) streamedToLength(r) ? served++ : failed++;
 	console.log(`    the burst of 32 streams: ${most} workers at most; ${served} requests served, ${failed} failed`);
 	eq(failed, 0, 'failed requests');
 	eq(most, 3, 'workers at the busiest');
@@ -868,49 +731,24 @@ test('pool_sighup_and_sigterm_under_load', async () => {
 	const base = await startCaddy('caddy-hup', p.sock, false);
 	eq(curl(`${base}/v1/completions`, { method: 'POST', body: textBody() }).status, 200, 'first request');
 	const before = workersOf(p);
-	let running = true;
-	let served = 0;
-	const failures = [];
-	const clients = Array.from({ length: 8 }, async (_, k) => {
-		for (let i = 0; running; i++) {
-			const r = await fetch(`${base}/v1/completions`, {
-				method: 'POST', headers: { 'Content-Type': 'application/json' },
-				body: JSON.stringify({ model, prompt: `Client ${k} request ${i}`, max_tokens: 8, seed: i }),
-			}).then(async (r) => ({ status: r.status, body: await r.text() })).catch((e) => ({ status: 0, body: String(e) }));
-			if (r.status === 200 && JSON.parse(r.body).choices[0].finish_reason) served++;
-			else failures.push(`${r.status} ${r.body.slice(0, 120)}`);
-		}
-	});
+	const load = loadClients(base, 8);
 	await sleep(1500);
 	process.kill(p.pid, 'SIGHUP');
 	await waitFor('the first reload', () => fs.readFileSync(path.join(dir, 'pool-hup.log'), 'utf8').includes('replaced after SIGHUP'), 20000);
 	await sleep(1500);
 	process.kill(p.pid, 'SIGHUP');
 	await sleep(2500);
-	running = false;
-	await Promise.all(clients);
+	const { served, failures } = await load.stop();
 	const after = workersOf(p);
 	console.log(`    two SIGHUPs under load: ${served} requests served, ${failures.length} failed; workers ${before.join(',')} -> ${after.join(',')}`);
 	eq(failures, [], 'failed requests');
 	assert(served > 20, `only ${served} requests`);
 	assert(!after.some((w) => before.includes(w)), 'the old workers are still running');
 	// SIGTERM with 6 streams in flight.
-	let started = 0;
-	const streams = Array.from({ length: 6 }, (_, i) => fetch(`${base}/v1/completions`, {
-		method: 'POST', headers: { 'Content-Type': 'application/json' },
-		body: JSON.stringify({ model, prompt: `Last ${i}`, max_tokens: 150, stream: true, seed: i }),
-	}).then(async (r) => {
-		let body = '';
-		for await (const part of r.body) {
-			if (!body.includes('"text"') && Buffer.from(part).toString().includes('"text"')) started++;
-			body += Buffer.from(part).toString();
-		}
-		return body;
-	}).catch((e) => String(e)));
-	await waitFor('the streams running', () => started === 6, 30000);
+	const streams = await streamsInFlight(base, 6, 150, 'Last');
 	const exited = new Promise((resolve) => p.on('exit', (code) => resolve(code)));
 	process.kill(p.pid, 'SIGTERM');
-	const bodies = await Promise.all(streams);
+	const bodies = await streams.bodies;
 	for (const b of bodies) eq(sseText(b, 'text').finish, 'length', 'a stream in flight at SIGTERM ran to its end');
 	eq(await exited, 0, 'emberd exit status');
 });
@@ -918,11 +756,8 @@ test('pool_sighup_and_sigterm_under_load', async () => {
 // --- main ---------------------------------------------------------------------
 
 async function main() {
-	dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ember-http-'));
+	dir = ctx.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ember-http-'));
 	fs.chmodSync(dir, 0o755); // the front ends' workers run as www-data under root
-	let passed = 0;
-	let failed = 0;
-	let skipped = 0;
 	const missing = ['caddy', 'apache2', 'nginx', 'curl', 'spawn-fcgi', 'cgi-fcgi'].filter((c) => !have(c) && !fs.existsSync(`/usr/sbin/${c}`));
 	try {
 		if (missing.length) throw new Error(`missing ${missing.join(', ')} (make deps installs them)`);
@@ -941,23 +776,8 @@ async function main() {
 		console.log(`0 passed, 1 failed, 0 skipped`);
 		process.exit(1);
 	}
-	for (const t of tests) {
-		if (only && t.name !== only) continue;
-		try {
-			await t.fn();
-			console.log(`PASS ${t.name}`);
-			passed++;
-		} catch (e) {
-			if (e && e.skip) {
-				console.log(`SKIP ${t.name}: ${e.skip}`);
-				skipped++;
-				continue;
-			}
-			console.log(`FAIL ${t.name}: ${e.message}`);
-			failed++;
-		}
-	}
-	for (const c of children) if (c.exited && c.exitCode && !['spawned'].includes(c.name)) {
+	let { passed, failed, skipped } = await runTests(tests, only);
+	for (const c of ctx.children) if (c.exited && c.exitCode && !['spawned'].includes(c.name)) {
 		console.log(`FAIL ${c.name} exited with status ${c.exitCode}`);
 		failed++;
 	}
@@ -966,11 +786,6 @@ async function main() {
 	cleanup();
 	console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
 	process.exit(failed ? 1 : 0);
-}
-
-function cleanup() {
-	for (const c of children) if (!c.exited) c.kill('SIGTERM');
-	if (!process.env.EMBER_KEEP_TMP) setTimeout(() => fs.rmSync(dir, { recursive: true, force: true }), 0);
 }
 
 process.on('SIGINT', () => { cleanup(); process.exit(130); });
