@@ -342,9 +342,7 @@ static void reap(struct pool *p)
 			} else {
 				logf_(6, "worker %u (pid %d) stopped", i, (int)pid);
 			}
-			atomic_store(&s->pid, 0);
-			atomic_store(&s->busy, 0);
-			atomic_store(&s->state, SB_FREE);
+			sb_retire(p->sb, (int)i); /* its counters stay in the pool's */
 		}
 	}
 }
@@ -519,6 +517,19 @@ static void reload_finish(struct pool *p)
 	      reloading.st.files, reloading.st.bytes / 1e9, reloading.st.seconds);
 }
 
+/* While the first load runs, before READY=1: systemd's start timeout is
+ * pushed back and the status says how far it is, once a second, so that a
+ * model of hundreds of GB is not killed as a failed start. */
+static void load_progress(void *arg, const char *what, size_t done, size_t total)
+{
+	int64_t *last = arg, t = sb_now_ms();
+	if (t - *last < 1000)
+		return;
+	*last = t;
+	sd_notifyf(0, "EXTEND_TIMEOUT_USEC=30000000\nWATCHDOG=1\nSTATUS=%s the model: %.1f of %.1f GB",
+		   what, done / 1e9, total / 1e9);
+}
+
 /* --- the socket ---------------------------------------------------------------- */
 
 static int take_socket(struct pool *p, char *err)
@@ -594,8 +605,10 @@ int main(int argc, char **argv)
 	}
 	int fl = fcntl(p.listen_fd, F_GETFL);
 	fcntl(p.listen_fd, F_SETFL, fl | O_NONBLOCK); /* workers accept without blocking */
+	int64_t last_progress = 0;
 	if (p.weights_fd < 0) {
-		struct wstore_opts wo = {.verify = o.verify};
+		struct wstore_opts wo = {.verify = o.verify, .progress = load_progress,
+					 .progress_arg = &last_progress};
 		struct wstore_stats st;
 		if (wstore_load(o.model, &wo, &p.weights_fd, &st, err) < 0) {
 			logf_(3, "cannot load the model: %s", err);
@@ -614,7 +627,8 @@ int main(int argc, char **argv)
 			sd_notify(0, "FDSTOREREMOVE=1\nFDNAME=weights");
 			close(p.weights_fd);
 			p.weights_fd = -1;
-			struct wstore_opts wo = {.verify = o.verify};
+			struct wstore_opts wo = {.verify = o.verify, .progress = load_progress,
+						 .progress_arg = &last_progress};
 			struct wstore_stats st;
 			if (wstore_load(o.model, &wo, &p.weights_fd, &st, err) < 0) {
 				logf_(3, "cannot load the model: %s", err);

@@ -3,6 +3,7 @@
 #include "../engine/common.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -47,6 +48,7 @@ struct scoreboard *sb_create(int n, int *fd, char *err)
 	}
 	sb->pool.magic = SB_MAGIC;
 	sb->pool.n_slots = (uint32_t)n;
+	sb->pool.started_unix = (int64_t)time(NULL);
 	return sb;
 }
 
@@ -76,4 +78,62 @@ void sb_unmap(struct scoreboard *sb)
 {
 	if (sb)
 		munmap(sb, sb_bytes((int)sb->pool.n_slots));
+}
+
+void sb_retire(struct scoreboard *sb, int i)
+{
+	struct sb_slot *s = &sb->slot[i];
+	atomic_fetch_add(&sb->pool.retire_seq, 1); /* odd: readers wait */
+	for (int w = 0; w < SB_COUNTER_WORDS; w++) {
+		atomic_fetch_add(&sb->pool.retired[w], atomic_load(&s->counters[w]));
+		atomic_store(&s->counters[w], 0);
+	}
+	for (int w = 0; w < SB_GAUGE_WORDS; w++)
+		atomic_store(&s->gauges[w], 0);
+	atomic_store(&s->pid, 0);
+	atomic_store(&s->busy, 0);
+	atomic_store(&s->state, SB_FREE);
+	atomic_fetch_add(&sb->pool.retire_seq, 1);
+}
+
+/* One pass of sb_sum, unchecked. */
+static void sum_once(const struct scoreboard *sb, _Atomic uint64_t *counters,
+		     _Atomic int64_t *gauges)
+{
+	for (int w = 0; w < SB_COUNTER_WORDS; w++)
+		atomic_store_explicit(&counters[w], atomic_load(&sb->pool.retired[w]),
+				      memory_order_relaxed);
+	for (int w = 0; w < SB_GAUGE_WORDS; w++)
+		atomic_store_explicit(&gauges[w], 0, memory_order_relaxed);
+	for (uint32_t i = 0; i < sb->pool.n_slots; i++) {
+		const struct sb_slot *s = &sb->slot[i];
+		if (atomic_load(&s->state) == SB_FREE)
+			continue;
+		for (int w = 0; w < SB_COUNTER_WORDS; w++)
+			atomic_fetch_add_explicit(&counters[w], atomic_load(&s->counters[w]),
+						  memory_order_relaxed);
+		for (int w = 0; w < SB_GAUGE_WORDS; w++)
+			atomic_fetch_add_explicit(&gauges[w], atomic_load(&s->gauges[w]),
+						  memory_order_relaxed);
+	}
+}
+
+void sb_sum(const struct scoreboard *sb, _Atomic uint64_t counters[SB_COUNTER_WORDS],
+	    _Atomic int64_t gauges[SB_GAUGE_WORDS])
+{
+	/* A seqlock read: again when emberd retired a worker meanwhile (a few
+	 * times a second at most). Should emberd be stopped in the middle of
+	 * one, take an unchecked pass after 100 ms. */
+	int64_t give_up = sb_now_ms() + 100;
+	while (sb_now_ms() <= give_up) {
+		uint64_t seq = atomic_load(&sb->pool.retire_seq);
+		if (seq & 1) {
+			sched_yield();
+			continue;
+		}
+		sum_once(sb, counters, gauges);
+		if (atomic_load(&sb->pool.retire_seq) == seq)
+			return;
+	}
+	sum_once(sb, counters, gauges);
 }

@@ -10,8 +10,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SB_MAGIC 0x31424d45u /* "EMB1" */
+#define SB_MAGIC 0x32424d45u /* "EMB2" */
 #define SB_MAX_WORKERS 256
+/* A worker's metrics, in words whose meaning is the worker's own
+ * (worker/metrics.h): counters, which outlive the worker, and gauges,
+ * which end with it. */
+#define SB_COUNTER_WORDS 256
+#define SB_GAUGE_WORDS 8
 
 enum sb_state {
 	SB_FREE,      /* no worker */
@@ -33,7 +38,9 @@ struct sb_slot {
 	_Atomic int64_t started_ms;    /* CLOCK_MONOTONIC ms when forked */
 	_Atomic int64_t ready_ms;      /* when it began to accept; 0 before */
 	_Atomic int64_t last_active_ms; /* when a request last began or ended */
-	char pad[4096 - 56];
+	_Atomic int64_t gauges[SB_GAUGE_WORDS];
+	_Atomic uint64_t counters[SB_COUNTER_WORDS]; /* zero when the slot is free */
+	char pad[4096 - 56 - 8 * SB_GAUGE_WORDS - 8 * SB_COUNTER_WORDS];
 };
 
 struct sb_pool {
@@ -42,7 +49,12 @@ struct sb_pool {
 	_Atomic uint64_t spawns, crashes, cold_starts;
 	_Atomic uint64_t cold_start_us; /* sum over cold starts: fork to ready */
 	_Atomic int64_t last_active_ms; /* the pool's last request activity */
-	char pad[4096 - 48];
+	int64_t started_unix;           /* when emberd made the scoreboard */
+	/* The counters of workers that have exited, so that the pool's stay
+	 * monotonic; retire_seq is odd while emberd moves a worker's in. */
+	_Atomic uint64_t retire_seq;
+	_Atomic uint64_t retired[SB_COUNTER_WORDS];
+	char pad[4096 - 64 - 8 * SB_COUNTER_WORDS];
 };
 
 struct scoreboard {
@@ -62,5 +74,14 @@ struct scoreboard *sb_create(int n, int *fd, char *err);
  * Returns the mapping or NULL with err set. */
 struct scoreboard *sb_attach(int fd, char *err);
 void sb_unmap(struct scoreboard *sb);
+
+/* emberd, for slot i's worker that has exited: adds its counters into the
+ * pool's and zeroes them, then frees the slot. */
+void sb_retire(struct scoreboard *sb, int i);
+/* The pool's metrics: counters of every worker that ever ran (retired and
+ * live), gauges of the live ones, read consistently with sb_retire (a
+ * worker's counters are never counted twice or missed). Any process. */
+void sb_sum(const struct scoreboard *sb, _Atomic uint64_t counters[SB_COUNTER_WORDS],
+	    _Atomic int64_t gauges[SB_GAUGE_WORDS]);
 
 #endif

@@ -222,6 +222,9 @@ static int fill(int dirfd, const char *dir, const struct wimg_file *files, size_
 	}
 	for (size_t i = 0; i < n; i++)
 		jobs[i].fd = -1;
+	size_t total = 0, done = 0; /* bytes, for o->progress */
+	for (size_t i = 0; i < n; i++)
+		total += (size_t)files[i].length;
 	size_t cur = 0;         /* the file whose reads are being queued */
 	int in_flight = 0;      /* submitted and not yet completed */
 	bool failed = false;    /* then: queue nothing more, let what was submitted land */
@@ -252,8 +255,9 @@ static int fill(int dirfd, const char *dir, const struct wimg_file *files, size_
 				want = (want + DIRECT_BLOCK - 1) / DIRECT_BLOCK * DIRECT_BLOCK;
 			struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
 			io_uring_prep_read(sqe, j->fd, j->dst + j->next, (unsigned)want, j->next);
-			/* user data: the file and the offset this read starts at */
-			io_uring_sqe_set_data64(sqe, (uint64_t)cur << 40 | j->next);
+			/* user data: the file and the block this read starts at
+			 * (reads start at multiples of chunk, itself of blocks) */
+			io_uring_sqe_set_data64(sqe, (uint64_t)cur << 40 | j->next / DIRECT_BLOCK);
 			j->next += want;
 			j->pending++;
 			if (j->next >= j->length)
@@ -284,7 +288,7 @@ static int fill(int dirfd, const char *dir, const struct wimg_file *files, size_
 			seen++;
 			in_flight--;
 			size_t fi = (size_t)(cqe->user_data >> 40);
-			size_t at = (size_t)(cqe->user_data & ((1ull << 40) - 1));
+			size_t at = (size_t)(cqe->user_data & ((1ull << 40) - 1)) * DIRECT_BLOCK;
 			struct job *j = &jobs[fi];
 			j->pending--;
 			if (failed)
@@ -313,12 +317,15 @@ static int fill(int dirfd, const char *dir, const struct wimg_file *files, size_
 				}
 				got += (size_t)k;
 			}
+			done += expect;
 			if (j->pending == 0 && j->next >= j->length && j->fd >= 0) { /* the file is in */
 				close(j->fd);
 				j->fd = -1;
 			}
 		}
 		io_uring_cq_advance(&ring, seen);
+		if (o->progress && !failed)
+			o->progress(o->progress_arg, "reading", done, total);
 	}
 	for (size_t i = 0; i < n; i++)
 		if (jobs[i].fd >= 0)
@@ -393,7 +400,11 @@ int wstore_load(const char *dir, const struct wstore_opts *o, int *out_fd,
 			memset(image + end, 0, DIRECT_BLOCK - end % DIRECT_BLOCK);
 	}
 	if (o->verify) {
+		size_t checked = 0;
 		for (size_t i = 0; i < n; i++) {
+			if (o->progress)
+				o->progress(o->progress_arg, "verifying", checked, stats->bytes);
+			checked += (size_t)files[i].length;
 			uint8_t digest[32];
 			struct sha256 s;
 			sha256_init(&s);

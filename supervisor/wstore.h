@@ -13,6 +13,10 @@ struct wstore_opts {
 	bool no_direct;     /* do not try O_DIRECT */
 	int queue_depth;    /* reads in flight (0: 32) */
 	size_t chunk;       /* bytes per read (0: 4 MiB) */
+	/* Called now and then while reading (and again while verifying) with
+	 * the bytes done of the total, on the loading thread; may be NULL. */
+	void (*progress)(void *arg, const char *what, size_t done, size_t total);
+	void *progress_arg;
 };
 
 struct wstore_stats {

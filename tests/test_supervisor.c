@@ -2,18 +2,21 @@
  * io_uring into a sealed memfd, opened by the engine as from the files
  * (byte for byte, and by a worker that never sees the directory); header
  * checks before copying; --verify against ember.sha256; the image's own
- * checks. */
+ * checks. And the scoreboard's pool sums while workers are retired. */
 #include "../engine/modelfiles.h"
 #include "../engine/sha256.h"
 #include "../engine/wimage.h"
+#include "../supervisor/scoreboard.h"
 #include "../supervisor/wstore.h"
 #include "runner.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *models = "build/models";
@@ -50,6 +53,23 @@ static int same_files(const char *dir, int fd, int *n_checked)
 	return rc;
 }
 
+/* Progress reports: never backwards, never past the total, ending at it. */
+struct progress {
+	size_t calls, done, total;
+	int backwards;
+};
+
+static void on_progress(void *arg, const char *what, size_t done, size_t total)
+{
+	struct progress *p = arg;
+	if (strcmp(what, "reading") != 0)
+		return;
+	p->backwards += done < p->done || done > total || (p->total && total != p->total);
+	p->calls++;
+	p->done = done;
+	p->total = total;
+}
+
 static int test_image_matches_files(void)
 {
 	static const char *const shapes[] = {"tiny-qwen2", "tiny-llama"};
@@ -57,10 +77,15 @@ static int test_image_matches_files(void)
 		for (size_t s = 0; s < 2; s++) {
 			char dir[512], err[EMBER_ERR_LEN];
 			snprintf(dir, sizeof dir, "%s/%s", models, shapes[s]);
-			struct wstore_opts o = {.no_direct = !direct, .chunk = 64 << 10, .queue_depth = 4};
+			struct progress pr = {0};
+			struct wstore_opts o = {.no_direct = !direct, .chunk = 64 << 10, .queue_depth = 4,
+						.progress = on_progress, .progress_arg = &pr};
 			struct wstore_stats st;
 			int fd;
 			CHECK(wstore_load(dir, &o, &fd, &st, err) == 0, "%s", err);
+			CHECK(pr.calls > 10 && !pr.backwards && pr.done == st.bytes && pr.total == st.bytes,
+			      "progress: %zu calls, %zu of %zu bytes at the end (%zu read), %d wrong",
+			      pr.calls, pr.done, pr.total, st.bytes, pr.backwards);
 			printf("    %s: %d files, %zu bytes, %d with O_DIRECT, %.3f s\n", shapes[s],
 			       st.files, st.bytes, st.direct_files, st.seconds);
 			int seals = fcntl(fd, F_GET_SEALS);
@@ -219,12 +244,91 @@ static int test_image_checks(void)
 	return rc;
 }
 
+/* Readers of the pool's sums while emberd retires workers: every worker
+ * counts 1 in counter word 0 and 5 in word 255 whether it runs or has
+ * exited, so every sum must be exactly the number of workers so far. */
+struct sum_reader {
+	struct scoreboard *sb;
+	_Atomic int stop;
+	_Atomic int64_t at_least;      /* workers started before the read began */
+	_Atomic int64_t sums, bad;
+	char what[128];
+};
+
+static void *sum_reader(void *arg)
+{
+	struct sum_reader *r = arg;
+	while (!atomic_load(&r->stop)) {
+		_Atomic uint64_t c[SB_COUNTER_WORDS];
+		_Atomic int64_t g[SB_GAUGE_WORDS];
+		int64_t lo = atomic_load(&r->at_least);
+		sb_sum(r->sb, c, g);
+		uint64_t n = atomic_load(&c[0]), n5 = atomic_load(&c[SB_COUNTER_WORDS - 1]);
+		if (n < (uint64_t)lo || n5 != 5 * n || atomic_load(&g[0]) > 3) {
+			if (!atomic_fetch_add(&r->bad, 1))
+				snprintf(r->what, sizeof r->what, "sum %llu and %llu with %lld workers, gauge %lld",
+					 (unsigned long long)n, (unsigned long long)n5, (long long)lo,
+					 (long long)atomic_load(&g[0]));
+		}
+		atomic_fetch_add(&r->sums, 1);
+	}
+	return NULL;
+}
+
+static int test_scoreboard_sums(void)
+{
+	char err[EMBER_ERR_LEN];
+	int fd;
+	struct scoreboard *sb = sb_create(3, &fd, err);
+	CHECK(sb, "%s", err);
+	struct sum_reader r = {.sb = sb};
+	pthread_t th[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&th[i], NULL, sum_reader, &r);
+	/* 5000 workers through 3 slots, one every 50 us (emberd retires a few
+	 * a second at most): start one (its counters and a gauge set before it
+	 * counts as started), retire the oldest. */
+	int64_t started = 0;
+	for (int k = 0; k < 5000; k++) {
+		nanosleep(&(struct timespec){.tv_nsec = 50000}, NULL);
+		int i = k % 3;
+		if (k >= 3)
+			sb_retire(sb, i);
+		struct sb_slot *s = &sb->slot[i];
+		atomic_store(&s->counters[0], 1);
+		atomic_store(&s->counters[SB_COUNTER_WORDS - 1], 5);
+		atomic_store(&s->gauges[0], 1);
+		atomic_store(&s->state, SB_READY);
+		atomic_store(&r.at_least, ++started);
+	}
+	atomic_store(&r.stop, 1);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	_Atomic uint64_t c[SB_COUNTER_WORDS];
+	_Atomic int64_t g[SB_GAUGE_WORDS];
+	sb_sum(sb, c, g);
+	int rc = 0;
+	if (atomic_load(&c[0]) != 5000 || atomic_load(&g[0]) != 3)
+		rc = fail("final sums %llu, gauge %lld", (unsigned long long)atomic_load(&c[0]),
+			  (long long)atomic_load(&g[0]));
+	else if (atomic_load(&r.bad))
+		rc = fail("%lld of %lld sums wrong, first: %s", (long long)atomic_load(&r.bad),
+			  (long long)atomic_load(&r.sums), r.what);
+	else
+		printf("    %lld sums read while 4997 workers were retired, all exact\n",
+		       (long long)atomic_load(&r.sums));
+	sb_unmap(sb);
+	close(fd);
+	return rc;
+}
+
 static const struct test tests[] = {
 	{"image_matches_files", test_image_matches_files},
 	{"worker_from_image", test_worker_from_image},
 	{"verify", test_verify},
 	{"bad_header", test_bad_header},
 	{"image_checks", test_image_checks},
+	{"scoreboard_sums", test_scoreboard_sums},
 };
 
 int main(int argc, char **argv)

@@ -187,14 +187,18 @@ static int test_json_strings(void)
 
 static int test_metrics_text(void)
 {
-	static struct metrics m;
+	static struct met_counters c;
+	static struct met_gauges g;
+	struct metrics m = {.c = &c, .g = &g};
 	met_request(&m, ROUTE_CHAT, 200);
 	met_request(&m, ROUTE_CHAT, 418);
-	met_observe(&m.ttft, 0.003);
-	met_observe(&m.ttft, 1000);
-	struct met_gauges g = {.slots = 4, .kv_blocks_total = 10, .kv_blocks_free = 7};
+	met_observe(&c.ttft, 0.003);
+	met_observe(&c.ttft, 1000);
+	atomic_store(&g.slots, 4);
+	atomic_store(&g.kv_blocks, 10);
+	atomic_store(&g.kv_blocks_used, 3);
 	struct sbuf b = {0};
-	met_render(&m, &g, &b);
+	met_render(&c, &g, 0, &b);
 	CHECK(!b.failed, "render");
 	CHECK(strstr(b.p, "ember_requests_total{route=\"chat_completions\",status=\"200\"} 1\n"), "200");
 	CHECK(strstr(b.p, "ember_requests_total{route=\"chat_completions\",status=\"other\"} 1\n"), "other");
@@ -202,6 +206,8 @@ static int test_metrics_text(void)
 	CHECK(strstr(b.p, "ember_time_to_first_token_seconds_bucket{le=\"+Inf\"} 2\n"), "+Inf");
 	CHECK(strstr(b.p, "ember_time_to_first_token_seconds_count 2\n"), "count");
 	CHECK(strstr(b.p, "ember_kv_cache_blocks_used 3\n"), "KV use");
+	CHECK(strstr(b.p, "ember_kv_cache_usage_ratio 0.29999999999999999\n"), "KV ratio");
+	CHECK(strstr(b.p, "ember_slots 4\n"), "slots");
 	sbuf_free(&b);
 	return 0;
 }

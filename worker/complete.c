@@ -57,10 +57,23 @@ void comp_env_fini(struct comp_env *env)
 
 /* --- the engine thread ----------------------------------------------------- */
 
+/* The scheduler's KV-cache use and preemptions, for /metrics: under emberd
+ * any worker may read them from the scoreboard at any time. */
+static void engine_publish(struct comp_env *env)
+{
+	int total = sched_total_blocks(env->sched);
+	atomic_store_explicit(&env->met->g->kv_blocks, total, memory_order_relaxed);
+	atomic_store_explicit(&env->met->g->kv_blocks_used, total - sched_free_blocks(env->sched),
+			      memory_order_relaxed);
+	atomic_store_explicit(&env->met->c->preemptions, sched_preemptions(env->sched),
+			      memory_order_relaxed);
+}
+
 void *complete_engine_thread(void *arg)
 {
 	struct comp_env *env = arg;
 	char err[EMBER_ERR_LEN];
+	engine_publish(env);
 	for (;;) {
 		pthread_mutex_lock(&env->eng_mu);
 		while (!env->eng_work && !env->eng_quit)
@@ -74,7 +87,8 @@ void *complete_engine_thread(void *arg)
 		 * nothing submitted is left waiting while this thread sleeps. */
 		int left;
 		while ((left = sched_step(env->sched, err)) > 0)
-			;
+			engine_publish(env);
+		engine_publish(env);
 		if (left < 0)
 			wlog(3, "engine step failed: %s", err);
 	}
@@ -102,7 +116,7 @@ void complete_engine_stop(struct comp_env *env)
 static bool slot_acquire(struct comp_env *env)
 {
 	struct timespec until = later(env->queue_timeout);
-	atomic_fetch_add(&env->met->waiting, 1);
+	atomic_fetch_add(&env->met->g->waiting, 1);
 	pthread_mutex_lock(&env->slot_mu);
 	/* Also while draining: a request already accepted is served. */
 	while (env->busy >= env->slots)
@@ -112,9 +126,9 @@ static bool slot_acquire(struct comp_env *env)
 	if (ok)
 		env->busy++;
 	pthread_mutex_unlock(&env->slot_mu);
-	atomic_fetch_sub(&env->met->waiting, 1);
+	atomic_fetch_sub(&env->met->g->waiting, 1);
 	if (ok)
-		atomic_fetch_add(&env->met->busy_slots, 1);
+		atomic_fetch_add(&env->met->g->busy_slots, 1);
 	return ok;
 }
 
@@ -124,7 +138,7 @@ static void slot_release(struct comp_env *env)
 	env->busy--;
 	pthread_cond_signal(&env->slot_cv);
 	pthread_mutex_unlock(&env->slot_mu);
-	atomic_fetch_sub(&env->met->busy_slots, 1);
+	atomic_fetch_sub(&env->met->g->busy_slots, 1);
 }
 
 /* --- a job: one sequence's output as the engine thread hands it over ------- */
@@ -160,15 +174,15 @@ static void job_token(void *arg, const struct sampler_result *r, const char *tex
 	}
 	if (j->n_tokens == 0) {
 		j->t_first = t;
-		met_observe(&j->met->ttft, t - j->t_arrive);
+		met_observe(&j->met->c->ttft, t - j->t_arrive);
 	} else {
-		met_observe(&j->met->itl, t - j->t_last);
+		met_observe(&j->met->c->itl, t - j->t_last);
 	}
 	j->t_last = t;
 	j->n_tokens++;
 	pthread_cond_signal(&j->cv);
 	pthread_mutex_unlock(&j->mu);
-	atomic_fetch_add_explicit(&j->met->generation_tokens, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&j->met->c->generation_tokens, 1, memory_order_relaxed);
 }
 
 static void job_finish(void *arg, enum finish_reason why, const char *text, size_t len)
@@ -635,7 +649,7 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 
 	bool got = slot_acquire(env);
 	double t_slot = ember_now();
-	met_observe(&env->met->queue, t_slot - t_arrive);
+	met_observe(&env->met->c->queue, t_slot - t_arrive);
 	log->queue_ms = (t_slot - t_arrive) * 1e3;
 	if (!got) {
 		api_fail(&e, 503, "server_error", "overloaded", NULL,
@@ -654,8 +668,8 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 			api_fail(&e, 400, "invalid_request_error", "invalid_value", NULL, "%s", err);
 		goto error_job;
 	}
-	atomic_fetch_add(&env->met->running, 1);
-	atomic_fetch_add(&env->met->prompt_tokens, (uint64_t)n_prompt);
+	atomic_fetch_add(&env->met->g->running, 1);
+	atomic_fetch_add(&env->met->c->prompt_tokens, (uint64_t)n_prompt);
 	engine_wake(env);
 
 	struct answer a = {.kind = kind, .created = (long long)time(NULL), .model = env->model_name,
@@ -697,11 +711,11 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 			log->error_code = e.code;
 		}
 	}
-	atomic_fetch_sub(&env->met->running, 1);
+	atomic_fetch_sub(&env->met->g->running, 1);
 	slot_release(env);
 	enum met_finish mf = j.why == FINISH_STOP ? MET_FIN_STOP : j.why == FINISH_LENGTH ? MET_FIN_LENGTH
 			     : j.why == FINISH_CANCELLED ? MET_FIN_ABORTED : MET_FIN_ERROR;
-	atomic_fetch_add(&env->met->finished[mf], 1);
+	atomic_fetch_add(&env->met->c->finished[mf], 1);
 	log->completion_tokens = j.n_tokens;
 	log->finish_reason = c->broken || j.why == FINISH_CANCELLED ? "client_gone"
 			     : finish_name(j.why) ? finish_name(j.why) : finish_reason_name(j.why);

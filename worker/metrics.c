@@ -15,7 +15,7 @@ void met_request(struct metrics *m, enum http_route r, int status)
 			k = i;
 	if (r < 0 || r >= ROUTE_COUNT)
 		r = ROUTE_NONE;
-	atomic_fetch_add_explicit(&m->requests[r][k], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&m->c->requests[r][k], 1, memory_order_relaxed);
 }
 
 void met_observe(struct met_hist *h, double s)
@@ -33,7 +33,7 @@ void met_observe(struct met_hist *h, double s)
 	atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
 }
 
-static void hist(struct sbuf *o, const char *name, const char *help, struct met_hist *h)
+static void hist(struct sbuf *o, const char *name, const char *help, const struct met_hist *h)
 {
 	sbuf_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
 	uint64_t cum = 0;
@@ -57,7 +57,8 @@ static void one(struct sbuf *o, const char *name, const char *type, const char *
 	sbuf_printf(o, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
 }
 
-void met_render(struct metrics *m, const struct met_gauges *g, struct sbuf *o)
+void met_render(const struct met_counters *m, const struct met_gauges *g, double start_time,
+		struct sbuf *o)
 {
 	sbuf_puts(o, "# HELP ember_requests_total HTTP requests answered, by route and status.\n"
 		     "# TYPE ember_requests_total counter\n");
@@ -83,23 +84,24 @@ void met_render(struct metrics *m, const struct met_gauges *g, struct sbuf *o)
 	    (double)atomic_load(&m->prompt_tokens));
 	one(o, "ember_generation_tokens_total", "counter", "Tokens generated.",
 	    (double)atomic_load(&m->generation_tokens));
-	one(o, "ember_sequences_running", "gauge",
-	    "Sequences in the engine (prefilling or decoding).", (double)atomic_load(&m->running));
-	one(o, "ember_requests_waiting", "gauge", "Requests waiting for a free slot.",
-	    (double)atomic_load(&m->waiting));
-	one(o, "ember_slots_busy", "gauge", "Sequence slots in use.",
-	    (double)atomic_load(&m->busy_slots));
-	one(o, "ember_slots", "gauge", "Sequence slots (--slots).", g->slots);
-	one(o, "ember_kv_cache_blocks", "gauge", "Blocks in the paged KV cache.", g->kv_blocks_total);
-	one(o, "ember_kv_cache_blocks_used", "gauge", "KV-cache blocks held by sequences.",
-	    g->kv_blocks_total - g->kv_blocks_free);
-	one(o, "ember_kv_cache_usage_ratio", "gauge", "Share of the KV cache in use.",
-	    g->kv_blocks_total ? (double)(g->kv_blocks_total - g->kv_blocks_free) / g->kv_blocks_total
-			       : 0);
 	one(o, "ember_preemptions_total", "counter", "Sequences preempted for KV-cache room.",
-	    (double)g->preemptions);
-	one(o, "ember_start_time_seconds", "gauge", "When this worker started (Unix time).",
-	    g->start_time);
+	    (double)atomic_load(&m->preemptions));
+	one(o, "ember_sequences_running", "gauge",
+	    "Sequences in the engine (prefilling or decoding).", (double)atomic_load(&g->running));
+	one(o, "ember_requests_waiting", "gauge", "Requests waiting for a free slot.",
+	    (double)atomic_load(&g->waiting));
+	one(o, "ember_slots_busy", "gauge", "Sequence slots in use.",
+	    (double)atomic_load(&g->busy_slots));
+	one(o, "ember_slots", "gauge", "Sequence slots (--slots of each worker running).",
+	    (double)atomic_load(&g->slots));
+	double kv = (double)atomic_load(&g->kv_blocks), used = (double)atomic_load(&g->kv_blocks_used);
+	one(o, "ember_kv_cache_blocks", "gauge", "Blocks in the paged KV caches.", kv);
+	one(o, "ember_kv_cache_blocks_used", "gauge", "KV-cache blocks held by sequences.", used);
+	one(o, "ember_kv_cache_usage_ratio", "gauge", "Share of the KV cache in use.",
+	    kv > 0 ? used / kv : 0);
+	one(o, "ember_start_time_seconds", "gauge",
+	    "When the counters began: emberd's start, or the worker's alone (Unix time).",
+	    start_time);
 	hist(o, "ember_time_to_first_token_seconds", "From the request's arrival to its first token.",
 	     &m->ttft);
 	hist(o, "ember_inter_token_latency_seconds", "Between consecutive tokens of a sequence.",

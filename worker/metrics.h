@@ -1,5 +1,5 @@
-/* The worker's counters and latency histograms, kept with C11 atomics in a
- * plain struct (so that it can later live in the pool's shared memory), and
+/* The worker's counters, gauges and latency histograms, kept with C11
+ * atomics in plain structs that can live in the pool's shared memory, and
  * their Prometheus text. Runs in every worker thread; allocates nothing but
  * the text it renders. */
 #ifndef EMBER_METRICS_H
@@ -23,27 +23,37 @@ struct met_hist {
 
 enum met_finish { MET_FIN_STOP, MET_FIN_LENGTH, MET_FIN_ABORTED, MET_FIN_ERROR, MET_FINISHES };
 
-struct metrics {
+/* Counters only, all _Atomic uint64_t: under emberd they live in the
+ * worker's scoreboard slot, and emberd adds an exited worker's into the
+ * pool's word by word without knowing what they count. */
+struct met_counters {
 	_Atomic uint64_t requests[ROUTE_COUNT][MET_STATUSES];
 	_Atomic uint64_t finished[MET_FINISHES];
 	_Atomic uint64_t prompt_tokens, generation_tokens;
-	_Atomic int64_t running;   /* sequences submitted and not finished */
-	_Atomic int64_t waiting;   /* requests waiting for a slot */
-	_Atomic int64_t busy_slots;
+	_Atomic uint64_t preemptions; /* the scheduler's count, stored by the engine thread */
 	struct met_hist ttft, itl, duration, queue;
 };
 
-/* What /metrics reads from elsewhere at the time it is asked. */
+/* Gauges, all _Atomic int64_t: the pool's are the sum over live workers. */
 struct met_gauges {
-	int slots;
-	int kv_blocks_total, kv_blocks_free;
-	uint64_t preemptions;
-	double start_time; /* Unix seconds */
+	_Atomic int64_t running;    /* sequences submitted and not finished */
+	_Atomic int64_t waiting;    /* requests waiting for a slot */
+	_Atomic int64_t busy_slots;
+	_Atomic int64_t slots;      /* --slots */
+	_Atomic int64_t kv_blocks, kv_blocks_used;
+};
+
+/* A worker's metrics: in its scoreboard slot under emberd, else its own. */
+struct metrics {
+	struct met_counters *c;
+	struct met_gauges *g;
 };
 
 void met_request(struct metrics *m, enum http_route r, int status);
 void met_observe(struct met_hist *h, double seconds);
-/* Appends the Prometheus text format of m and g to out. */
-void met_render(struct metrics *m, const struct met_gauges *g, struct sbuf *out);
+/* Appends the Prometheus text format of c and g (one worker's, or the
+ * pool's sums) to out; start_time is in Unix seconds. */
+void met_render(const struct met_counters *c, const struct met_gauges *g, double start_time,
+		struct sbuf *out);
 
 #endif

@@ -32,7 +32,9 @@ struct server {
 	struct backend *b;
 	struct http_keys *keys;
 	struct comp_env env;
-	struct metrics met;
+	struct metrics met;           /* into the scoreboard slot, or the two below */
+	struct met_counters own_counters;
+	struct met_gauges own_gauges;
 	double start_time;
 	int listen_fd;
 	pthread_mutex_t accept_mu;
@@ -74,16 +76,13 @@ static void model_object(struct server *s, struct sbuf *b)
 static void pool_metrics(const struct scoreboard *sb, struct sbuf *b)
 {
 	int by_state[SB_DRAINING + 1] = {0};
-	uint64_t requests = 0;
 	int busy = 0;
 	for (uint32_t i = 0; i < sb->pool.n_slots; i++) {
 		int st = atomic_load(&sb->slot[i].state);
 		if (st >= 0 && st <= SB_DRAINING)
 			by_state[st]++;
-		if (st != SB_FREE) {
-			requests += atomic_load(&sb->slot[i].requests);
+		if (st != SB_FREE)
 			busy += atomic_load(&sb->slot[i].busy);
-		}
 	}
 	sbuf_puts(b, "# HELP ember_pool_workers Worker processes of the pool, by state.\n"
 		     "# TYPE ember_pool_workers gauge\n");
@@ -96,8 +95,6 @@ static void pool_metrics(const struct scoreboard *sb, struct sbuf *b)
 		{"ember_pool_worker_slots", "gauge", "Most workers (emberd's --max-workers).",
 		 sb->pool.n_slots},
 		{"ember_pool_requests_in_progress", "gauge", "Requests being answered in the pool.", busy},
-		{"ember_pool_worker_requests", "gauge", "Requests answered by the workers now running.",
-		 (double)requests},
 		{"ember_pool_spawns_total", "counter", "Workers started.",
 		 (double)atomic_load(&sb->pool.spawns)},
 		{"ember_pool_crashes_total", "counter", "Workers that exited without being asked.",
@@ -206,20 +203,22 @@ static void handle(struct req_thread *rt, struct conn *c)
 		sbuf_puts(b, "{\"status\":\"ok\",\"model\":");
 		sbuf_json_str(b, s->model_name, strlen(s->model_name));
 		sbuf_printf(b, ",\"slots\":%d,\"busy\":%lld}\n", s->env.slots,
-			    (long long)atomic_load(&s->met.busy_slots));
+			    (long long)atomic_load(&s->met.g->busy_slots));
 		answer_json(c, b);
 		break;
 	case ROUTE_METRICS: {
 		/* Count this request first, so that it shows in its own answer. */
 		met_request(&s->met, h.route, 200);
-		struct met_gauges g = {.slots = s->env.slots,
-				       .kv_blocks_total = sched_total_blocks(s->env.sched),
-				       .kv_blocks_free = sched_free_blocks(s->env.sched),
-				       .preemptions = sched_preemptions(s->env.sched),
-				       .start_time = s->start_time};
-		met_render(&s->met, &g, b);
-		if (s->sb)
+		if (s->sb) { /* the whole pool's, since emberd started */
+			_Atomic uint64_t counters[SB_COUNTER_WORDS];
+			_Atomic int64_t gauges[SB_GAUGE_WORDS];
+			sb_sum(s->sb, counters, gauges);
+			met_render((const struct met_counters *)counters,
+				   (const struct met_gauges *)gauges, (double)s->sb->pool.started_unix, b);
 			pool_metrics(s->sb, b);
+		} else {
+			met_render(s->met.c, s->met.g, s->start_time, b);
+		}
 		if (b->failed) {
 			api_fail(&e, 503, "server_error", "out_of_memory", NULL, "out of memory");
 			goto error;
@@ -278,7 +277,7 @@ logged:
 	log.status = c->status;
 	log.duration_ms = (ember_now() - t0) * 1e3;
 	if (h.route == ROUTE_CHAT || h.route == ROUTE_COMPLETIONS)
-		met_observe(&s->met.duration, ember_now() - t0);
+		met_observe(&s->met.c->duration, ember_now() - t0);
 	wlog_request(&log);
 	/* A large body or answer is not kept for the next request. */
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -664,6 +663,16 @@ int server_run(const struct server_opts *o)
 		}
 		s->slot = &s->sb->slot[i];
 	}
+	/* Under emberd the metrics live in this worker's slot, where every
+	 * worker reads the pool's sums. */
+	_Static_assert(sizeof(struct met_counters) <= sizeof s->slot->counters &&
+			       sizeof(struct met_counters) % sizeof(uint64_t) == 0,
+		       "the counters fit their scoreboard words");
+	_Static_assert(sizeof(struct met_gauges) <= sizeof s->slot->gauges,
+		       "the gauges fit their scoreboard words");
+	s->met.c = s->slot ? (struct met_counters *)s->slot->counters : &s->own_counters;
+	s->met.g = s->slot ? (struct met_gauges *)s->slot->gauges : &s->own_gauges;
+	atomic_store(&s->met.g->slots, o->slots);
 	if (load(s) < 0)
 		goto done;
 	if (FCGX_Init() != 0) {

@@ -614,6 +614,16 @@ test('pool_scales_from_zero_and_back', async () => {
 	eq(again.status, 200, 'a request after scaling to zero');
 	served++;
 	eq(served, 34, 'requests served');
+	// /metrics covers the pool since emberd started, workers that have
+	// exited included, whichever worker answers.
+	const pm = curl(`${base}/metrics`).body;
+	const val = (re) => Number((re.exec(pm) || [])[1]);
+	eq(val(/^ember_requests_total\{route="completions",status="200"\} (\d+)$/m), 34, 'completions counted by the pool');
+	eq(val(/^ember_time_to_first_token_seconds_count (\d+)$/m), 34, 'first tokens counted by the pool');
+	assert(val(/^ember_generation_tokens_total (\d+)$/m) >= 32 * 48, 'generated tokens counted by the pool');
+	assert(val(/^ember_pool_workers\{state="ready"\} (\d+)$/m) === 1 && val(/^ember_slots (\d+)$/m) === 2,
+		'the pool\'s gauges: one worker of 2 slots');
+	eq(spawnSync('promtool', ['check', 'metrics'], { input: pm }).status, 0, 'promtool on the pool\'s metrics');
 	const log = fs.readFileSync(path.join(dir, 'pool.log'), 'utf8');
 	assert(/emberd: stopping worker \d+ \(pid \d+\): idle/.test(log), 'no idle stop in the log');
 	p.kill('SIGTERM');
