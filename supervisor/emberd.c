@@ -181,6 +181,7 @@ static void logf_(int prio, const char *fmt, ...)
 struct pool {
 	struct opts *o;
 	int listen_fd, weights_fd, sb_fd;
+	int event_fd[2];                /* workers write sb_event bytes into [1] */
 	int generation;                 /* of the weights; SIGHUP starts a new one */
 	int retired;                    /* old workers told to drain since then */
 	int gen[2 * SB_MAX_WORKERS];    /* the generation of each slot's worker */
@@ -193,7 +194,8 @@ struct pool {
 };
 
 /* Starts a worker in slot i: fork, then exec with the listening socket,
- * the weight memfd and the scoreboard inherited. Returns 0 or -1 (logged). */
+ * the weight memfd, the scoreboard and the event pipe inherited. Returns 0
+ * or -1 (logged). */
 static int spawn(struct pool *p, int i)
 {
 	struct sb_slot *s = &p->sb->slot[i];
@@ -205,12 +207,13 @@ static int spawn(struct pool *p, int i)
 	atomic_store(&s->ready_ms, 0);
 	atomic_store(&s->last_active_ms, t);
 	/* prepare: the argument vector, before fork (nothing allocated after) */
-	char slots[16], model_fd[16], listen_fd[16], sb_fd[16], slot[16];
+	char slots[16], model_fd[16], listen_fd[16], sb_fd[16], slot[16], event_fd[16];
 	snprintf(slots, sizeof slots, "%d", p->o->slots);
 	snprintf(model_fd, sizeof model_fd, "%d", p->weights_fd);
 	snprintf(listen_fd, sizeof listen_fd, "%d", p->listen_fd);
 	snprintf(sb_fd, sizeof sb_fd, "%d", p->sb_fd);
 	snprintf(slot, sizeof slot, "%d", i);
+	snprintf(event_fd, sizeof event_fd, "%d", p->event_fd[1]);
 	char *argv[64 + 8];
 	int a = 0;
 	argv[a++] = p->worker_path;
@@ -223,18 +226,20 @@ static int spawn(struct pool *p, int i)
 	argv[a] = NULL;
 	/* The environment too: the child calls nothing that allocates (a
 	 * reload thread may hold malloc's lock at fork). */
-	char vars[4][64];
+	char vars[5][64];
 	snprintf(vars[0], sizeof vars[0], "EMBER_LISTEN_FD=%s", listen_fd);
 	snprintf(vars[1], sizeof vars[1], "EMBER_WEIGHTS_FD=%s", model_fd);
 	snprintf(vars[2], sizeof vars[2], "EMBER_SCOREBOARD_FD=%s", sb_fd);
 	snprintf(vars[3], sizeof vars[3], "EMBER_WORKER_SLOT=%s", slot);
+	snprintf(vars[4], sizeof vars[4], "EMBER_EVENT_FD=%s", event_fd);
 	static const char *const drop[] = {"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=",
 					   "NOTIFY_SOCKET=", "EMBER_LISTEN_FD=", "EMBER_WEIGHTS_FD=",
-					   "EMBER_SCOREBOARD_FD=", "EMBER_WORKER_SLOT="};
+					   "EMBER_SCOREBOARD_FD=", "EMBER_WORKER_SLOT=",
+					   "EMBER_EVENT_FD="};
 	size_t ne = 0;
 	while (environ[ne])
 		ne++;
-	char **envp = malloc((ne + 5) * sizeof *envp);
+	char **envp = malloc((ne + 6) * sizeof *envp);
 	if (!envp) {
 		logf_(3, "out of memory");
 		atomic_store(&s->state, SB_FREE);
@@ -248,7 +253,7 @@ static int spawn(struct pool *p, int i)
 		if (!skip)
 			envp[k++] = environ[e];
 	}
-	for (int v = 0; v < 4; v++)
+	for (int v = 0; v < 5; v++)
 		envp[k++] = vars[v];
 	envp[k] = NULL;
 	pid_t pid = fork();
@@ -259,9 +264,9 @@ static int spawn(struct pool *p, int i)
 		return -1;
 	}
 	if (pid == 0) {
-		/* the child: hand over the three fds, reset signals, exec */
-		int fds[] = {p->listen_fd, p->weights_fd, p->sb_fd};
-		for (size_t k = 0; k < 3; k++)
+		/* the child: hand over the four fds, reset signals, exec */
+		int fds[] = {p->listen_fd, p->weights_fd, p->sb_fd, p->event_fd[1]};
+		for (size_t k = 0; k < 4; k++)
 			fcntl(fds[k], F_SETFD, 0);
 		sigset_t none;
 		sigemptyset(&none);
@@ -584,7 +589,7 @@ int main(int argc, char **argv)
 	int rc = parse(argc, argv, &o);
 	if (rc)
 		return rc;
-	struct pool p = {.o = &o, .listen_fd = -1, .weights_fd = -1};
+	struct pool p = {.o = &o, .listen_fd = -1, .weights_fd = -1, .event_fd = {-1, -1}};
 	char err[EMBER_ERR_LEN];
 	if (o.worker) {
 		snprintf(p.worker_path, sizeof p.worker_path, "%s", o.worker);
@@ -656,7 +661,8 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGHUP);
 	sigprocmask(SIG_BLOCK, &sigs, NULL);
 	int sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
-	if (sfd < 0 || pipe2(reloading.done_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+	if (sfd < 0 || pipe2(reloading.done_pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
+	    pipe2(p.event_fd, O_CLOEXEC | O_NONBLOCK) < 0) {
 		logf_(3, "signalfd or pipe failed: %s", strerror(errno));
 		return 1;
 	}
@@ -671,11 +677,21 @@ int main(int argc, char **argv)
 	bool stopping = false;
 	int64_t stop_deadline = 0;
 	for (;;) {
-		struct pollfd q[2] = {{.fd = sfd, .events = POLLIN},
-				      {.fd = reloading.done_pipe[0], .events = POLLIN}};
-		poll(q, 2, HEARTBEAT_MS);
+		/* Wake at once for a signal, the reload's end, a worker's event,
+		 * and (while no worker runs and no back-off holds) a connection
+		 * waiting for a cold start; else at the next heartbeat. */
+		bool cold = !stopping && count(&p, SB_FREE) == (int)p.sb->pool.n_slots &&
+			    sb_now_ms() >= p.backoff_until_ms;
+		struct pollfd q[4] = {{.fd = sfd, .events = POLLIN},
+				      {.fd = reloading.done_pipe[0], .events = POLLIN},
+				      {.fd = p.event_fd[0], .events = POLLIN},
+				      {.fd = cold ? p.listen_fd : -1, .events = POLLIN}};
+		poll(q, 4, HEARTBEAT_MS);
 		if (q[1].revents & POLLIN)
 			reload_finish(&p);
+		char events[256];
+		while (read(p.event_fd[0], events, sizeof events) > 0)
+			; /* the heartbeat below reads the scoreboard itself */
 		struct signalfd_siginfo si;
 		while (read(sfd, &si, sizeof si) == sizeof si) {
 			if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {

@@ -22,6 +22,15 @@ int64_t sb_now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void sb_event(int fd, enum sb_event ev)
+{
+	char b = (char)ev;
+	/* A full pipe (EAGAIN) holds events emberd has yet to read; another
+	 * error means emberd is gone. Nothing to do either way. */
+	ssize_t k = fd >= 0 ? write(fd, &b, 1) : 0;
+	(void)k;
+}
+
 static size_t sb_bytes(int n)
 {
 	return sizeof(struct sb_pool) + (size_t)n * sizeof(struct sb_slot);

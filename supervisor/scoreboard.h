@@ -67,6 +67,18 @@ _Static_assert(sizeof(struct sb_pool) == 4096, "a page for the pool");
 
 int64_t sb_now_ms(void);
 
+/* Events a worker writes, a byte each, to the pipe it inherits
+ * (EMBER_EVENT_FD), so that emberd decides at once instead of at its next
+ * heartbeat. */
+enum sb_event {
+	SB_EV_READY = 'r',  /* the worker accepts requests */
+	SB_EV_FULL = 'f',   /* every slot of the worker is busy: time for a spare */
+};
+
+/* Writes event ev to fd without blocking (a full pipe already holds one to
+ * wake emberd); fd < 0 does nothing. */
+void sb_event(int fd, enum sb_event ev);
+
 /* Creates a scoreboard of n slots in a new memfd (close-on-exec). Returns
  * the mapping and sets *fd, or NULL with err set. */
 struct scoreboard *sb_create(int n, int *fd, char *err);

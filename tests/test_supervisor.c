@@ -12,10 +12,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -322,6 +326,82 @@ static int test_scoreboard_sums(void)
 	return rc;
 }
 
+/* The next event byte on fd within 60 s, or 0. */
+static char next_event(int fd)
+{
+	struct pollfd q = {.fd = fd, .events = POLLIN};
+	char b = 0;
+	if (poll(&q, 1, 60000) == 1 && read(fd, &b, 1) != 1)
+		b = 0;
+	return b;
+}
+
+/* A worker under a scoreboard and an event pipe, as emberd starts it: it
+ * says when it is ready and when its one slot is taken. */
+static int test_worker_events(void)
+{
+	char err[EMBER_ERR_LEN], sock[512], body[512], cmd[2048], out[8192];
+	int sbfd, ev[2];
+	struct scoreboard *sb = sb_create(1, &sbfd, err);
+	CHECK(sb && pipe2(ev, O_CLOEXEC) == 0, "%s", sb ? strerror(errno) : err);
+	atomic_store(&sb->slot[0].state, SB_STARTING);
+	snprintf(sock, sizeof sock, "%s/events.sock", tmp);
+	pid_t pid = fork();
+	if (pid == 0) {
+		char a[16], b[16];
+		snprintf(a, sizeof a, "%d", sbfd);
+		snprintf(b, sizeof b, "%d", ev[1]);
+		fcntl(sbfd, F_SETFD, 0);
+		fcntl(ev[1], F_SETFD, 0);
+		char log[512];
+		snprintf(log, sizeof log, "%s/events.log", tmp);
+		int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (lfd >= 0)
+			dup2(lfd, 2);
+		setenv("EMBER_SCOREBOARD_FD", a, 1);
+		setenv("EMBER_WORKER_SLOT", "0", 1);
+		setenv("EMBER_EVENT_FD", b, 1);
+		char model[512];
+		snprintf(model, sizeof model, "%s/tiny-qwen2", models);
+		execl(worker, worker, "--model", model, "--listen", sock, "--slots", "1", "--threads", "1",
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(ev[1]);
+	int rc = 0;
+	char e = next_event(ev[0]);
+	if (e != SB_EV_READY || atomic_load(&sb->slot[0].state) != SB_READY) {
+		rc = fail("first event '%c', state %d", e ? e : '0', atomic_load(&sb->slot[0].state));
+		goto out;
+	}
+	snprintf(body, sizeof body, "%s/events.json", tmp);
+	FILE *f = fopen(body, "w");
+	if (!f || fputs("{\"prompt\":\"Events\",\"max_tokens\":4}", f) < 0 || fclose(f) != 0) {
+		rc = fail("cannot write %s", body);
+		goto out;
+	}
+	snprintf(cmd, sizeof cmd,
+		 "REQUEST_METHOD=POST REQUEST_URI=/v1/completions CONTENT_LENGTH=%ld "
+		 "cgi-fcgi -bind -connect %s < %s 2>&1",
+		 (long)strlen("{\"prompt\":\"Events\",\"max_tokens\":4}"), sock, body);
+	int st = run_capture(cmd, out, sizeof out);
+	e = next_event(ev[0]);
+	if (st != 0 || !strstr(out, "\"text_completion\""))
+		rc = fail("the request through cgi-fcgi: %d %s", st, out);
+	else if (e != SB_EV_FULL)
+		rc = fail("no event when its one slot was taken: '%c'", e ? e : '0');
+	else if (atomic_load(&sb->slot[0].requests) != 1)
+		rc = fail("%llu requests on the scoreboard",
+			  (unsigned long long)atomic_load(&sb->slot[0].requests));
+out:
+	kill(pid, SIGTERM);
+	waitpid(pid, NULL, 0);
+	close(ev[0]);
+	sb_unmap(sb);
+	close(sbfd);
+	return rc;
+}
+
 static const struct test tests[] = {
 	{"image_matches_files", test_image_matches_files},
 	{"worker_from_image", test_worker_from_image},
@@ -329,6 +409,7 @@ static const struct test tests[] = {
 	{"bad_header", test_bad_header},
 	{"image_checks", test_image_checks},
 	{"scoreboard_sums", test_scoreboard_sums},
+	{"worker_events", test_worker_events},
 };
 
 int main(int argc, char **argv)

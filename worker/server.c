@@ -41,6 +41,7 @@ struct server {
 	char model_name[API_MODEL_LEN];
 	struct scoreboard *sb;        /* under emberd: the pool's scoreboard, else NULL */
 	struct sb_slot *slot;         /* this worker's slot in it */
+	int event_fd;                 /* emberd's event pipe (sb_event), or -1 */
 };
 
 struct req_thread {
@@ -246,7 +247,8 @@ static void handle(struct req_thread *rt, struct conn *c)
 	case ROUTE_CHAT:
 	case ROUTE_COMPLETIONS:
 		if (s->slot) { /* demand, for emberd's scaling */
-			atomic_fetch_add(&s->slot->busy, 1);
+			if (atomic_fetch_add(&s->slot->busy, 1) + 1 == s->o->slots)
+				sb_event(s->event_fd, SB_EV_FULL);
 			atomic_store(&s->slot->last_active_ms, sb_now_ms());
 		}
 		if (read_body(rt, c, &h, &e) == 0) {
@@ -663,6 +665,18 @@ int server_run(const struct server_opts *o)
 		}
 		s->slot = &s->sb->slot[i];
 	}
+	s->event_fd = -1;
+	const char *ev = getenv("EMBER_EVENT_FD");
+	struct stat evst;
+	if (ev && s->slot) {
+		int fd = atoi(ev);
+		if (fd < 3 || fstat(fd, &evst) < 0 || !S_ISFIFO(evst.st_mode)) {
+			wlog(3, "EMBER_EVENT_FD=%s is not a pipe", ev);
+			goto done;
+		}
+		s->event_fd = fd;
+		fcntl(fd, F_SETFD, FD_CLOEXEC);
+	}
 	/* Under emberd the metrics live in this worker's slot, where every
 	 * worker reads the pool's sums. */
 	_Static_assert(sizeof(struct met_counters) <= sizeof s->slot->counters &&
@@ -718,6 +732,7 @@ int server_run(const struct server_opts *o)
 		atomic_fetch_add(&s->sb->pool.cold_starts, 1);
 		atomic_fetch_add(&s->sb->pool.cold_start_us,
 				 (uint64_t)(t - atomic_load(&s->slot->started_ms)) * 1000);
+		sb_event(s->event_fd, SB_EV_READY);
 	}
 	wlog(6, "serving FastCGI on %s with %d slots and %d request threads",
 	     o->listen ? o->listen : "the inherited socket", o->slots, n_threads);
