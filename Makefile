@@ -20,12 +20,26 @@ override CFLAGS += $(DEPS_CFLAGS)
 override LDFLAGS += $(foreach d,$(DEPS_LIBDIRS),-L$(d) -Wl,-rpath,$(abspath $(d)))
 endif
 
+# CUDA: kernels/ is built when nvcc is found (NVCC= builds without it), for
+# Hopper (sm_90) with PTX that other GPUs from Ampere on compile at load.
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifneq ($(NVCC),)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80
+NVCCFLAGS ?= -O3
+override CFLAGS += -DEMBER_CUDA -I$(CUDA_HOME)/include
+CUDA_LIB = $(BUILD)/libember-cuda.a
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart -lstdc++
+GPU_PROGS = $(BUILD)/test-gpu $(BUILD)/bench-gpu
+endif
+
 ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c \
               engine/config.c engine/model.c engine/threads.c engine/matmul.c engine/cpu.c \
               engine/generate.c engine/sha256.c engine/wimage.c engine/backend.c engine/tokenizer.c engine/chat.c engine/sampler.c engine/stop.c engine/sched.c
-ENGINE_HDR := $(wildcard engine/*.h) $(wildcard worker/*.h) $(wildcard supervisor/*.h)
+ENGINE_HDR := $(wildcard engine/*.h) $(wildcard worker/*.h) $(wildcard supervisor/*.h) \
+              $(wildcard kernels/*.h)
 WORKER_SRC := worker/main.c worker/cli.c worker/server.c worker/complete.c worker/conn.c \
-              worker/api.c worker/http.c worker/metrics.c worker/wlog.c
+              worker/api.c worker/http.c worker/metrics.c worker/wlog.c worker/device.c
 WORKER_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(WORKER_SRC))
 SUPERVISOR_SRC := supervisor/wstore.c supervisor/scoreboard.c
 SUPERVISOR_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(SUPERVISOR_SRC))
@@ -40,13 +54,13 @@ FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weig
             engine/tokenizer.c engine/chat.c engine/sampler.c engine/wimage.c engine/sha256.c \
             worker/api.c worker/http.c
 
-.PHONY: all deps models nsroot test asan asan-build bench bench-http run install clean fuzz
+.PHONY: all deps models nsroot test test-gpu bench-gpu asan asan-build bench bench-http run install clean fuzz
 .SECONDARY:
 all: $(BUILD)/ember-worker $(BUILD)/emberd $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
      $(BUILD)/test-sampler $(BUILD)/test-sched $(BUILD)/test-worker $(BUILD)/journal-capture \
      $(BUILD)/test-supervisor $(BUILD)/bench-wstore \
      $(BUILD)/bench-engine $(BUILD)/bench-tokenizer $(BUILD)/bench-sched \
-     $(patsubst %,$(BUILD)/fuzz-replay-%,$(FUZZERS))
+     $(patsubst %,$(BUILD)/fuzz-replay-%,$(FUZZERS)) $(GPU_PROGS)
 
 deps:
 	@scripts/deps.sh
@@ -62,14 +76,26 @@ ENGINE_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(ENGINE_SRC))
 $(BUILD)/libember-engine.a: $(ENGINE_OBJ)
 	ar rcs $@ $^
 
-$(BUILD)/ember-worker: $(WORKER_OBJ) $(BUILD)/supervisor/scoreboard.o $(BUILD)/libember-engine.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(WORKER_LIBS) $(LDLIBS)
+KERNEL_OBJ = $(patsubst %.cu,$(BUILD)/%.o,$(wildcard kernels/*.cu))
+$(BUILD)/kernels/%.o: kernels/%.cu $(ENGINE_HDR)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) $(CUDA_ARCH) -std=c++17 -D_GNU_SOURCE $(DEPS_CFLAGS) \
+		-Xcompiler -Wall,-Wextra,-Werror -c -o $@ $<
+
+$(BUILD)/libember-cuda.a: $(KERNEL_OBJ)
+	ar rcs $@ $^
+
+# The choice of backend, and the CUDA one when built.
+DEVICE_OBJ = $(BUILD)/worker/device.o $(CUDA_LIB)
+
+$(BUILD)/ember-worker: $(WORKER_OBJ) $(BUILD)/supervisor/scoreboard.o $(CUDA_LIB) $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(WORKER_LIBS) $(CUDA_LIBS) $(LDLIBS)
 
 $(BUILD)/make-model: $(BUILD)/scripts/make_model.o $(BUILD)/engine/common.o
 	$(CC) $(LDFLAGS) -o $@ $^ -lm
 
-$(BUILD)/test-engine: $(BUILD)/tests/test_engine.o $(BUILD)/libember-engine.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/test-engine: $(BUILD)/tests/test_engine.o $(DEVICE_OBJ) $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
 
 $(BUILD)/bench-engine: $(BUILD)/scripts/bench_engine.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -116,6 +142,15 @@ $(HTTPREF): tests/http/package.json tests/http/package-lock.json
 test: deps models all asan-build nsroot $(TOKREF) $(HTTPREF)
 	@EMBER_MODELS=$(BUILD)/models EMBER_NSROOT=$(BUILD)/nsroot tests/run.sh $(BUILD) $(BUILD)/asan
 
+# On a machine with a GPU (a build with CUDA): the kernels against their
+# CPU references, the whole model against transformers' fixtures and the
+# scheduler's tests on the CUDA backend; then its speed beside transformers.
+test-gpu: $(MODEL_STAMPS) all
+	@EMBER_MODELS=$(BUILD)/models tests/run.sh --gpu $(BUILD)
+
+bench-gpu: $(BUILD)/bench-gpu $(BUILD)/make-model
+	scripts/bench_gpu.sh $(BUILD)
+
 # The Debian root that the systemd tests boot in a container (made once).
 nsroot: deps
 	@scripts/nsroot.sh $(BUILD)/nsroot
@@ -125,7 +160,7 @@ asan: deps models asan-build $(TOKREF) $(HTTPREF)
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 asan-build:
-	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" \
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan NVCC= CFLAGS="-O1 -g $(ASAN_FLAGS)" \
 		LDFLAGS="$(ASAN_FLAGS) $(LDFLAGS)" $(BUILD)/asan/test-engine $(BUILD)/asan/test-tokenizer \
 		$(BUILD)/asan/test-sampler $(BUILD)/asan/test-sched $(BUILD)/asan/test-worker \
 		$(BUILD)/asan/test-supervisor $(BUILD)/asan/emberd \
@@ -210,8 +245,15 @@ $(BUILD)/bench-wstore: $(BUILD)/scripts/bench_wstore.o $(SUPERVISOR_OBJ) $(BUILD
 $(BUILD)/journal-capture: $(BUILD)/tests/journal_capture.o
 	$(CC) $(LDFLAGS) -o $@ $^
 
-$(BUILD)/test-sched: $(BUILD)/tests/test_sched.o $(BUILD)/libember-engine.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/test-sched: $(BUILD)/tests/test_sched.o $(DEVICE_OBJ) $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+
+# The GPU's kernels against their CPU references; the GPU benchmark.
+$(BUILD)/test-gpu: $(BUILD)/tests/test_gpu.o $(DEVICE_OBJ) $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+
+$(BUILD)/bench-gpu: $(BUILD)/scripts/bench_gpu.o $(DEVICE_OBJ) $(BUILD)/libember-engine.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
 
 $(BUILD)/bench-sched: $(BUILD)/scripts/bench_sched.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

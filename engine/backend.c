@@ -1,7 +1,20 @@
-/* What every backend shares: checking a step's entries against its limits. */
+/* What every backend shares: its limits, and checking a step's entries
+ * against them. */
 #include "backend.h"
 
 #include <errno.h>
+
+void be_init(struct backend *b, const struct backend_ops *ops, const char *name, int vocab,
+	     int max_tokens, int max_seqs, int max_ctx, int max_pos)
+{
+	b->ops = ops;
+	b->name = name;
+	b->vocab = vocab;
+	b->max_tokens = max_tokens > 0 ? max_tokens : 512;
+	b->max_seqs = max_seqs > 0 ? max_seqs : 1;
+	int ctx = max_ctx > 0 ? max_ctx : 4096;
+	b->max_ctx = ctx < max_pos ? ctx : max_pos;
+}
 
 int be_check(const struct backend *b, const struct be_entry *e, int n, char *err)
 {

@@ -69,6 +69,12 @@ static inline void be_destroy(struct backend *b)
 		b->ops->destroy(b);
 }
 
+/* Fills b's limits as every backend does: max_tokens 0 means 512,
+ * max_seqs 0 means 1, max_ctx 0 means 4096, and the context is at most the
+ * model's max_pos. */
+void be_init(struct backend *b, const struct backend_ops *ops, const char *name, int vocab,
+	     int max_tokens, int max_seqs, int max_ctx, int max_pos);
+
 /* Checks a step's entries against the backend's limits; shared by backends.
  * Returns the number of logits rows, or -EINVAL with err set. */
 int be_check(const struct backend *b, const struct be_entry *e, int n, char *err);

@@ -334,3 +334,39 @@ out:
 	json_decref(root);
 	return rc;
 }
+
+/* inv_freq as transformers computes it in float32, with the rope_scaling of
+ * the config applied (_compute_default / linear / llama3 parameters). */
+void cfg_rope_tables(const struct model_config *c, int max_ctx, float *cosv, float *sinv)
+{
+	int half = c->head_dim / 2;
+	float inv[512];
+	for (int i = 0; i < half; i++) {
+		float expo = (float)(2 * i) / (float)c->head_dim;
+		inv[i] = 1.0f / powf((float)c->rope_theta, expo);
+	}
+	if (c->rope == ROPE_LINEAR) {
+		for (int i = 0; i < half; i++)
+			inv[i] /= (float)c->rope_factor;
+	} else if (c->rope == ROPE_LLAMA3) {
+		float factor = (float)c->rope_factor;
+		float lo = (float)c->rope_low_freq_factor, hi = (float)c->rope_high_freq_factor;
+		float old = (float)c->rope_orig_max_pos;
+		float lo_wavelen = old / lo, hi_wavelen = old / hi;
+		for (int i = 0; i < half; i++) {
+			float wavelen = 2.0f * (float)M_PI / inv[i];
+			float f = wavelen > lo_wavelen ? inv[i] / factor : inv[i];
+			float smooth = (old / wavelen - lo) / (hi - lo);
+			float smoothed = (1.0f - smooth) * f / factor + smooth * f;
+			bool medium = !(wavelen < hi_wavelen) && !(wavelen > lo_wavelen);
+			inv[i] = medium ? smoothed : f;
+		}
+	}
+	for (int p = 0; p < max_ctx; p++) {
+		for (int i = 0; i < half; i++) {
+			float a = (float)p * inv[i];
+			cosv[(size_t)p * half + i] = cosf(a);
+			sinv[(size_t)p * half + i] = sinf(a);
+		}
+	}
+}

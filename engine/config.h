@@ -59,4 +59,9 @@ int gen_parse(const uint8_t *buf, size_t len, struct gen_defaults *g, char *err)
  * with err set; *c is fully written only on success. */
 int cfg_parse(const uint8_t *buf, size_t len, struct model_config *c, char *err);
 
+/* The rotary tables of every backend: cos and sin of position p times each
+ * inv_freq, (max_ctx, head_dim / 2) each, with inv_freq as transformers
+ * computes it in float32 and the config's rope_scaling applied. */
+void cfg_rope_tables(const struct model_config *c, int max_ctx, float *cosv, float *sinv);
+
 #endif

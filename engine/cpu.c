@@ -40,7 +40,7 @@ struct cpu_backend {
 /* ---- the operations, each on one token's vector ------------------------- */
 
 /* out = x / sqrt(mean(x^2) + eps) * w, as transformers' RMSNorm in float32. */
-static void cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+void cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
 	double ss = 0;
 	for (int i = 0; i < n; i++)
@@ -50,7 +50,7 @@ static void cpu_rmsnorm(float *out, const float *x, const float *w, int n, float
 		out[i] = w[i] * (x[i] * r);
 }
 
-static void cpu_embed(float *out, const struct tview *e, int token)
+void cpu_embed(float *out, const struct tview *e, int token)
 {
 	size_t base = (size_t)token * (size_t)e->cols;
 	for (int i = 0; i < e->cols; i++)
@@ -59,7 +59,7 @@ static void cpu_embed(float *out, const struct tview *e, int token)
 
 /* Rotates each head of x (n_heads, head_dim) by its position: the first and
  * second halves of a head are the pair (rotate_half), not adjacent elements. */
-static void cpu_rope(float *x, int n_heads, int head_dim, const float *cos, const float *sin)
+void cpu_rope(float *x, int n_heads, int head_dim, const float *cos, const float *sin)
 {
 	int half = head_dim / 2;
 	for (int h = 0; h < n_heads; h++) {
@@ -72,49 +72,11 @@ static void cpu_rope(float *x, int n_heads, int head_dim, const float *cos, cons
 	}
 }
 
-static void cpu_swiglu(float *gate, const float *up, int n)
+void cpu_swiglu(float *gate, const float *up, int n)
 {
 	for (int i = 0; i < n; i++) {
 		float g = gate[i];
 		gate[i] = g / (1.0f + expf(-g)) * up[i];
-	}
-}
-
-/* ---- rotary tables ------------------------------------------------------ */
-
-/* inv_freq as transformers computes it in float32, with the rope_scaling of
- * the config applied (_compute_default / linear / llama3 parameters). */
-static void rope_tables(const struct model_config *c, int max_ctx, float *cosv, float *sinv)
-{
-	int half = c->head_dim / 2;
-	float inv[512];
-	for (int i = 0; i < half; i++) {
-		float expo = (float)(2 * i) / (float)c->head_dim;
-		inv[i] = 1.0f / powf((float)c->rope_theta, expo);
-	}
-	if (c->rope == ROPE_LINEAR) {
-		for (int i = 0; i < half; i++)
-			inv[i] /= (float)c->rope_factor;
-	} else if (c->rope == ROPE_LLAMA3) {
-		float factor = (float)c->rope_factor;
-		float lo = (float)c->rope_low_freq_factor, hi = (float)c->rope_high_freq_factor;
-		float old = (float)c->rope_orig_max_pos;
-		float lo_wavelen = old / lo, hi_wavelen = old / hi;
-		for (int i = 0; i < half; i++) {
-			float wavelen = 2.0f * (float)M_PI / inv[i];
-			float f = wavelen > lo_wavelen ? inv[i] / factor : inv[i];
-			float smooth = (old / wavelen - lo) / (hi - lo);
-			float smoothed = (1.0f - smooth) * f / factor + smooth * f;
-			bool medium = !(wavelen < hi_wavelen) && !(wavelen > lo_wavelen);
-			inv[i] = medium ? smoothed : f;
-		}
-	}
-	for (int p = 0; p < max_ctx; p++) {
-		for (int i = 0; i < half; i++) {
-			float a = (float)p * inv[i];
-			cosv[(size_t)p * half + i] = cosf(a);
-			sinv[(size_t)p * half + i] = sinf(a);
-		}
 	}
 }
 
@@ -320,13 +282,8 @@ int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct b
 	struct cpu_backend *cb = calloc(1, sizeof *cb);
 	if (!cb)
 		return ember_err(err, -ENOMEM, "out of memory");
-	cb->base.ops = &cpu_ops;
-	cb->base.name = "cpu";
-	cb->base.vocab = c->vocab;
-	cb->base.max_tokens = o->max_tokens > 0 ? o->max_tokens : 512;
-	cb->base.max_seqs = o->max_seqs > 0 ? o->max_seqs : 1;
-	int ctx = o->max_ctx > 0 ? o->max_ctx : 4096;
-	cb->base.max_ctx = ctx < c->max_pos ? ctx : c->max_pos;
+	be_init(&cb->base, &cpu_ops, "cpu", c->vocab, o->max_tokens, o->max_seqs, o->max_ctx,
+		c->max_pos);
 	cb->m = m;
 	cb->c = c;
 	cb->q_dim = c->n_heads * c->head_dim;
@@ -364,7 +321,7 @@ int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct b
 			       T, (size_t)cb->base.max_seqs, ctx_n);
 		goto fail;
 	}
-	rope_tables(c, cb->base.max_ctx, cb->rope_cos, cb->rope_sin);
+	cfg_rope_tables(c, cb->base.max_ctx, cb->rope_cos, cb->rope_sin);
 	(void)cpu_isa(); /* choose the kernels before any thread uses them */
 	*out = &cb->base;
 	return 0;

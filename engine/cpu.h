@@ -17,6 +17,18 @@ struct cpu_opts {
 	                 * otherwise this many blocks for tables alone */
 };
 
+/* The per-token operations of the forward pass, which the CUDA kernels
+ * mirror by name (kernels/ops.h) and the GPU tests compare against.
+ * out = x / sqrt(mean(x^2) + eps) * w: */
+void cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+/* out = row token of the embedding, as f32: */
+void cpu_embed(float *out, const struct tview *e, int token);
+/* each head of x (n_heads, head_dim) rotated by a position's cos and sin
+ * (head_dim / 2 each), rotate_half pairs: */
+void cpu_rope(float *x, int n_heads, int head_dim, const float *cos, const float *sin);
+/* gate = silu(gate) * up: */
+void cpu_swiglu(float *gate, const float *up, int n);
+
 /* Bytes of one KV cache block for model m on the CPU backend. */
 size_t cpu_kv_block_bytes(const struct model *m);
 

@@ -5,6 +5,9 @@
 # The test models are in build/models whatever the build directory. With
 # EMBER_NSROOT (a root made by scripts/nsroot.sh), the first build's emberd
 # also runs under a real systemd booted in a container.
+#   tests/run.sh --gpu BUILD_DIR
+# runs what needs a GPU (make test-gpu): the kernels against their CPU
+# references, and the whole model and the scheduler on the CUDA backend.
 set -u
 models=${EMBER_MODELS:-build/models}
 passed=0 failed=0 skipped=0
@@ -37,6 +40,20 @@ one() {
 first=$1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+if [ "$1" = --gpu ]; then
+	build=$2
+	"$build/test-gpu" --models "$models" | tee "$log"
+	count "$log"
+	for m in tiny_qwen2 tiny_llama; do
+		"$build/test-engine" --models "$models" --device cuda --only "reference_$m" | tee "$log"
+		count "$log"
+	done
+	"$build/test-sched" --models "$models" --device cuda | tee "$log"
+	count "$log"
+	echo "$passed passed, $failed failed, $skipped skipped"
+	[ "$failed" -eq 0 ]
+	exit
+fi
 for build in "$@"; do
 	echo "== suite in $build"
 	"$build/test-engine" --models "$models" --worker "$build/ember-worker" | tee "$log"
@@ -51,6 +68,11 @@ for build in "$@"; do
 	count "$log"
 	"$build/test-supervisor" --models "$models" --worker "$build/ember-worker" | tee "$log"
 	count "$log"
+	# The CUDA kernels (a build with CUDA; SKIP without a GPU).
+	if [ -x "$build/test-gpu" ]; then
+		"$build/test-gpu" --models "$models" | tee "$log"
+		count "$log"
+	fi
 	# The worker behind real Caddy, Apache httpd and nginx.
 	node tests/http/run.mjs --worker "$build/ember-worker" --models "$models" | tee "$log"
 	count "$log"

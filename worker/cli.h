@@ -8,10 +8,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "device.h"
+
 struct cli_opts {
 	const char *model_dir, *ids_arg, *text, *chat, *system, *template_name;
 	bool print_ids;
 	int max_tokens, parallel, kv_mb, max_batch, threads, ctx;
+	enum device_kind device;
+	double gpu_memory_fraction;
 	float temperature;
 	bool temperature_set;
 	uint64_t seed;

@@ -55,9 +55,14 @@ static void usage(FILE *f)
 		"                          tokenizer.json)\n"
 		"  --chat-template NAME    use this template family (deepseek-v3, qwen3, llama3)\n"
 		"                          instead of recognising the model's\n"
+		"  --device cpu|cuda|auto  where the model runs (default auto: a GPU when this build\n"
+		"                          has CUDA and one is visible, else the CPU)\n"
+		"  --gpu-memory-fraction F share of the GPU memory left once the model is in that\n"
+		"                          the KV cache takes (default 0.9)\n"
 		"  --threads N             CPU threads (default: one per processor)\n"
 		"  --ctx N                 context length per sequence (default: the model's, at most 4096)\n"
-		"  --kv-cache-mb N         KV cache budget (default: room for every sequence's context)\n"
+		"  --kv-cache-mb N         KV cache budget (default: on the CPU room for every\n"
+		"                          sequence's context; on a GPU --gpu-memory-fraction)\n"
 		"  --max-batch-tokens N    tokens per forward step (default 512)\n"
 		"  --help                  this text\n"
 		"\n"
@@ -143,6 +148,20 @@ int main(int argc, char **argv)
 		} else if (strcmp(a, "--max-tokens") == 0) {
 			rc = parse_int(a, v, 1, 1 << 20, &x);
 			c.max_tokens = (int)x;
+		} else if (strcmp(a, "--device") == 0) {
+			if (device_parse(v, &s.device) < 0) {
+				fprintf(stderr, "ember-worker: --device takes cpu, cuda or auto\n");
+				rc = -1;
+			}
+			c.device = s.device;
+		} else if (strcmp(a, "--gpu-memory-fraction") == 0) {
+			char *end;
+			double f = strtod(v, &end);
+			if (*end || end == v || !(f > 0 && f <= 1)) {
+				fprintf(stderr, "ember-worker: --gpu-memory-fraction wants a number in (0, 1]\n");
+				rc = -1;
+			}
+			c.gpu_memory_fraction = s.gpu_memory_fraction = f;
 		} else if (strcmp(a, "--threads") == 0) {
 			rc = parse_int(a, v, 1, 1024, &x);
 			c.threads = s.threads = (int)x;

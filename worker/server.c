@@ -557,25 +557,30 @@ static int load(struct server *s)
 	if (tok_eos(s->tok) >= 0 && env->n_stop_ids < SCHED_MAX_STOP_IDS)
 		env->stop_ids[env->n_stop_ids++] = tok_eos(s->tok);
 
-	struct cpu_opts co = {.threads = o->threads, .max_ctx = env->ctx, .max_seqs = o->slots};
-	size_t block_bytes = cpu_kv_block_bytes(s->m);
+	enum device_kind dev = device_resolve(o->device);
+	struct device_opts co = {.kind = dev, .threads = o->threads, .max_ctx = env->ctx,
+				 .max_seqs = o->slots, .max_tokens = o->max_batch_tokens,
+				 .gpu_memory_fraction = o->gpu_memory_fraction};
+	size_t block_bytes = device_kv_block_bytes(dev, s->m);
 	size_t per_seq = (size_t)(env->ctx + KV_BLOCK - 1) / KV_BLOCK;
 	co.kv_blocks = o->kv_mb > 0 ? (int)((size_t)o->kv_mb * 1024 * 1024 / block_bytes)
-				    : (int)(per_seq * (size_t)o->slots);
+		       : dev == DEVICE_CUDA ? -1 /* the GPU's memory decides */
+					    : (int)(per_seq * (size_t)o->slots);
 	if (co.kv_blocks < 1) {
 		wlog(3, "--kv-cache-mb %d holds no block of %zu bytes", o->kv_mb, block_bytes);
 		return -1;
 	}
-	env->kv_tokens = co.kv_blocks > INT_MAX / KV_BLOCK ? INT_MAX : co.kv_blocks * KV_BLOCK;
 	struct sched_opts so = {.max_batch_tokens = o->max_batch_tokens, .tok = s->tok};
-	if (cpu_backend_create(s->m, &co, &s->b, err) < 0 ||
+	if (device_backend_create(s->m, &co, &s->b, err) < 0 ||
 	    sched_create(s->b, &so, &env->sched, err) < 0) {
 		wlog(3, "cannot start the engine: %s", err);
 		return -1;
 	}
-	wlog(6, "model %s loaded (%s, %d layers, context %d, %d slots, %d KV blocks) in %.3f s",
-	     s->model_name, s->m->cfg.arch_name, s->m->cfg.n_layers, env->ctx, o->slots,
-	     co.kv_blocks, ember_now() - t0);
+	int blocks = s->b->kv_blocks;
+	env->kv_tokens = blocks > INT_MAX / KV_BLOCK ? INT_MAX : blocks * KV_BLOCK;
+	wlog(6, "model %s loaded on %s (%s, %d layers, context %d, %d slots, %d KV blocks) in %.3f s",
+	     s->model_name, s->b->name, s->m->cfg.arch_name, s->m->cfg.n_layers, env->ctx, o->slots,
+	     blocks, ember_now() - t0);
 	return 0;
 }
 

@@ -5,6 +5,8 @@
 #ifndef EMBER_SERVER_H
 #define EMBER_SERVER_H
 
+#include "device.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -28,7 +30,10 @@ struct server_opts {
 	int max_prompt_tokens;     /* 0: the context */
 	int ctx;                   /* 0: the model's, at most 4096 */
 	int threads;               /* CPU threads; 0: one per processor */
-	int kv_mb;                 /* 0: room for every slot's full context */
+	int kv_mb;                 /* 0: room for every slot's full context (CPU) or
+	                            * gpu_memory_fraction of the GPU's free memory */
+	enum device_kind device;   /* --device */
+	double gpu_memory_fraction; /* 0: 0.9 */
 	int max_batch_tokens;      /* 0: 512 */
 };
 

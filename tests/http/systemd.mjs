@@ -101,7 +101,17 @@ ExecStart=
 ExecStart=/usr/local/bin/emberd -- --threads 1 --queue-timeout 300
 `);
 	const bind = (from, to) => `--bind-ro=${from}:${to}`;
+	// Libraries found through the programs' run path (CUDA's, in a build
+	// with it) are not in the container's root: bind them where the run
+	// path looks.
+	const runpath = new Set();
+	for (const p of ['emberd', 'ember-worker']) {
+		const d = spawnSync('readelf', ['-d', path.join(build, p)]).stdout.toString();
+		for (const m of d.matchAll(/\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[([^\]]*)\]/g))
+			for (const dir of m[1].split(':')) if (dir && fs.existsSync(dir)) runpath.add(dir);
+	}
 	nspawn = start('nspawn', 'systemd-nspawn', [
+		...[...runpath].map((d) => bind(fs.realpathSync(d), d)),
 		'-D', nsroot, '--volatile=overlay', '--register=no', '--keep-unit', '--boot', '--console=passive',
 		`--machine=ember-test-${process.pid}`,
 		bind(path.join(build, 'emberd'), '/usr/local/bin/emberd'),

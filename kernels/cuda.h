@@ -1,0 +1,54 @@
+/* The CUDA backend of the engine's backend interface (engine/backend.h):
+ * the model's matrices in GPU memory as BF16, linear layers through
+ * cublasLt (BF16 inputs, FP32 accumulation and output), the kernels of
+ * kernels/ops.h for the rest, and a paged BF16 KV cache sized from the GPU
+ * memory left. Built only when nvcc is found (EMBER_CUDA). Runs in the
+ * worker's engine thread. */
+#ifndef EMBER_CUDA_H
+#define EMBER_CUDA_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../engine/backend.h"
+#include "../engine/model.h"
+
+struct cuda_opts {
+	int device;          /* CUDA device index */
+	int max_tokens;      /* entries per step; 0: 512 */
+	int max_seqs;        /* 0: 1 */
+	int max_ctx;         /* 0: min(max_position_embeddings, 4096) */
+	int kv_blocks;       /* > 0: this many blocks for bound tables; 0: each
+	                      * sequence its own max_ctx (as cpu_opts); < 0: a
+	                      * pool from gpu_memory_fraction */
+	double gpu_memory_fraction; /* of the memory free once the model is in (0: 0.9) */
+};
+
+/* How the weights went up; for logs and benchmarks. */
+struct cuda_load_stats {
+	double init_s;       /* CUDA context and cuBLAS */
+	double upload_s;     /* the weights to the GPU */
+	size_t upload_bytes;
+	size_t free_bytes, total_bytes; /* GPU memory after the KV cache */
+};
+
+/* GPUs visible; 0 without a driver or device (never an error). */
+int cuda_device_count(void);
+
+/* Bytes of one KV cache block (all layers, K and V, BF16). */
+size_t cuda_kv_block_bytes(const struct model *m);
+
+/* Creates the backend on device o->device: uploads every matrix of m
+ * (converted to BF16 when stored otherwise) and allocates every buffer,
+ * so that forward allocates nothing. Returns 0, or a negative errno with
+ * err saying what is missing (no GPU, not enough memory for the model:
+ * how much it needs and how much is free). stats may be NULL. */
+int cuda_backend_create(const struct model *m, const struct cuda_opts *o, struct backend **out,
+			struct cuda_load_stats *stats, char *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

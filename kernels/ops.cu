@@ -1,0 +1,316 @@
+// The CUDA kernels of the forward pass (see ops.h), each written to be read
+// beside its CPU reference in engine/cpu.c. Activations are f32 where they
+// are summed (the residual stream, projections' outputs, attention's
+// scores), bf16 where a matrix product reads them, as the weights are.
+#include "ops.h"
+
+#include <cuda_bf16.h>
+#include <math.h>
+
+typedef __nv_bfloat16 bf16;
+
+static __device__ __forceinline__ float ld_bf16(const uint16_t *p, size_t i)
+{
+	return __bfloat162float(reinterpret_cast<const bf16 *>(p)[i]);
+}
+
+static __device__ __forceinline__ void st_bf16(uint16_t *p, size_t i, float v)
+{
+	reinterpret_cast<bf16 *>(p)[i] = __float2bfloat16(v);
+}
+
+static __device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+// ---- embedding ---------------------------------------------------------------
+
+__global__ void embed_kernel(float *x, const uint16_t *embed, int h, const struct be_entry *e)
+{
+	int t = blockIdx.x;
+	size_t base = (size_t)e[t].token * (size_t)h;
+	for (int i = threadIdx.x; i < h; i += blockDim.x)
+		x[(size_t)t * h + i] = ld_bf16(embed, base + i);
+}
+
+extern "C" void cuda_embed(float *x, const uint16_t *embed, int h, const struct be_entry *e, int n,
+			   cudaStream_t s)
+{
+	if (n > 0)
+		embed_kernel<<<n, 256, 0, s>>>(x, embed, h, e);
+}
+
+// ---- RMSNorm after the residual add -------------------------------------------
+
+__global__ void add_rmsnorm_kernel(float *x, const float *add, uint16_t *out, const float *w, int h,
+				   float eps, const int32_t *rows)
+{
+	__shared__ float part[32];
+	int r = blockIdx.x, src = rows ? rows[r] : r;
+	float *xr = x + (size_t)src * h;
+	const float *ar = add ? add + (size_t)src * h : nullptr;
+	float ss = 0;
+	for (int i = threadIdx.x; i < h; i += blockDim.x) {
+		float v = xr[i] + (ar ? ar[i] : 0.0f);
+		if (!rows)
+			xr[i] = v;
+		ss += v * v;
+	}
+	ss = warp_sum(ss);
+	if ((threadIdx.x & 31) == 0)
+		part[threadIdx.x >> 5] = ss;
+	__syncthreads();
+	if (threadIdx.x < 32) {
+		float v = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.0f;
+		v = warp_sum(v);
+		if (threadIdx.x == 0)
+			part[0] = v;
+	}
+	__syncthreads();
+	float inv = 1.0f / sqrtf(part[0] / (float)h + eps);
+	for (int i = threadIdx.x; i < h; i += blockDim.x) {
+		float v = rows ? xr[i] + (ar ? ar[i] : 0.0f) : xr[i];
+		st_bf16(out, (size_t)r * h + i, w[i] * (v * inv));
+	}
+}
+
+extern "C" void cuda_add_rmsnorm(float *x, const float *add, uint16_t *out, const float *w, int h,
+				 float eps, const int32_t *rows, int n, cudaStream_t s)
+{
+	if (n > 0)
+		add_rmsnorm_kernel<<<n, h >= 4096 ? 1024 : 256, 0, s>>>(x, add, out, w, h, eps, rows);
+}
+
+// ---- rotary embedding and the KV-cache write -----------------------------------
+
+static __device__ __forceinline__ size_t cache_row(const struct cuda_kv &kv, int t, int pos, int kv_dim)
+{
+	int32_t block = kv.tables[(size_t)kv.tab[t] * kv.max_blocks + pos / KV_BLOCK];
+	return ((size_t)block * KV_BLOCK + pos % KV_BLOCK) * (size_t)kv_dim;
+}
+
+__global__ void rope_kv_kernel(float *qkv, int n_heads, int n_kv_heads, int hd, const float *cosv,
+			       const float *sinv, const struct be_entry *e, struct cuda_kv kv)
+{
+	int t = blockIdx.x, half = hd / 2, pos = e[t].pos;
+	int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd;
+	float *row = qkv + (size_t)t * (q_dim + 2 * kv_dim);
+	const float *cs = cosv + (size_t)pos * half, *sn = sinv + (size_t)pos * half;
+	size_t at = cache_row(kv, t, pos, kv_dim);
+	// q and k heads: one thread per rotated pair (v[i], v[i + half])
+	int pairs = (n_heads + n_kv_heads) * half;
+	for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+		int head = p / half, i = p % half;
+		float *v = row + (size_t)head * hd; // k heads follow the q heads
+		float a = v[i], b = v[i + half];
+		float ra = a * cs[i] - b * sn[i], rb = b * cs[i] + a * sn[i];
+		if (head < n_heads) {
+			v[i] = ra;
+			v[i + half] = rb;
+		} else {
+			size_t o = at + (size_t)(head - n_heads) * hd;
+			st_bf16(kv.k, o + i, ra);
+			st_bf16(kv.k, o + i + half, rb);
+		}
+	}
+	const float *vr = row + q_dim + kv_dim;
+	for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
+		st_bf16(kv.v, at + i, vr[i]);
+}
+
+extern "C" void cuda_rope_kv(float *qkv, int n_heads, int n_kv_heads, int head_dim, const float *cos,
+			     const float *sin, const struct be_entry *e, int n,
+			     const struct cuda_kv *kv, cudaStream_t s)
+{
+	if (n > 0)
+		rope_kv_kernel<<<n, 256, 0, s>>>(qkv, n_heads, n_kv_heads, head_dim, cos, sin, e, *kv);
+}
+
+// ---- SwiGLU --------------------------------------------------------------------
+
+__global__ void swiglu_kernel(uint16_t *out, const float *gu, int inter, size_t total)
+{
+	for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total;
+	     k += (size_t)gridDim.x * blockDim.x) {
+		size_t t = k / inter, i = k % inter;
+		float g = gu[t * 2 * inter + i], u = gu[t * 2 * inter + inter + i];
+		st_bf16(out, k, g / (1.0f + expf(-g)) * u);
+	}
+}
+
+extern "C" void cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cudaStream_t s)
+{
+	size_t total = (size_t)n * inter;
+	if (total == 0)
+		return;
+	size_t blocks = (total + 255) / 256;
+	swiglu_kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, s>>>(out, gu, inter, total);
+}
+
+// ---- attention -----------------------------------------------------------------
+
+#define ATT_WARPS 4
+#define ATT_GROUP 8 // most query heads per KV head
+
+// One block per (entry, KV head, split): each warp takes every ATT_WARPS-th
+// position of the split's range; a lane holds EPL dimensions of the group's
+// queries and of each key and value, so that a key is read once for all
+// heads that share it. Online softmax per warp, merged through shared memory.
+template <int EPL>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+	attention_kernel(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads, int hd,
+			 const struct be_entry *e, struct cuda_kv kv, float *work, int splits)
+{
+	int t = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
+	int group = n_heads / n_kv_heads, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd;
+	int len = e[t].pos + 1, chunk = (len + splits - 1) / splits;
+	int start = sp * chunk, end = min(len, start + chunk);
+	float scale = rsqrtf((float)hd);
+	const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim);
+
+	float q[ATT_GROUP][EPL], acc[ATT_GROUP][EPL], m[ATT_GROUP], l[ATT_GROUP];
+#pragma unroll
+	for (int g = 0; g < ATT_GROUP; g++) {
+		m[g] = -INFINITY;
+		l[g] = 0;
+#pragma unroll
+		for (int j = 0; j < EPL; j++) {
+			int d = lane * EPL + j;
+			q[g][j] = g < group && d < hd ? qrow[(size_t)(kvh * group + g) * hd + d] * scale : 0;
+			acc[g][j] = 0;
+		}
+	}
+	for (int p = start + warp; p < end; p += ATT_WARPS) {
+		size_t at = cache_row(kv, t, p, kv_dim) + (size_t)kvh * hd;
+		float k[EPL], v[EPL];
+#pragma unroll
+		for (int j = 0; j < EPL; j++) {
+			int d = lane * EPL + j;
+			k[j] = d < hd ? ld_bf16(kv.k, at + d) : 0;
+			v[j] = d < hd ? ld_bf16(kv.v, at + d) : 0;
+		}
+#pragma unroll
+		for (int g = 0; g < ATT_GROUP; g++) {
+			if (g >= group)
+				break;
+			float sc = 0;
+#pragma unroll
+			for (int j = 0; j < EPL; j++)
+				sc += q[g][j] * k[j];
+			sc = warp_sum(sc);
+			float mn = fmaxf(m[g], sc), corr = __expf(m[g] - mn), w = __expf(sc - mn);
+			l[g] = l[g] * corr + w;
+#pragma unroll
+			for (int j = 0; j < EPL; j++)
+				acc[g][j] = acc[g][j] * corr + w * v[j];
+			m[g] = mn;
+		}
+	}
+	// Merge the warps: each leaves (m, l, acc) per head in shared memory.
+	extern __shared__ float sm[]; // (ATT_WARPS, group, 2 + 32 * EPL)
+	int stride = 2 + 32 * EPL;
+#pragma unroll
+	for (int g = 0; g < ATT_GROUP; g++) {
+		if (g >= group)
+			break;
+		float *slot = sm + ((size_t)warp * group + g) * stride;
+		if (lane == 0) {
+			slot[0] = m[g];
+			slot[1] = l[g];
+		}
+#pragma unroll
+		for (int j = 0; j < EPL; j++)
+			slot[2 + lane * EPL + j] = acc[g][j];
+	}
+	__syncthreads();
+	for (int k = threadIdx.x; k < group * hd; k += blockDim.x) {
+		int g = k / hd, d = k % hd;
+		float mx = -INFINITY;
+		for (int w = 0; w < ATT_WARPS; w++)
+			mx = fmaxf(mx, sm[((size_t)w * group + g) * stride]);
+		float sum = 0, a = 0;
+		for (int w = 0; w < ATT_WARPS; w++) {
+			const float *slot = sm + ((size_t)w * group + g) * stride;
+			float f = slot[0] == -INFINITY ? 0 : __expf(slot[0] - mx);
+			sum += slot[1] * f;
+			a += slot[2 + d] * f;
+		}
+		int head = kvh * group + g;
+		if (splits == 1) {
+			st_bf16(out, (size_t)t * q_dim + (size_t)head * hd + d, a / sum);
+		} else { // (entry, head, split): m, l, acc[hd]
+			float *wk = work + (((size_t)t * n_heads + head) * splits + sp) * (2 + hd);
+			if (d == 0) {
+				wk[0] = mx;
+				wk[1] = sum;
+			}
+			wk[2 + d] = a;
+		}
+	}
+}
+
+// The splits of each (entry, head) into one output.
+__global__ void attention_merge_kernel(uint16_t *out, const float *work, int n_heads, int hd,
+				       int splits)
+{
+	int t = blockIdx.x, head = blockIdx.y;
+	const float *wk = work + ((size_t)t * n_heads + head) * splits * (2 + hd);
+	float mx = -INFINITY;
+	for (int s = 0; s < splits; s++)
+		if (wk[(size_t)s * (2 + hd) + 1] > 0)
+			mx = fmaxf(mx, wk[(size_t)s * (2 + hd)]);
+	for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+		float sum = 0, a = 0;
+		for (int s = 0; s < splits; s++) {
+			const float *p = wk + (size_t)s * (2 + hd);
+			if (p[1] <= 0)
+				continue; // an empty split
+			float f = __expf(p[0] - mx);
+			sum += p[1] * f;
+			a += p[2 + d] * f;
+		}
+		st_bf16(out, ((size_t)t * n_heads + head) * hd + d, a / sum);
+	}
+}
+
+extern "C" size_t cuda_attention_work(int n, int n_heads, int head_dim, int splits)
+{
+	return (size_t)n * n_heads * splits * (2 + head_dim);
+}
+
+extern "C" int cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
+			      int head_dim, const struct be_entry *e, int n, int max_pos,
+			      const struct cuda_kv *kv, float *work, int splits, cudaStream_t s)
+{
+	if (n <= 0)
+		return 0;
+	int group = n_heads / n_kv_heads;
+	if (group > ATT_GROUP || head_dim > 256 || head_dim % 2)
+		return -1;
+	// Enough blocks to fill the GPU at small batches: split long contexts
+	// so that each block reads at least 128 positions.
+	int want = (max_pos + 1) / 128;
+	if (splits > want)
+		splits = want > 1 ? want : 1;
+	if (splits > 1 && !work)
+		splits = 1;
+	dim3 grid(n, n_kv_heads, splits);
+	int epl = (head_dim + 31) / 32;
+	size_t smem = (size_t)ATT_WARPS * group * (2 + 32 * (epl <= 1 ? 1 : epl <= 2 ? 2 : epl <= 4 ? 4 : 8)) * sizeof(float);
+	if (epl <= 1)
+		attention_kernel<1><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, *kv, work, splits);
+	else if (epl <= 2)
+		attention_kernel<2><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, *kv, work, splits);
+	else if (epl <= 4)
+		attention_kernel<4><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, *kv, work, splits);
+	else
+		attention_kernel<8><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, *kv, work, splits);
+	if (splits > 1)
+		attention_merge_kernel<<<dim3(n, n_heads), head_dim < 128 ? 64 : 128, 0, s>>>(out, work, n_heads, head_dim, splits);
+	return 0;
+}

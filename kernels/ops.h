@@ -1,0 +1,66 @@
+/* The CUDA kernels of the forward pass, each the mirror of its CPU
+ * reference in engine/cpu.c by name (cpu_rmsnorm / cuda_add_rmsnorm), and
+ * their launchers, callable from C. Pointers are device pointers; bf16
+ * arrays are uint16_t here (__nv_bfloat16 inside the kernels). Every
+ * launcher queues work on stream s and returns at once. Runs in the
+ * worker's engine thread (and in the GPU tests). */
+#ifndef EMBER_CUDA_OPS_H
+#define EMBER_CUDA_OPS_H
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../engine/backend.h"
+
+/* Where a step's entries find their sequence's KV blocks: entry t's block
+ * table is tables[tab[t] * max_blocks ...]. */
+struct cuda_kv {
+	uint16_t *k, *v;     /* this layer's caches: (kv_blocks, KV_BLOCK, kv_dim) bf16 */
+	const int32_t *tables; /* (step's sequences, max_blocks) */
+	const int32_t *tab;  /* (n) the row of each entry's table */
+	int max_blocks;
+};
+
+/* x[t] = embed[e[t].token] (bf16 rows to f32), for n entries of hidden h. */
+void cuda_embed(float *x, const uint16_t *embed, int h, const struct be_entry *e, int n,
+		cudaStream_t s);
+
+/* For each of n output rows r, with src = rows ? rows[r] : r:
+ * v = x[src] + add[src] (add may be NULL); x[src] = v when rows is NULL;
+ * out[r] = bf16(v / sqrt(mean(v^2) + eps) * w). cpu_rmsnorm after the
+ * residual add. */
+void cuda_add_rmsnorm(float *x, const float *add, uint16_t *out, const float *w, int h, float eps,
+		      const int32_t *rows, int n, cudaStream_t s);
+
+/* Rotates the q and k heads of each entry's row of qkv (q_dim, then
+ * kv_dim of k, then of v; f32) by its position (rotate_half pairs, tables
+ * cos/sin of (positions, head_dim / 2)), in place, and writes k and v as
+ * bf16 into the paged cache at the entry's position. cpu_rope + the cache
+ * write of cpu_forward. */
+void cuda_rope_kv(float *qkv, int n_heads, int n_kv_heads, int head_dim, const float *cos,
+		  const float *sin, const struct be_entry *e, int n, const struct cuda_kv *kv,
+		  cudaStream_t s);
+
+/* out[t, i] = bf16(silu(gu[t, i]) * gu[t, inter + i]) for n rows. cpu_swiglu. */
+void cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cudaStream_t s);
+
+/* Attention of each entry over positions 0..pos of its own sequence:
+ * softmax(q.K^T / sqrt(d)) V per head, grouped-query (n_heads / n_kv_heads
+ * heads share a KV head), with an online softmax and no score matrix.
+ * Long contexts are split over up to `splits` blocks per head and merged
+ * (work: cuda_attention_work floats). out is (n, q_dim) bf16. The
+ * attention of cpu_forward's attn_worker. */
+size_t cuda_attention_work(int n, int n_heads, int head_dim, int splits);
+int cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads, int head_dim,
+		   const struct be_entry *e, int n, int max_pos, const struct cuda_kv *kv,
+		   float *work, int splits, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

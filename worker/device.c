@@ -1,0 +1,81 @@
+/* The choice of backend (device.h). */
+#include "device.h"
+
+#include "../engine/cpu.h"
+#ifdef EMBER_CUDA
+#include "../kernels/cuda.h"
+#endif
+
+#include <errno.h>
+#include <string.h>
+
+int device_parse(const char *s, enum device_kind *out)
+{
+	static const char *const names[] = {"auto", "cpu", "cuda"};
+	for (int i = 0; i < 3; i++)
+		if (strcmp(s, names[i]) == 0) {
+			*out = (enum device_kind)i;
+			return 0;
+		}
+	return -1;
+}
+
+bool device_have_cuda(void)
+{
+#ifdef EMBER_CUDA
+	return true;
+#else
+	return false;
+#endif
+}
+
+enum device_kind device_resolve(enum device_kind k)
+{
+	if (k != DEVICE_AUTO)
+		return k;
+#ifdef EMBER_CUDA
+	if (cuda_device_count() > 0)
+		return DEVICE_CUDA;
+#endif
+	return DEVICE_CPU;
+}
+
+size_t device_kv_block_bytes(enum device_kind k, const struct model *m)
+{
+#ifdef EMBER_CUDA
+	if (k == DEVICE_CUDA)
+		return cuda_kv_block_bytes(m);
+#endif
+	(void)k;
+	return cpu_kv_block_bytes(m);
+}
+
+int device_backend_create(const struct model *m, const struct device_opts *o,
+			  struct backend **out, char *err)
+{
+	enum device_kind k = device_resolve(o->kind);
+	if (k == DEVICE_CUDA) {
+#ifdef EMBER_CUDA
+		struct cuda_opts co = {.device = o->gpu, .max_tokens = o->max_tokens,
+				       .max_seqs = o->max_seqs, .max_ctx = o->max_ctx,
+				       .kv_blocks = o->kv_blocks,
+				       .gpu_memory_fraction = o->gpu_memory_fraction};
+		return cuda_backend_create(m, &co, out, NULL, err);
+#else
+		*out = NULL;
+		return ember_err(err, -ENOTSUP,
+				 "this ember was built without CUDA (nvcc was not found at build "
+				 "time); use --device cpu");
+#endif
+	}
+	struct cpu_opts co = {.threads = o->threads, .max_tokens = o->max_tokens,
+			      .max_seqs = o->max_seqs, .max_ctx = o->max_ctx,
+			      .kv_blocks = o->kv_blocks};
+	if (o->kv_blocks < 0) { /* every slot its whole context */
+		int ctx = o->max_ctx > 0 ? o->max_ctx : 4096;
+		if (ctx > m->cfg.max_pos)
+			ctx = m->cfg.max_pos;
+		co.kv_blocks = (o->max_seqs > 0 ? o->max_seqs : 1) * ((ctx + KV_BLOCK - 1) / KV_BLOCK);
+	}
+	return cpu_backend_create(m, &co, out, err);
+}
