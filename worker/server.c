@@ -566,7 +566,7 @@ static int load(struct server *s)
 	co.kv_blocks = o->kv_mb > 0 ? (int)((size_t)o->kv_mb * 1024 * 1024 / block_bytes)
 		       : dev == DEVICE_CUDA ? -1 /* the GPU's memory decides */
 					    : (int)(per_seq * (size_t)o->slots);
-	if (co.kv_blocks < 1) {
+	if (co.kv_blocks == 0) {
 		wlog(3, "--kv-cache-mb %d holds no block of %zu bytes", o->kv_mb, block_bytes);
 		return -1;
 	}
