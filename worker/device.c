@@ -20,15 +20,6 @@ int device_parse(const char *s, enum device_kind *out)
 	return -1;
 }
 
-bool device_have_cuda(void)
-{
-#ifdef EMBER_CUDA
-	return true;
-#else
-	return false;
-#endif
-}
-
 enum device_kind device_resolve(enum device_kind k)
 {
 	if (k != DEVICE_AUTO)

@@ -7,8 +7,6 @@
 #include "../engine/backend.h"
 #include "../engine/model.h"
 
-#include <stdbool.h>
-
 enum device_kind {
 	DEVICE_AUTO, /* CUDA when built with it and a GPU is visible, else the CPU */
 	DEVICE_CPU,
@@ -18,7 +16,7 @@ enum device_kind {
 struct device_opts {
 	enum device_kind kind;
 	int threads;        /* CPU threads (0: one per processor) */
-	int gpu;            /* CUDA device index */
+	int gpu;            /* CUDA device index (CUDA_VISIBLE_DEVICES picks which) */
 	int max_tokens, max_seqs, max_ctx;
 	/* > 0: a pool of this many KV blocks for bound tables; 0: each
 	 * sequence its own max_ctx; < 0: a pool sized by the device (on the
@@ -30,9 +28,6 @@ struct device_opts {
 
 /* Parses "auto", "cpu" or "cuda"; -1 for anything else. */
 int device_parse(const char *s, enum device_kind *out);
-
-/* Whether this build has the CUDA backend. */
-bool device_have_cuda(void);
 
 /* The kind that o->kind (perhaps DEVICE_AUTO) comes to on this machine. */
 enum device_kind device_resolve(enum device_kind k);
