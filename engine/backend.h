@@ -75,6 +75,10 @@ static inline void be_destroy(struct backend *b)
 void be_init(struct backend *b, const struct backend_ops *ops, const char *name, int vocab,
 	     int max_tokens, int max_seqs, int max_ctx, int max_pos);
 
+/* Checks a bind's arguments: seq in range, at most a context's worth of
+ * blocks, each in the cache. Returns 0 or -EINVAL with err set. */
+int be_check_bind(const struct backend *b, int seq, const int32_t *blocks, int n, char *err);
+
 /* Checks a step's entries against the backend's limits; shared by backends.
  * Returns the number of logits rows, or -EINVAL with err set. */
 int be_check(const struct backend *b, const struct be_entry *e, int n, char *err);

@@ -326,11 +326,9 @@ int cuda_forward(struct backend *b, const struct be_entry *e, int n, float *logi
 int cuda_bind(struct backend *b, int seq, const int32_t *blocks, int n, char *err)
 {
 	struct cuda_backend *cb = (struct cuda_backend *)b;
-	if (seq < 0 || seq >= b->max_seqs || n < 0 || n > cb->max_blocks)
-		return ember_err(err, -EINVAL, "sequence %d with %d blocks: out of range", seq, n);
-	for (int i = 0; blocks && i < n; i++)
-		if (blocks[i] < 0 || blocks[i] >= b->kv_blocks)
-			return ember_err(err, -EINVAL, "block %d is not in the cache", blocks[i]);
+	int rc = be_check_bind(b, seq, blocks, n, err);
+	if (rc < 0)
+		return rc;
 	cb->table[seq] = blocks;
 	cb->table_len[seq] = blocks ? n : 0;
 	return 0;
