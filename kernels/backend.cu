@@ -183,9 +183,6 @@ int gemm(struct cuda_backend *cb, float *y, const bf16_t *x, const bf16_t *w, co
 			return ember_err(err, -EIO, "cublasLt layouts: status %d", (int)s);
 		cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
 						     &cb->ws_bytes, sizeof cb->ws_bytes);
-		if (bias)
-			cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
-						       sizeof bias);
 		cublasLtMatmulHeuristicResult_t r;
 		int found = 0;
 		s = cublasLtMatmulAlgoGetHeuristic(cb->lt, desc, p->a, p->b, p->c, p->c, pref, 1, &r,

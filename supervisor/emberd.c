@@ -610,8 +610,21 @@ int main(int argc, char **argv)
 	}
 	int fl = fcntl(p.listen_fd, F_GETFL);
 	fcntl(p.listen_fd, F_SETFL, fl | O_NONBLOCK); /* workers accept without blocking */
-	int64_t last_progress = 0;
+	if (p.weights_fd >= 0) {
+		/* The fd store's copy, if it is an image this version reads. */
+		struct mfiles *mf;
+		if (mf_open_image(p.weights_fd, &mf, err) == 0) {
+			mf_close(mf);
+			logf_(6, "took the weight store back from systemd's fd store: nothing read from disk");
+		} else {
+			logf_(4, "the fd store's weights are unusable (%s): reading the model", err);
+			sd_notify(0, "FDSTOREREMOVE=1\nFDNAME=weights");
+			close(p.weights_fd);
+			p.weights_fd = -1;
+		}
+	}
 	if (p.weights_fd < 0) {
+		int64_t last_progress = 0;
 		struct wstore_opts wo = {.verify = o.verify, .progress = load_progress,
 					 .progress_arg = &last_progress};
 		struct wstore_stats st;
@@ -624,26 +637,6 @@ int main(int argc, char **argv)
 		/* Under systemd the weights outlive a restart in the fd store. */
 		if (sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=weights", &p.weights_fd, 1) > 0)
 			logf_(6, "the weight store is in systemd's fd store");
-	} else {
-		/* The fd store's copy, if it is an image this version reads. */
-		struct mfiles *mf;
-		if (mf_open_image(p.weights_fd, &mf, err) < 0) {
-			logf_(4, "the fd store's weights are unusable (%s): reading the model", err);
-			sd_notify(0, "FDSTOREREMOVE=1\nFDNAME=weights");
-			close(p.weights_fd);
-			p.weights_fd = -1;
-			struct wstore_opts wo = {.verify = o.verify, .progress = load_progress,
-						 .progress_arg = &last_progress};
-			struct wstore_stats st;
-			if (wstore_load(o.model, &wo, &p.weights_fd, &st, err) < 0) {
-				logf_(3, "cannot load the model: %s", err);
-				return 1;
-			}
-			sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=weights", &p.weights_fd, 1);
-		} else {
-			mf_close(mf);
-			logf_(6, "took the weight store back from systemd's fd store: nothing read from disk");
-		}
 	}
 	/* Room for two generations of workers, for SIGHUP. */
 	p.sb = sb_create(2 * o.max_workers, &p.sb_fd, err);

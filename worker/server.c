@@ -562,10 +562,8 @@ static int load(struct server *s)
 				 .max_seqs = o->slots, .max_tokens = o->max_batch_tokens,
 				 .gpu_memory_fraction = o->gpu_memory_fraction};
 	size_t block_bytes = device_kv_block_bytes(dev, s->m);
-	size_t per_seq = (size_t)(env->ctx + KV_BLOCK - 1) / KV_BLOCK;
-	co.kv_blocks = o->kv_mb > 0 ? (int)((size_t)o->kv_mb * 1024 * 1024 / block_bytes)
-		       : dev == DEVICE_CUDA ? -1 /* the GPU's memory decides */
-					    : (int)(per_seq * (size_t)o->slots);
+	/* Without --kv-cache-mb the device sizes the pool (device.h). */
+	co.kv_blocks = o->kv_mb > 0 ? (int)((size_t)o->kv_mb * 1024 * 1024 / block_bytes) : -1;
 	if (co.kv_blocks == 0) {
 		wlog(3, "--kv-cache-mb %d holds no block of %zu bytes", o->kv_mb, block_bytes);
 		return -1;
