@@ -56,3 +56,11 @@ int be_check(const struct backend *b, const struct be_entry *e, int n, char *err
 	}
 	return rows;
 }
+
+int be_check_sample(const struct backend *b, const struct be_entry *e, int n, char *err)
+{
+	int rows = be_check(b, e, n, err);
+	if (rows > b->max_seqs)
+		return ember_err(err, -EINVAL, "%d rows to sample; at most %d", rows, b->max_seqs);
+	return rows;
+}

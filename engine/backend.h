@@ -6,6 +6,7 @@
 #define EMBER_BACKEND_H
 
 #include "common.h"
+#include "sampler.h"
 
 /* The KV cache is paged: blocks of KV_BLOCK positions, and a table per
  * sequence saying which block holds its positions i * KV_BLOCK onwards. */
@@ -32,6 +33,13 @@ struct backend_ops {
 	 * err set when an entry is out of range (nothing is computed then). */
 	int (*forward)(struct backend *b, const struct be_entry *e, int n, float *logits,
 		       char *err);
+	/* Runs forward's step, then chooses the next token of each logits row
+	 * r as sampler_sample_row would from that row's logits with rows[r],
+	 * into out[r]; the logits stay where they were made (on a GPU only
+	 * the results cross to the host). At most max_seqs rows. Returns as
+	 * forward does. */
+	int (*sample)(struct backend *b, const struct be_entry *e, int n,
+		      const struct sampler_row *rows, struct sampler_result *out, char *err);
 	/* Makes blocks[0..n) the block table of sequence seq, until bound
 	 * again (blocks stays the caller's and must outlive the binding; the
 	 * caller may append to it and bind again). With blocks NULL the
@@ -58,6 +66,12 @@ static inline int be_forward(struct backend *b, const struct be_entry *e, int n,
 	return b->ops->forward(b, e, n, logits, err);
 }
 
+static inline int be_sample(struct backend *b, const struct be_entry *e, int n,
+			    const struct sampler_row *rows, struct sampler_result *out, char *err)
+{
+	return b->ops->sample(b, e, n, rows, out, err);
+}
+
 static inline int be_bind(struct backend *b, int seq, const int32_t *blocks, int n, char *err)
 {
 	return b->ops->bind(b, seq, blocks, n, err);
@@ -82,5 +96,8 @@ int be_check_bind(const struct backend *b, int seq, const int32_t *blocks, int n
 /* Checks a step's entries against the backend's limits; shared by backends.
  * Returns the number of logits rows, or -EINVAL with err set. */
 int be_check(const struct backend *b, const struct be_entry *e, int n, char *err);
+
+/* be_check for a sampled step: also at most max_seqs rows. */
+int be_check_sample(const struct backend *b, const struct be_entry *e, int n, char *err);
 
 #endif

@@ -35,6 +35,9 @@ struct cpu_backend {
 	int *table_len;  /* (max_seqs) blocks in each bound table */
 	bool fixed;      /* each sequence has max_ctx / KV_BLOCK blocks of its own */
 	int *lm_src;     /* (max_tokens) entry index of each logits row */
+	float *logits;   /* (max_seqs, vocab) a sampled step's logits */
+	struct sampler_scratch **scratch; /* (threads) for sampling the rows */
+	int threads;
 };
 
 /* ---- the operations, each on one token's vector ------------------------- */
@@ -215,6 +218,41 @@ static int cpu_forward(struct backend *b, const struct be_entry *e, int n, float
 	return 0;
 }
 
+struct sample_task {
+	struct cpu_backend *cb;
+	const struct sampler_row *rows;
+	struct sampler_result *out;
+	int n;
+};
+
+static void sample_worker(void *arg, int tid, int nt)
+{
+	struct sample_task *st = arg;
+	size_t V = (size_t)st->cb->base.vocab;
+	for (int r = tid; r < st->n; r += nt)
+		sampler_sample_row(&st->rows[r], st->cb->scratch[tid], st->cb->logits + (size_t)r * V,
+				   &st->out[r]);
+}
+
+/* The rows sampled side by side on the pool, each with its thread's scratch. */
+static int cpu_sample(struct backend *b, const struct be_entry *e, int n,
+		      const struct sampler_row *rows, struct sampler_result *out, char *err)
+{
+	struct cpu_backend *cb = (struct cpu_backend *)b;
+	int n_rows = be_check_sample(b, e, n, err);
+	if (n_rows < 0)
+		return n_rows;
+	int rc = cpu_forward(b, e, n, cb->logits, err);
+	if (rc < 0)
+		return rc;
+	struct sample_task st = {cb, rows, out, n_rows};
+	if (n_rows == 1)
+		sample_worker(&st, 0, 1);
+	else if (n_rows > 1)
+		tp_run(cb->tp, sample_worker, &st);
+	return 0;
+}
+
 static int cpu_bind(struct backend *b, int seq, const int32_t *blocks, int n, char *err)
 {
 	struct cpu_backend *cb = (struct cpu_backend *)b;
@@ -248,11 +286,16 @@ static void cpu_destroy(struct backend *b)
 	free(cb->table);
 	free(cb->table_len);
 	free(cb->lm_src);
+	free(cb->logits);
+	for (int i = 0; cb->scratch && i < cb->threads; i++)
+		sampler_scratch_destroy(cb->scratch[i]);
+	free(cb->scratch);
 	free(cb);
 }
 
 static const struct backend_ops cpu_ops = {
 	.forward = cpu_forward,
+	.sample = cpu_sample,
 	.bind = cpu_bind,
 	.destroy = cpu_destroy,
 };
@@ -311,7 +354,13 @@ int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct b
 	cb->lm_src = calloc(T, sizeof *cb->lm_src);
 	cb->table = calloc((size_t)cb->base.max_seqs, sizeof *cb->table);
 	cb->table_len = calloc((size_t)cb->base.max_seqs, sizeof *cb->table_len);
-	if (!cb->x || !cb->xn || !cb->q || !cb->k || !cb->v || !cb->att || !cb->gate || !cb->up ||
+	cb->logits = fbuf((size_t)cb->base.max_seqs, (size_t)c->vocab, 1);
+	cb->scratch = calloc((size_t)threads, sizeof *cb->scratch);
+	cb->threads = threads;
+	bool scratch = cb->scratch != NULL;
+	for (int i = 0; scratch && i < threads; i++)
+		scratch = (cb->scratch[i] = sampler_scratch_create(c->vocab)) != NULL;
+	if (!scratch || !cb->logits || !cb->x || !cb->xn || !cb->q || !cb->k || !cb->v || !cb->att || !cb->gate || !cb->up ||
 	    !cb->scores || !cb->rope_cos || !cb->rope_sin || !cb->kcache || !cb->vcache ||
 	    !cb->lm_src || !cb->table || !cb->table_len) {
 		rc = ember_err(err, -ENOMEM,

@@ -74,19 +74,14 @@ double sampler_rng_uniform(struct sampler_rng *r)
 
 /* ---- what a sequence has seen -------------------------------------------- */
 
-struct seen {
-	int32_t token;      /* -1: empty */
-	uint32_t generated; /* times generated */
-	bool in_prompt;
-};
-
 struct sampler_seq {
 	struct sampler_params p;
 	struct sampler_rng rng;
 	int vocab;
-	struct seen *table;  /* (mask + 1) open addressing */
+	int32_t *table;      /* (mask + 1) open addressing: an index into order, or -1 */
 	size_t mask;
 	int32_t *order;      /* (max) the distinct tokens, in first-seen order */
+	uint32_t *generated; /* (max) times each of them was generated */
 	size_t n, max;
 };
 
@@ -102,14 +97,16 @@ struct sampler_seq *sampler_seq_create(const struct sampler_params *p, int vocab
 	size_t cap = 16;
 	while (cap < 2 * max_tokens && cap < ((size_t)1 << 40))
 		cap <<= 1;
+	size_t max = max_tokens ? max_tokens : 1;
 	s->table = malloc(cap * sizeof *s->table);
-	s->order = malloc((max_tokens ? max_tokens : 1) * sizeof *s->order);
-	if (!s->table || !s->order) {
+	s->order = malloc(max * sizeof *s->order);
+	s->generated = malloc(max * sizeof *s->generated);
+	if (!s->table || !s->order || !s->generated || max_tokens > INT32_MAX) {
 		sampler_seq_destroy(s);
 		return NULL;
 	}
 	for (size_t i = 0; i < cap; i++)
-		s->table[i].token = -1;
+		s->table[i] = -1;
 	s->mask = cap - 1;
 	s->max = max_tokens;
 	return s;
@@ -121,30 +118,32 @@ void sampler_seq_destroy(struct sampler_seq *s)
 		return;
 	free(s->table);
 	free(s->order);
+	free(s->generated);
 	free(s);
 }
 
-static struct seen *seen_slot(struct sampler_seq *s, int32_t token)
+/* The table slot of token: the one holding it, or the empty one where it
+ * would go. */
+static int32_t *seen_slot(struct sampler_seq *s, int32_t token)
 {
 	size_t i = ((uint64_t)(uint32_t)token * 0x9e3779b97f4a7c15ull) >> 20 & s->mask;
-	while (s->table[i].token != -1 && s->table[i].token != token)
+	while (s->table[i] != -1 && s->order[s->table[i]] != token)
 		i = (i + 1) & s->mask;
 	return &s->table[i];
 }
 
 int sampler_seq_add(struct sampler_seq *s, int32_t token, bool generated)
 {
-	struct seen *e = seen_slot(s, token);
-	if (e->token == -1) {
+	int32_t *e = seen_slot(s, token);
+	if (*e == -1) {
 		if (s->n == s->max)
 			return -ENOSPC;
-		*e = (struct seen){token, 0, false};
-		s->order[s->n++] = token;
+		*e = (int32_t)s->n;
+		s->order[s->n] = token;
+		s->generated[s->n++] = 0;
 	}
 	if (generated)
-		e->generated++;
-	else
-		e->in_prompt = true;
+		s->generated[*e]++;
 	return 0;
 }
 
@@ -274,21 +273,23 @@ static int top_ids(const float *v, int vocab, int k, int32_t *out, int32_t *heap
 	return n;
 }
 
-static void apply_penalties(struct sampler_seq *s, float *logits)
+static bool penalised(const struct sampler_params *p)
 {
-	const struct sampler_params *p = &s->p;
-	if (p->repetition_penalty == 1 && p->presence_penalty == 0 && p->frequency_penalty == 0)
-		return;
-	for (size_t i = 0; i < s->n; i++) {
-		int32_t t = s->order[i];
-		if (t < 0 || t >= s->vocab)
+	return p->repetition_penalty != 1 || p->presence_penalty != 0 || p->frequency_penalty != 0;
+}
+
+static void apply_penalties(const struct sampler_row *row, float *logits, int vocab)
+{
+	const struct sampler_params *p = &row->p;
+	for (int i = 0; i < row->n_seen; i++) {
+		int32_t t = row->seen[i];
+		if (t < 0 || t >= vocab)
 			continue;
-		const struct seen *e = seen_slot(s, t);
 		float *l = &logits[t];
 		if (p->repetition_penalty != 1)
 			*l = *l > 0 ? *l / p->repetition_penalty : *l * p->repetition_penalty;
-		if (e->generated) {
-			*l -= p->frequency_penalty * (float)e->generated;
+		if (row->generated[i]) {
+			*l -= p->frequency_penalty * (float)row->generated[i];
 			*l -= p->presence_penalty;
 		}
 	}
@@ -297,7 +298,7 @@ static void apply_penalties(struct sampler_seq *s, float *logits)
 /* Draws from the candidates, taken best first out of a max-heap of all
  * usable ids, keeping the smallest set whose mass reaches top_p and whose
  * members reach min_p of the best. */
-static int32_t draw_nucleus(struct sampler_seq *s, struct sampler_scratch *sc, size_t n,
+static int32_t draw_nucleus(const struct sampler_row *row, struct sampler_scratch *sc, size_t n,
 			    double total, double pmax)
 {
 	const float *prob = sc->prob;
@@ -305,7 +306,7 @@ static int32_t draw_nucleus(struct sampler_seq *s, struct sampler_scratch *sc, s
 	for (size_t i = n / 2; i-- > 0;)
 		sift_down(h, n, i, prob, true);
 	/* Pop the kept set to the end of the array, in order. */
-	double kept = 0, floor_p = s->p.min_p * pmax, want = s->p.top_p * total;
+	double kept = 0, floor_p = row->p.min_p * pmax, want = row->p.top_p * total;
 	size_t n_kept = 0, left = n;
 	while (left > 0) {
 		int32_t id = heap_pop(h, &left, prob);
@@ -316,7 +317,7 @@ static int32_t draw_nucleus(struct sampler_seq *s, struct sampler_scratch *sc, s
 		if (kept >= want)
 			break;
 	}
-	double u = sampler_rng_uniform(&s->rng) * kept, acc = 0;
+	double u = row->u * kept, acc = 0;
 	for (size_t i = 0; i < n_kept; i++) {
 		int32_t id = h[n - 1 - i];
 		acc += prob[id];
@@ -336,11 +337,80 @@ static int32_t argmax(const float *v, int n)
 	return best < 0 ? 0 : best;
 }
 
+/* The draw from temperature-scaled logits whose largest usable value is m2
+ * (finite, or -inf when none is usable). */
+static int32_t draw(const struct sampler_row *row, struct sampler_scratch *sc, float *logits,
+		    float m2)
+{
+	const struct sampler_params *p = &row->p;
+	int V = sc->vocab;
+	/* Candidates and their unnormalised probabilities exp(l - max). */
+	size_t n = 0;
+	double total = 0;
+	if (p->top_k > 0 && p->top_k < V) {
+		n = (size_t)top_ids(logits, V, p->top_k, sc->heap, sc->heap);
+		for (size_t i = 0; i < n; i++) {
+			int32_t id = sc->heap[i];
+			sc->prob[id] = (float)exp((double)logits[id] - m2);
+			total += sc->prob[id];
+		}
+	} else {
+		for (int32_t i = 0; i < V; i++) {
+			if (!usable(logits[i]))
+				continue;
+			sc->prob[i] = (float)exp((double)logits[i] - m2);
+			sc->heap[n++] = i;
+			total += sc->prob[i];
+		}
+	}
+	if (n == 0)
+		return argmax(logits, V);
+	if (p->top_p < 1 || p->min_p > 0)
+		return draw_nucleus(row, sc, n, total, 1.0 /* the best has exp(0) */);
+	/* Everything stays: one pass over the candidates. */
+	double u = row->u * total, acc = 0;
+	for (size_t i = 0; i < n; i++) {
+		acc += sc->prob[sc->heap[i]];
+		if (u < acc)
+			return sc->heap[i];
+	}
+	return sc->heap[n - 1];
+}
+
+bool sampler_row_greedy(const struct sampler_params *p)
+{
+	return p->temperature == 0 || p->top_k == 1;
+}
+
+void sampler_prepare(struct sampler_seq *s, struct sampler_row *row)
+{
+	row->p = s->p;
+	row->u = sampler_row_greedy(&s->p) ? 0 : sampler_rng_uniform(&s->rng);
+	bool pen = penalised(&s->p);
+	row->seen = pen ? s->order : NULL;
+	row->generated = pen ? s->generated : NULL;
+	row->n_seen = pen ? (int)s->n : 0;
+}
+
+void sampler_accept(struct sampler_seq *s, int32_t token)
+{
+	sampler_seq_add(s, token, true);
+}
+
 void sampler_sample(struct sampler_seq *s, struct sampler_scratch *sc, float *logits,
 		    struct sampler_result *out)
 {
-	const struct sampler_params *p = &s->p;
-	int V = s->vocab;
+	struct sampler_row row;
+	sampler_prepare(s, &row);
+	sampler_sample_row(&row, sc, logits, out);
+	sampler_accept(s, out->token);
+}
+
+void sampler_sample_row(const struct sampler_row *row, struct sampler_scratch *sc, float *logits,
+			struct sampler_result *out)
+{
+	const struct sampler_params *p = &row->p;
+	int V = sc->vocab;
 	/* The model's own log-probabilities, before anything changes the logits. */
 	memcpy(sc->raw, logits, (size_t)V * sizeof *sc->raw);
 	float mx = logits[argmax(logits, V)];
@@ -356,52 +426,19 @@ void sampler_sample(struct sampler_seq *s, struct sampler_scratch *sc, float *lo
 			out->top_logprob[i] = logits[out->top_token[i]] - lse;
 	}
 
-	apply_penalties(s, logits);
-	int32_t tok;
-	if (p->temperature == 0 || p->top_k == 1) {
-		tok = argmax(logits, V);
-	} else {
+	apply_penalties(row, logits, V);
+	int32_t tok = argmax(logits, V);
+	if (!sampler_row_greedy(p)) {
 		float inv_t = 1.0f / p->temperature;
 		for (int i = 0; i < V; i++)
 			logits[i] *= inv_t;
 		float m2 = logits[argmax(logits, V)];
-		/* Candidates and their unnormalised probabilities exp(l - max). */
-		size_t n = 0;
-		double total = 0;
-		if (p->top_k > 0 && p->top_k < V) {
-			n = (size_t)top_ids(logits, V, p->top_k, sc->heap, sc->heap);
-			for (size_t i = 0; i < n; i++) {
-				int32_t id = sc->heap[i];
-				sc->prob[id] = (float)exp((double)logits[id] - m2);
-				total += sc->prob[id];
-			}
-		} else {
-			for (int32_t i = 0; i < V; i++) {
-				if (!usable(logits[i]))
-					continue;
-				sc->prob[i] = (float)exp((double)logits[i] - m2);
-				sc->heap[n++] = i;
-				total += sc->prob[i];
-			}
-		}
-		if (n == 0) {
-			tok = argmax(logits, V);
-		} else if (p->top_p >= 1 && p->min_p == 0) {
-			/* Everything stays: one pass over the candidates. */
-			double u = sampler_rng_uniform(&s->rng) * total, acc = 0;
-			tok = sc->heap[n - 1];
-			for (size_t i = 0; i < n; i++) {
-				acc += sc->prob[sc->heap[i]];
-				if (u < acc) {
-					tok = sc->heap[i];
-					break;
-				}
-			}
-		} else {
-			tok = draw_nucleus(s, sc, n, total, 1.0 /* the best has exp(0) */);
-		}
+		/* An infinite logit, or a temperature so small that the scaling
+		 * overflowed, leaves no distribution to draw from: the limit of a
+		 * falling temperature, greedy, stays. */
+		if (m2 != INFINITY)
+			tok = draw(row, sc, logits, m2);
 	}
 	out->token = tok;
 	out->logprob = usable(sc->raw[tok]) ? sc->raw[tok] - lse : -INFINITY;
-	sampler_seq_add(s, tok, true);
 }

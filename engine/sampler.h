@@ -59,6 +59,20 @@ struct sampler_scratch;
 struct sampler_scratch *sampler_scratch_create(int vocab);
 void sampler_scratch_destroy(struct sampler_scratch *s);
 
+/* How one sequence's next token is chosen, flat, for a backend that
+ * samples where its logits are (sampler_prepare fills it from a sequence;
+ * sampler_sample_row applies it): the request's parameters, this step's
+ * uniform draw from the sequence's random state, and, when a penalty
+ * applies, the distinct tokens seen so far with the times each was
+ * generated (borrowed from the sequence: valid until its next token). */
+struct sampler_row {
+	struct sampler_params p;
+	double u;                 /* [0, 1); drawn only when the row samples at random */
+	const int32_t *seen;      /* (n_seen) prompt and generated tokens, each once */
+	const uint32_t *generated; /* (n_seen) times each of them was generated */
+	int n_seen;               /* 0 when no penalty applies */
+};
+
 struct sampler_result {
 	int32_t token;
 	float logprob;            /* of token, from the model's own distribution */
@@ -73,5 +87,18 @@ struct sampler_result {
  * (log_softmax of the logits as given). Allocates nothing. */
 void sampler_sample(struct sampler_seq *s, struct sampler_scratch *scratch, float *logits,
 		    struct sampler_result *out);
+
+/* sampler_sample in three parts, for sampling away from the sequence (on a
+ * backend, in another thread): sampler_prepare takes this step's draw from
+ * s's random state into row; sampler_sample_row chooses from logits (vocab
+ * floats, modified in place) as sampler_sample would, touching nothing of
+ * the sequence; sampler_accept records the token chosen. */
+void sampler_prepare(struct sampler_seq *s, struct sampler_row *row);
+void sampler_sample_row(const struct sampler_row *row, struct sampler_scratch *scratch,
+			float *logits, struct sampler_result *out);
+void sampler_accept(struct sampler_seq *s, int32_t token);
+
+/* True when row chooses greedily (temperature 0 or top_k 1): no draw. */
+bool sampler_row_greedy(const struct sampler_params *p);
 
 #endif

@@ -39,8 +39,8 @@ struct sched {
 	int n_free_slots;
 	struct seq *active;     /* in submission order */
 	struct be_entry *entries; /* (max_batch) */
-	float *logits;          /* (max_seqs, vocab) */
-	struct sampler_scratch *scratch;
+	struct sampler_row *rows; /* (max_seqs) how each logits row is sampled */
+	struct sampler_result *results; /* (max_seqs) what the backend chose */
 	const struct tokenizer *tok;
 	char *piece;            /* (piece_cap) one token's text */
 	char *text;             /* (piece_cap + STOP_MAX_LEN) what it lets out */
@@ -75,8 +75,8 @@ int sched_create(struct backend *b, const struct sched_opts *o, struct sched **o
 	s->free_blocks = malloc((size_t)b->kv_blocks * sizeof *s->free_blocks);
 	s->free_slots = malloc((size_t)b->max_seqs * sizeof *s->free_slots);
 	s->entries = malloc((size_t)s->max_batch * sizeof *s->entries);
-	s->logits = malloc((size_t)b->max_seqs * (size_t)b->vocab * sizeof *s->logits);
-	s->scratch = sampler_scratch_create(b->vocab);
+	s->rows = malloc((size_t)b->max_seqs * sizeof *s->rows);
+	s->results = malloc((size_t)b->max_seqs * sizeof *s->results);
 	s->tok = o->tok;
 	/* Room for what the longest token can let out. */
 	s->piece_cap = TOK_STREAM_ROOM(0);
@@ -88,7 +88,7 @@ int sched_create(struct backend *b, const struct sched_opts *o, struct sched **o
 	s->piece = malloc(s->piece_cap);
 	s->text = malloc(s->piece_cap + STOP_MAX_LEN);
 	pthread_mutex_init(&s->mu, NULL);
-	if (!s->free_blocks || !s->free_slots || !s->entries || !s->logits || !s->scratch ||
+	if (!s->free_blocks || !s->free_slots || !s->entries || !s->rows || !s->results ||
 	    !s->piece || !s->text) {
 		sched_destroy(s);
 		return ember_err(err, -ENOMEM, "out of memory for the scheduler");
@@ -130,11 +130,11 @@ void sched_destroy(struct sched *s)
 	free(s->free_blocks);
 	free(s->free_slots);
 	free(s->entries);
-	free(s->logits);
+	free(s->rows);
+	free(s->results);
 	free(s->cancels);
 	free(s->piece);
 	free(s->text);
-	sampler_scratch_destroy(s->scratch);
 	free(s);
 }
 
@@ -386,10 +386,11 @@ int sched_step(struct sched *s, char *err)
 		if (q->take && q->n_cached + q->take == q->n_tokens) {
 			q->row = rows++;
 			s->entries[n - 1].logits_row = q->row;
+			sampler_prepare(q->sampler, &s->rows[q->row]);
 		}
 	}
 	if (n > 0) {
-		int rc = be_forward(s->b, s->entries, n, s->logits, err);
+		int rc = be_sample(s->b, s->entries, n, s->rows, s->results, err);
 		if (rc < 0) {
 			finish_all(s, FINISH_ERROR);
 			return rc;
@@ -402,8 +403,8 @@ int sched_step(struct sched *s, char *err)
 			l = &q->next;
 			continue;
 		}
-		struct sampler_result r;
-		sampler_sample(q->sampler, s->scratch, s->logits + (size_t)q->row * s->b->vocab, &r);
+		const struct sampler_result r = s->results[q->row];
+		sampler_accept(q->sampler, r.token);
 		bool stop = false;
 		for (int i = 0; i < q->req.n_stop_ids; i++)
 			stop |= r.token == q->req.stop_ids[i];

@@ -23,6 +23,8 @@ struct cuda_opts {
 	                      * sequence its own max_ctx (as cpu_opts); < 0: a
 	                      * pool from gpu_memory_fraction */
 	double gpu_memory_fraction; /* of the memory free once the model is in (0: 0.9) */
+	bool eager;          /* no CUDA graphs: every step launched kernel by kernel
+	                      * (for tests and benchmarks that compare the two) */
 };
 
 /* How the weights went up; for logs and benchmarks. */
@@ -30,6 +32,11 @@ struct cuda_load_stats {
 	double init_s;       /* CUDA context and cuBLAS */
 	double upload_s;     /* the weights to the GPU */
 	size_t upload_bytes;
+	int upload_threads;  /* host threads filling the pinned staging buffers */
+	double graph_s;      /* capturing the decode steps' CUDA graphs */
+	int graphs;          /* batch sizes captured */
+	char graph_error[EMBER_ERR_LEN]; /* why capturing stopped early ("" when it did not):
+	                      * the larger batches then run kernel by kernel */
 	size_t free_bytes, total_bytes; /* GPU memory after the KV cache */
 };
 
@@ -40,8 +47,13 @@ int cuda_device_count(void);
 size_t cuda_kv_block_bytes(const struct model *m);
 
 /* Creates the backend on device o->device: uploads every matrix of m
- * (converted to BF16 when stored otherwise) and allocates every buffer,
- * so that forward allocates nothing. Returns 0, or a negative errno with
+ * (converted to BF16 when stored otherwise, several host threads filling
+ * pinned staging buffers on streams of their own), allocates every
+ * buffer, so that a step allocates nothing, and captures a CUDA graph of
+ * the decode step for each batch size bucket up to max_seqs (a step whose
+ * every entry is one sequence's next token, with a logits row each, is
+ * replayed from the smallest bucket that holds it; others are launched
+ * kernel by kernel). The backend samples on the GPU (be_sample). Returns 0, or a negative errno with
  * err saying what is missing (no GPU, not enough memory for the model:
  * how much it needs and how much is free). stats may be NULL. */
 int cuda_backend_create(const struct model *m, const struct cuda_opts *o, struct backend **out,

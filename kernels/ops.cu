@@ -155,6 +155,16 @@ extern "C" void cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cu
 
 #define ATT_WARPS 4
 #define ATT_GROUP 8 // most query heads per KV head
+#define ATT_SPLIT_MIN 128 // positions a split reads at least
+
+// The splits of an entry attending to len positions: a function of its own
+// length alone, so that its result does not depend on the batch it is in
+// (nor on how many splits the launch allowed beyond what it needs).
+static __device__ __forceinline__ int entry_splits(int len, int most)
+{
+	int want = len / ATT_SPLIT_MIN;
+	return want < 1 ? 1 : want < most ? want : most;
+}
 
 // One block per (entry, KV head, split): each warp takes every ATT_WARPS-th
 // position of the split's range; a lane holds EPL dimensions of the group's
@@ -163,12 +173,17 @@ extern "C" void cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cu
 template <int EPL>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 	attention_kernel(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads, int hd,
-			 const struct be_entry *e, struct cuda_kv kv, float *work, int splits)
+			 const struct be_entry *e, const int32_t *dec, struct cuda_kv kv, float *work,
+			 int most)
 {
-	int t = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
+	int t = dec[blockIdx.x], kvh = blockIdx.y, sp = blockIdx.z;
 	int group = n_heads / n_kv_heads, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd;
-	int len = e[t].pos + 1, chunk = (len + splits - 1) / splits;
+	int len = e[t].pos + 1;
+	int splits = entry_splits(len, most);
+	if (sp >= splits)
+		return; // the whole block: this entry needs fewer splits
+	int chunk = (len + splits - 1) / splits;
 	int start = sp * chunk, end = min(len, start + chunk);
 	float scale = rsqrtf((float)hd);
 	const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim);
@@ -244,7 +259,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 		if (splits == 1) {
 			st_bf16(out, (size_t)t * q_dim + (size_t)head * hd + d, a / sum);
 		} else { // (entry, head, split): m, l, acc[hd]
-			float *wk = work + (((size_t)t * n_heads + head) * splits + sp) * (2 + hd);
+			float *wk = work + (((size_t)t * n_heads + head) * most + sp) * (2 + hd);
 			if (d == 0) {
 				wk[0] = mx;
 				wk[1] = sum;
@@ -256,10 +271,13 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 
 // The splits of each (entry, head) into one output.
 __global__ void attention_merge_kernel(uint16_t *out, const float *work, int n_heads, int hd,
-				       int splits)
+				       const struct be_entry *e, const int32_t *dec, int most)
 {
-	int t = blockIdx.x, head = blockIdx.y;
-	const float *wk = work + ((size_t)t * n_heads + head) * splits * (2 + hd);
+	int t = dec[blockIdx.x], head = blockIdx.y;
+	const float *wk = work + ((size_t)t * n_heads + head) * most * (2 + hd);
+	int splits = entry_splits(e[t].pos + 1, most);
+	if (splits == 1)
+		return; // attention_kernel wrote this entry's output itself
 	float mx = -INFINITY;
 	for (int s = 0; s < splits; s++)
 		if (wk[(size_t)s * (2 + hd) + 1] > 0)
@@ -283,34 +301,149 @@ extern "C" size_t cuda_attention_work(int n, int n_heads, int head_dim, int spli
 	return (size_t)n * n_heads * splits * (2 + head_dim);
 }
 
+// Prefill: a tile of up to TILE_Q queries of one sequence at consecutive
+// positions, for one query head, streams the sequence's keys and values
+// through shared memory TILE_K positions at a time, so that each is read
+// once for the whole tile rather than once per query. TILE_LANES threads
+// hold a query row (every TILE_LANES-th dimension each, so that they read
+// neighbouring words), with an online softmax per row and the causal mask
+// of its own position; no score matrix is kept.
+#define TILE_LANES 4
+
+template <int EPL>
+__global__ void __launch_bounds__(CUDA_TILE_Q * TILE_LANES)
+	prefill_attention_kernel(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads, int hd,
+				 const struct be_entry *e, const int32_t *tiles, struct cuda_kv kv)
+{
+	__shared__ uint16_t ks[CUDA_TILE_K * 256], vs[CUDA_TILE_K * 256]; // (TILE_K, hd) bf16
+	int first = tiles[2 * blockIdx.x], count = tiles[2 * blockIdx.x + 1], head = blockIdx.y;
+	int kvh = head / (n_heads / n_kv_heads), q_dim = n_heads * hd, kv_dim = n_kv_heads * hd;
+	int row = threadIdx.x / TILE_LANES, sub = threadIdx.x % TILE_LANES;
+	unsigned lanes = 0xfu << ((threadIdx.x & 31) & ~(TILE_LANES - 1)); // this row's threads
+	bool live = row < count;
+	int t = first + (live ? row : 0), pos = e[t].pos, last = e[first + count - 1].pos;
+	float scale = rsqrtf((float)hd);
+	const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)head * hd;
+	float q[EPL], acc[EPL], m = -INFINITY, l = 0;
+#pragma unroll
+	for (int j = 0; j < EPL; j++) {
+		int d = sub + TILE_LANES * j;
+		q[j] = d < hd ? qrow[d] * scale : 0;
+		acc[j] = 0;
+	}
+	for (int k0 = 0; k0 <= last; k0 += CUDA_TILE_K) { // every thread, for the barriers
+		int nk = last + 1 - k0 < CUDA_TILE_K ? last + 1 - k0 : CUDA_TILE_K;
+		__syncthreads(); // the last tile's keys are read
+		for (int i = threadIdx.x; i < nk * hd; i += blockDim.x) {
+			int p = i / hd, d = i % hd;
+			size_t at = cache_row(kv, first, k0 + p, kv_dim) + (size_t)kvh * hd + d;
+			ks[p * hd + d] = kv.k[at];
+			vs[p * hd + d] = kv.v[at];
+		}
+		__syncthreads();
+		if (!live)
+			continue;
+		int upto = pos - k0 + 1 < nk ? pos - k0 + 1 : nk; // the causal mask
+		for (int p = 0; p < upto; p++) {
+			float sc = 0;
+#pragma unroll
+			for (int j = 0; j < EPL; j++) {
+				int d = sub + TILE_LANES * j;
+				if (d < hd)
+					sc += q[j] * ld_bf16(ks, (size_t)p * hd + d);
+			}
+			sc += __shfl_xor_sync(lanes, sc, 1);
+			sc += __shfl_xor_sync(lanes, sc, 2);
+			float mn = fmaxf(m, sc), corr = __expf(m - mn), w = __expf(sc - mn);
+			l = l * corr + w;
+#pragma unroll
+			for (int j = 0; j < EPL; j++) {
+				int d = sub + TILE_LANES * j;
+				if (d < hd)
+					acc[j] = acc[j] * corr + w * ld_bf16(vs, (size_t)p * hd + d);
+			}
+			m = mn;
+		}
+	}
+	if (!live)
+		return;
+#pragma unroll
+	for (int j = 0; j < EPL; j++) {
+		int d = sub + TILE_LANES * j;
+		if (d < hd)
+			st_bf16(out, (size_t)t * q_dim + (size_t)head * hd + d, acc[j] / l);
+	}
+}
+
+extern "C" int cuda_attention_plan(const struct be_entry *e, int n, bool tiles_ok, int32_t *dec,
+				   int *n_dec, int32_t *tiles)
+{
+	int nt = 0, nd = 0;
+	for (int t = 0; t < n;) {
+		int run = 1;
+		while (tiles_ok && t + run < n && e[t + run].seq == e[t].seq &&
+		       e[t + run].pos == e[t].pos + run)
+			run++;
+		if (run < CUDA_TILE_MIN) {
+			for (int i = 0; i < run; i++)
+				dec[nd++] = t + i;
+		} else {
+			for (int i = 0; i < run; i += CUDA_TILE_Q) {
+				tiles[2 * nt] = t + i;
+				tiles[2 * nt + 1] = run - i < CUDA_TILE_Q ? run - i : CUDA_TILE_Q;
+				nt++;
+			}
+		}
+		t += run;
+	}
+	*n_dec = nd;
+	return nt;
+}
+
 extern "C" int cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
-			      int head_dim, const struct be_entry *e, int n, int max_pos,
+			      int head_dim, const struct be_entry *e, const int32_t *dec, int n_dec,
+			      const int32_t *tiles, int n_tiles, int max_pos,
 			      const struct cuda_kv *kv, float *work, int splits, cudaStream_t s)
 {
-	if (n <= 0)
-		return 0;
 	int group = n_heads / n_kv_heads;
 	if (group > ATT_GROUP || head_dim > 256 || head_dim % 2)
 		return -1;
+	if (n_tiles > 0) {
+		dim3 grid(n_tiles, n_heads);
+		int epl = (head_dim + TILE_LANES - 1) / TILE_LANES;
+		if (epl <= 4)
+			prefill_attention_kernel<4><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+		else if (epl <= 8)
+			prefill_attention_kernel<8><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+		else if (epl <= 16)
+			prefill_attention_kernel<16><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+		else if (epl <= 32)
+			prefill_attention_kernel<32><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+		else
+			prefill_attention_kernel<64><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+	}
+	if (n_dec <= 0)
+		return 0;
 	// Enough blocks to fill the GPU at small batches: split long contexts
-	// so that each block reads at least 128 positions.
-	int want = (max_pos + 1) / 128;
+	// so that each block reads at least ATT_SPLIT_MIN positions. Each entry
+	// takes what its own length needs of the splits launched.
+	int want = (max_pos + 1) / ATT_SPLIT_MIN;
 	if (splits > want)
 		splits = want > 1 ? want : 1;
 	if (splits > 1 && !work)
 		splits = 1;
-	dim3 grid(n, n_kv_heads, splits);
+	dim3 grid(n_dec, n_kv_heads, splits);
 	int epl = (head_dim + 31) / 32;
 	size_t smem = (size_t)ATT_WARPS * group * (2 + 32 * (epl <= 1 ? 1 : epl <= 2 ? 2 : epl <= 4 ? 4 : 8)) * sizeof(float);
 	if (epl <= 1)
-		attention_kernel<1><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, *kv, work, splits);
+		attention_kernel<1><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, dec, *kv, work, splits);
 	else if (epl <= 2)
-		attention_kernel<2><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, *kv, work, splits);
+		attention_kernel<2><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, dec, *kv, work, splits);
 	else if (epl <= 4)
-		attention_kernel<4><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, *kv, work, splits);
+		attention_kernel<4><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, dec, *kv, work, splits);
 	else
-		attention_kernel<8><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, *kv, work, splits);
+		attention_kernel<8><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, dec, *kv, work, splits);
 	if (splits > 1)
-		attention_merge_kernel<<<dim3(n, n_heads), head_dim < 128 ? 64 : 128, 0, s>>>(out, work, n_heads, head_dim, splits);
+		attention_merge_kernel<<<dim3(n_dec, n_heads), head_dim < 128 ? 64 : 128, 0, s>>>(out, work, n_heads, head_dim, e, dec, splits);
 	return 0;
 }

@@ -51,13 +51,48 @@ void cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cudaStream_t 
 /* Attention of each entry over positions 0..pos of its own sequence:
  * softmax(q.K^T / sqrt(d)) V per head, grouped-query (n_heads / n_kv_heads
  * heads share a KV head), with an online softmax and no score matrix.
- * Long contexts are split over up to `splits` blocks per head and merged
- * (work: cuda_attention_work floats). out is (n, q_dim) bf16. The
- * attention of cpu_forward's attn_worker. */
+ * Entries go one of two ways (cuda_attention_plan): one by one (dec, entry
+ * indices), long contexts split over up to `splits` blocks per head by
+ * the entry's own length and merged (work: cuda_attention_work floats for
+ * n entries); or, runs of at least CUDA_TILE_MIN entries of one sequence
+ * at consecutive positions (a prompt's chunk), in tiles of up to
+ * CUDA_TILE_Q queries that read each key once for the tile (tiles: pairs
+ * of first entry and count). dec and tiles are device arrays. out is (n,
+ * q_dim) bf16. The attention of cpu_forward's attn_worker. */
+#define CUDA_TILE_Q 32
+#define CUDA_TILE_K 32
+#define CUDA_TILE_MIN 8
+
+/* Fills dec (room for n) and tiles (room for 2 n) for entries e[0..n),
+ * host arrays; with tiles_ok false every entry goes one by one. Returns
+ * the number of tiles and sets *n_dec. */
+int cuda_attention_plan(const struct be_entry *e, int n, bool tiles_ok, int32_t *dec, int *n_dec,
+			int32_t *tiles);
 size_t cuda_attention_work(int n, int n_heads, int head_dim, int splits);
 int cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads, int head_dim,
-		   const struct be_entry *e, int n, int max_pos, const struct cuda_kv *kv,
-		   float *work, int splits, cudaStream_t s);
+		   const struct be_entry *e, const int32_t *dec, int n_dec, const int32_t *tiles,
+		   int n_tiles, int max_pos, const struct cuda_kv *kv, float *work, int splits,
+		   cudaStream_t s);
+
+/* One row to sample: a sampler_row (engine/sampler.h) made flat for the
+ * device, its penalty list at seen[seen_off ..] and generated[seen_off ..]. */
+struct cuda_sample_row {
+	float temperature, top_p, min_p;
+	float presence_penalty, frequency_penalty, repetition_penalty;
+	int top_k, top_logprobs;
+	double u;
+	int seen_off, n_seen;
+};
+
+#define CUDA_SAMPLE_MAX_VOCAB (1 << 20)
+
+/* For each of n_rows rows r of logits ((n_rows, vocab) f32, left as they
+ * are): out[r] = what sampler_sample_row chooses with rows[r], one block a
+ * row. work: cuda_sample_work floats. vocab at most CUDA_SAMPLE_MAX_VOCAB. */
+size_t cuda_sample_work(int rows, int vocab);
+void cuda_sample(struct sampler_result *out, const float *logits, float *work, int vocab,
+		 const struct cuda_sample_row *rows, const int32_t *seen, const uint32_t *generated,
+		 int n_rows, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -4,14 +4,17 @@
  * the bandwidth limit (weight bytes per token over the device-to-device
  * copy bandwidth, bytes read plus written), aggregate decode tokens/s at
  * several batch sizes, and prefill tokens/s for 512- and 2048-token
- * prompts. Every number includes the logits' trip to the host and the
- * host's argmax, as a server pays them. `make bench-gpu` runs it (beside
- * transformers) on random weights of two real shapes:
+ * prompts. Decode steps are sampled on the GPU (greedy, be_sample) and
+ * replayed from CUDA graphs, as the server runs them: each number includes
+ * the step's upload and the tokens' trip back. Prefill brings its last
+ * logits to the host. `make bench-gpu` runs it (beside transformers) on
+ * random weights of two real shapes:
  *
  *   bench-gpu --model DIR [--decode 128] [--batches 8,32,64,128]
  */
 #include "../engine/generate.h"
 #include "../engine/model.h"
+#include "../engine/sampler.h"
 #include "../kernels/cuda.h"
 
 #include <cuda_runtime_api.h>
@@ -54,15 +57,21 @@ static double copy_bandwidth(void)
 }
 
 /* n sequences, each a prompt of p tokens, then steps decode steps of all
- * together (greedy, each on its own argmax): tokens/s of the decode. */
+ * together (greedy, sampled on the backend): tokens/s of the decode. */
 static double decode_rate(struct backend *b, int n, int p, int steps, int vocab)
 {
 	char err[EMBER_ERR_LEN];
-	float *logits = malloc((size_t)n * vocab * sizeof(float));
+	float *logits = malloc((size_t)vocab * sizeof(float));
 	struct be_entry *e = malloc((size_t)(n > p ? n : p) * sizeof *e);
 	int32_t *next = malloc((size_t)n * sizeof *next);
-	if (!logits || !e || !next)
+	struct sampler_row *rows = calloc((size_t)n, sizeof *rows);
+	struct sampler_result *out = malloc((size_t)n * sizeof *out);
+	if (!logits || !e || !next || !rows || !out)
 		die("decode", "out of memory");
+	for (int s = 0; s < n; s++) {
+		sampler_params_default(&rows[s].p);
+		rows[s].p.temperature = 0;
+	}
 	for (int s = 0; s < n; s++) {
 		for (int i = 0; i < p; i++)
 			e[i] = (struct be_entry){s, i, (int32_t)((s * 7919 + i * 104729) % 30000 + 100),
@@ -77,15 +86,17 @@ static double decode_rate(struct backend *b, int n, int p, int steps, int vocab)
 			t0 = ember_now();
 		for (int s = 0; s < n; s++)
 			e[s] = (struct be_entry){s, p + k + 2, next[s], s};
-		if (be_forward(b, e, n, logits, err) < 0)
+		if (be_sample(b, e, n, rows, out, err) < 0)
 			die("decode", err);
 		for (int s = 0; s < n; s++)
-			next[s] = gen_argmax(logits + (size_t)s * vocab, vocab);
+			next[s] = out[s].token;
 	}
 	double dt = ember_now() - t0;
 	free(logits);
 	free(e);
 	free(next);
+	free(rows);
+	free(out);
 	return (double)n * steps / dt;
 }
 
@@ -150,8 +161,10 @@ int main(int argc, char **argv)
 	printf("{\"model\": \"%s\", \"weight_bytes_per_token\": %zu, \"copy_bandwidth_gbs\": %.1f,\n",
 	       dir, m->weight_bytes, bw / 1e9);
 	printf(" \"create_s\": %.3f, \"cuda_init_s\": %.3f, \"upload_s\": %.3f, \"upload_gbs\": %.2f,"
+	       " \"upload_threads\": %d, \"graphs\": %d, \"graph_capture_s\": %.3f,"
 	       " \"kv_blocks\": %d,\n", create_s, st.init_s, st.upload_s,
-	       st.upload_bytes / 1e9 / st.upload_s, b->kv_blocks);
+	       st.upload_bytes / 1e9 / st.upload_s, st.upload_threads, st.graphs, st.graph_s,
+	       b->kv_blocks);
 	fflush(stdout);
 	double d1 = decode_rate(b, 1, 16, steps, m->cfg.vocab);
 	printf(" \"decode_batch1_tps\": %.1f, \"bandwidth_limit_tps\": %.1f, \"fraction_of_limit\": %.3f,\n",

@@ -16,7 +16,8 @@ import json, sys
 shape, ours, theirs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 print(f"== {shape}: weights {ours['weight_bytes_per_token'] / 1e9:.2f} GB per token, "
       f"copy bandwidth {ours['copy_bandwidth_gbs']:.0f} GB/s, limit {ours['bandwidth_limit_tps']:.0f} tokens/s")
-print(f"   upload {ours['upload_gbs']:.2f} GB/s ({ours['upload_s']:.2f} s), CUDA init {ours['cuda_init_s']:.2f} s")
+print(f"   upload {ours['upload_gbs']:.2f} GB/s ({ours['upload_s']:.2f} s, {ours['upload_threads']} threads), "
+      f"CUDA init {ours['cuda_init_s']:.2f} s, {ours['graphs']} graphs captured in {ours['graph_capture_s']:.2f} s")
 def row(name, a, b):
     print(f"   {name:<28} ember {a:>10.1f}   transformers {b:>10.1f}   ratio {a / b:6.2f}")
 row("decode, batch 1", ours["decode_batch1_tps"], theirs["decode_batch1_tps"])

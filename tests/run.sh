@@ -44,8 +44,8 @@ if [ "$1" = --gpu ]; then
 	build=$2
 	"$build/test-gpu" --models "$models" | tee "$log"
 	count "$log"
-	for m in tiny_qwen2 tiny_llama; do
-		"$build/test-engine" --models "$models" --device cuda --only "reference_$m" | tee "$log"
+	for t in reference_tiny_qwen2 reference_tiny_llama sample_rows; do
+		"$build/test-engine" --models "$models" --device cuda --only "$t" | tee "$log"
 		count "$log"
 	done
 	"$build/test-sched" --models "$models" --device cuda | tee "$log"

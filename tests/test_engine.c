@@ -11,6 +11,7 @@
 #include "../engine/matmul.h"
 #include "../engine/model.h"
 #include "../engine/safetensors.h"
+#include "../engine/sampler.h"
 #include "../engine/sha256.h"
 #include "../engine/weights.h"
 #include "../worker/device.h"
@@ -807,6 +808,94 @@ static int test_batch_sequences(void)
 	return 0;
 }
 
+/* be_sample against be_forward's logits of the same step sampled by
+ * sampler_sample_row, on the backend --device names: eight sequences, each
+ * with other parameters (greedy, temperature, top_k, top_p, min_p,
+ * penalties, top log-probabilities), decoding together and then five of
+ * them (on a GPU, a graph's padded batch). The tokens are the same; the
+ * log-probabilities within 1e-4 (on the CPU identical). */
+static int test_sample_rows(void)
+{
+	char dir[512], err[EMBER_ERR_LEN];
+	snprintf(dir, sizeof dir, "%s/tiny-qwen2", models_dir);
+	struct model *m;
+	CHECK(model_open_dir(dir, &m, err) == 0, "%s", err);
+	enum device_kind kind = DEVICE_CPU;
+	device_parse(device_arg, &kind);
+	struct device_opts o = {.kind = kind, .threads = 2, .max_tokens = 256, .max_seqs = 8,
+				.max_ctx = 256};
+	struct backend *b;
+	if (device_backend_create(m, &o, &b, err) < 0) {
+		model_close(m);
+		return fail("%s", err);
+	}
+	int V = m->cfg.vocab, N = 8, P = 12, bad = 0, diff = 0;
+	float *logits = malloc((size_t)N * V * 4);
+	struct sampler_scratch *sc = sampler_scratch_create(V);
+	struct sampler_seq *seq[8];
+	struct sampler_row rows[8];
+	struct sampler_result got[8], want;
+	int32_t tok[8], prompt[12];
+	double worst = 0;
+	for (int s = 0; s < N; s++) {
+		struct sampler_params p;
+		sampler_params_default(&p);
+		p.seed = 100 + (uint64_t)s;
+		p.temperature = s == 0 ? 0 : 0.6f + 0.1f * (float)s;
+		p.top_k = s == 2 ? 5 : s == 6 ? 40 : 0;
+		p.top_p = s == 3 ? 0.9f : s == 6 ? 0.7f : 1;
+		p.min_p = s == 4 ? 0.1f : 0;
+		if (s == 5)
+			p.repetition_penalty = 1.3f, p.frequency_penalty = 0.5f, p.presence_penalty = 0.3f;
+		p.top_logprobs = s == 7 || s == 0 ? 5 : 0;
+		seq[s] = sampler_seq_create(&p, V, 64);
+		for (int i = 0; i < P; i++) {
+			prompt[i] = 700 + 41 * i + 13 * s;
+			sampler_seq_add(seq[s], prompt[i], false);
+		}
+		bad += gen_prefill(b, s, prompt, P, 0, logits, err) < 0;
+		tok[s] = gen_argmax(logits, V);
+		sampler_accept(seq[s], tok[s]);
+	}
+	for (int k = 0; k < 12 && !bad; k++) {
+		int n = k < 6 ? N : 5;
+		struct be_entry e[8];
+		for (int s = 0; s < n; s++) {
+			e[s] = (struct be_entry){s, P + k, tok[s], s};
+			sampler_prepare(seq[s], &rows[s]);
+		}
+		bad += be_forward(b, e, n, logits, err) < 0;
+		bad += be_sample(b, e, n, rows, got, err) < 0;
+		for (int s = 0; s < n && !bad; s++) {
+			sampler_sample_row(&rows[s], sc, logits + (size_t)s * V, &want);
+			bool same = got[s].token == want.token && got[s].n_top == want.n_top;
+			for (int i = 0; same && i < want.n_top; i++)
+				same = got[s].top_token[i] == want.top_token[i];
+			double d = fabs((double)got[s].logprob - want.logprob);
+			worst = d > worst ? d : worst;
+			diff += !same || d > 1e-4;
+			sampler_accept(seq[s], got[s].token);
+			tok[s] = got[s].token;
+		}
+	}
+	printf("    on %s: %d of 78 rows differ from be_forward + sampler_sample_row; largest "
+	       "log-probability difference %.2e\n", b->name, diff, worst);
+	struct be_entry many[9];
+	for (int s = 0; s < 9; s++)
+		many[s] = (struct be_entry){s % 8, 30, 1, s};
+	int over = be_sample(b, many, 9, rows, got, err);
+	for (int s = 0; s < N; s++)
+		sampler_seq_destroy(seq[s]);
+	sampler_scratch_destroy(sc);
+	free(logits);
+	be_destroy(b);
+	model_close(m);
+	CHECK(!bad, "%s", err);
+	CHECK(diff == 0, "%d rows differ", diff);
+	CHECK(over == -EINVAL, "9 rows sampled with max_seqs 8");
+	return 0;
+}
+
 /* ---- the command-line tool ---------------------------------------------- */
 
 static int test_worker_cli(void)
@@ -878,6 +967,7 @@ static const struct test tests[] = {
 	{"reference_tiny_qwen2", test_reference_tiny_qwen2},
 	{"reference_tiny_llama", test_reference_tiny_llama},
 	{"batch_sequences", test_batch_sequences},
+	{"sample_rows", test_sample_rows},
 	{"worker_cli", test_worker_cli},
 };
 

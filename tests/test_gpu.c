@@ -7,10 +7,17 @@
  * Tolerances: the kernels write BF16 (8 bits of mantissa), so an output is
  * right within one BF16 rounding of the CPU's float32 value, 2^-8 of it;
  * attention sums BF16 keys and values in float32 in another order than
- * the CPU, and is held to 1% of the output plus 2e-3. */
+ * the CPU, and is held to 1% of the output plus 2e-3. Sampling chooses the
+ * same token as sampler_sample_row, with log-probabilities within 1e-4 (the
+ * GPU sums exp in float, the CPU in double). Its sums are exact in 32.32
+ * fixed point, which moves top_p's cut and the draw by up to 2^-32 of the
+ * best's probability, and CUDA's exp may round a probability to another
+ * float than glibc's: a row whose draw falls that near a boundary could
+ * differ, about one in a million. */
 #include "../engine/cpu.h"
 #include "../engine/generate.h"
 #include "../engine/model.h"
+#include "../engine/sampler.h"
 #include "../kernels/cuda.h"
 #include "../kernels/ops.h"
 #include "runner.h"
@@ -187,7 +194,8 @@ struct paged {
 	struct be_entry *e;
 };
 
-static void paged_init(struct paged *p, int n, const int *pos, int max_ctx)
+/* Entry t is of sequence seq[t] (its table row; NULL: its own, t). */
+static void paged_init(struct paged *p, int n, const int *pos, const int *seq, int max_ctx)
 {
 	p->n = n;
 	p->max_blocks = (max_ctx + KV_BLOCK - 1) / KV_BLOCK;
@@ -198,8 +206,8 @@ static void paged_init(struct paged *p, int n, const int *pos, int max_ctx)
 	for (int i = 0; i < p->blocks; i++) /* a permutation: 7919 is prime to blocks */
 		p->tables[i] = (int32_t)(((long)i * 7919) % p->blocks);
 	for (int t = 0; t < n; t++) {
-		p->tab[t] = t;
-		p->e[t] = (struct be_entry){t, pos[t], 0, -1};
+		p->tab[t] = seq ? seq[t] : t;
+		p->e[t] = (struct be_entry){p->tab[t], pos[t], 0, -1};
 	}
 }
 
@@ -215,7 +223,7 @@ static int test_rope_kv(void)
 	int nh = 12, nkv = 2, hd = 128, half = hd / 2, qd = nh * hd, kvd = nkv * hd, ctx = 300;
 	int pos[5] = {0, 1, 17, 255, 299}, n = 5;
 	struct paged p;
-	paged_init(&p, n, pos, ctx);
+	paged_init(&p, n, pos, NULL, ctx);
 	size_t row = (size_t)qd + 2 * kvd, cache = (size_t)p.blocks * KV_BLOCK * kvd;
 	float *qkv = malloc(n * row * 4), *cs = malloc((size_t)ctx * half * 4),
 	      *sn = malloc((size_t)ctx * half * 4), *got = malloc(n * row * 4);
@@ -256,14 +264,16 @@ static int test_rope_kv(void)
 }
 
 /* Attention over a random paged cache against a float32 reference of
- * attn_worker's arithmetic, with splits 1 and 16, for head sizes 64 and
- * 128 and groups of 6 and 7. */
-static int attention_case(int nh, int nkv, int hd)
+ * attn_worker's arithmetic, with splits 1 and 16: entries of their own
+ * sequences (one by one, long ones split), and a prompt's chunk of 75
+ * entries at positions 1990.. of one sequence beside two others (tiles of
+ * the prefill kernel, the last one partial, and one by one), for head
+ * sizes 128, 64 and 16 and groups of 6, 7, 7 and 2. */
+static int attention_check(int nh, int nkv, int hd, int n, const int *pos, const int *seq)
 {
 	int qd = nh * hd, kvd = nkv * hd, g = nh / nkv, ctx = 2100;
-	int pos[6] = {0, 5, 130, 700, 2049, 2099}, n = 6;
 	struct paged p;
-	paged_init(&p, n, pos, ctx);
+	paged_init(&p, n, pos, seq, ctx);
 	size_t row = (size_t)qd + 2 * kvd, cache = (size_t)p.blocks * KV_BLOCK * kvd;
 	float *qkv = malloc(n * row * 4), *want = malloc((size_t)n * qd * 4), *s = malloc(ctx * 4);
 	uint16_t *k = malloc(cache * 2), *v = malloc(cache * 2), *out = malloc((size_t)n * qd * 2);
@@ -296,17 +306,23 @@ static int attention_case(int nh, int nkv, int hd)
 				o[i] = (float)(a / sum);
 			}
 		}
+	int32_t *dec = malloc((size_t)n * 4), *tiles = malloc((size_t)n * 8);
+	int n_dec, n_tiles = cuda_attention_plan(p.e, n, true, dec, &n_dec, tiles);
 	float *dqkv = dev(qkv, n * row * 4);
 	uint16_t *dk = dev(k, cache * 2), *dv = dev(v, cache * 2), *dout = dev(NULL, (size_t)n * qd * 2);
 	struct cuda_kv kv = {dk, dv, dev(p.tables, (size_t)p.blocks * 4), dev(p.tab, (size_t)n * 4),
 			     p.max_blocks};
 	struct be_entry *de = dev(p.e, (size_t)n * sizeof *p.e);
+	int32_t *ddec = dev(dec, (size_t)n * 4), *dtiles = dev(tiles, (size_t)n * 8);
 	float *work = dev(NULL, cuda_attention_work(n, nh, hd, 16) * 4);
-	int bad = 0;
+	int bad = 0, max_pos = 0;
+	for (int t = 0; t < n; t++)
+		max_pos = pos[t] > max_pos ? pos[t] : max_pos;
 	double worst = 0;
 	for (int splits = 1; splits <= 16; splits += 15) {
 		cudaMemset(dout, 0, (size_t)n * qd * 2);
-		bad += cuda_attention(dout, dqkv, nh, nkv, hd, de, n, pos[n - 1], &kv, work, splits, 0) != 0;
+		bad += cuda_attention(dout, dqkv, nh, nkv, hd, de, ddec, n_dec, dtiles, n_tiles, max_pos,
+				      &kv, work, splits, 0) != 0;
 		back(out, dout, (size_t)n * qd * 2);
 		for (int i = 0; i < n * qd; i++) {
 			double d = fabs(from_bf16(out[i]) - want[i]);
@@ -315,13 +331,50 @@ static int attention_case(int nh, int nkv, int hd)
 			bad += d > 2e-3 + 0.01 * fabs(want[i]);
 		}
 	}
-	printf("    heads %d/%d of %d: largest difference %.2e beyond 1%% of the value\n", nh, nkv, hd,
-	       worst);
+	printf("    heads %d/%d of %d, %d entries (%d one by one, %d tiles): largest difference %.2e "
+	       "beyond 1%% of the value\n", nh, nkv, hd, n, n_dec, n_tiles, worst);
 	cudaFree(dqkv), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(de), cudaFree(work);
+	cudaFree(ddec), cudaFree(dtiles);
 	cudaFree((void *)kv.tables), cudaFree((void *)kv.tab);
-	free(qkv), free(want), free(s), free(k), free(v), free(out);
+	free(qkv), free(want), free(s), free(k), free(v), free(out), free(dec), free(tiles);
 	free(p.tables), free(p.tab), free(p.e);
 	return bad;
+}
+
+static int attention_case(int nh, int nkv, int hd)
+{
+	int pos[6] = {0, 5, 130, 700, 2049, 2099};
+	int bad = attention_check(nh, nkv, hd, 6, pos, NULL);
+	/* a chunk of 75 positions of sequence 1 between sequences 0 and 2 */
+	int n = 77, cpos[77], cseq[77];
+	cpos[0] = 300, cseq[0] = 0;
+	for (int i = 1; i <= 75; i++)
+		cpos[i] = 1990 + i - 1, cseq[i] = 1;
+	cpos[76] = 17, cseq[76] = 2;
+	return bad + attention_check(nh, nkv, hd, n, cpos, cseq);
+}
+
+/* How attention takes a step's entries (host code: runs without a GPU).
+ * Runs of a sequence shorter than CUDA_TILE_MIN, or broken by a gap in the
+ * positions, go one by one. */
+static int test_attention_plan(void)
+{
+	int32_t dec[90], tiles[180];
+	struct be_entry e[90];
+	for (int t = 0; t < 77; t++)
+		e[t] = (struct be_entry){t == 0 ? 0 : t == 76 ? 2 : 1, t == 0 ? 300 : t == 76 ? 17 : 1989 + t, 0, -1};
+	for (int t = 77; t < 90; t++) /* 7 of sequence 3, then a gap, then 6 more */
+		e[t] = (struct be_entry){3, t < 84 ? t : t + 5, 0, -1};
+	int n_dec, n_tiles = cuda_attention_plan(e, 90, true, dec, &n_dec, tiles);
+	CHECK(n_tiles == 3 && tiles[0] == 1 && tiles[1] == 32 && tiles[2] == 33 && tiles[4] == 65 &&
+		      tiles[5] == 11,
+	      "%d tiles: (%d, %d), (%d, %d), ...", n_tiles, tiles[0], tiles[1], tiles[2], tiles[3]);
+	CHECK(n_dec == 15 && dec[0] == 0 && dec[1] == 76 && dec[2] == 77 && dec[14] == 89,
+	      "%d one by one", n_dec);
+	n_tiles = cuda_attention_plan(e, 90, false, dec, &n_dec, tiles);
+	CHECK(n_tiles == 0 && n_dec == 90 && dec[42] == 42, "without tiles: %d tiles, %d one by one",
+	      n_tiles, n_dec);
+	return 0;
 }
 
 static int test_attention(void)
@@ -404,13 +457,195 @@ static int test_batch_invariance(void)
 	return 0;
 }
 
+/* The sampling kernel against sampler_sample_row on random logits with
+ * what real ones have (ties, -inf from masks, a NaN) and every kind of
+ * parameter: greedy, temperature, top_k small and beyond 32, top_p, min_p,
+ * the penalties (with factors whose products round) and top
+ * log-probabilities, a temperature whose scaling overflows; a vocabulary
+ * of Qwen's size and a small one where top_k reaches it. */
+static int sample_case(int V, int rows_n, int *worst_id, double *worst_lp)
+{
+	float *logits = malloc((size_t)rows_n * V * 4), *copy = malloc((size_t)V * 4);
+	struct sampler_row *rows = calloc((size_t)rows_n, sizeof *rows);
+	struct cuda_sample_row *cr = calloc((size_t)rows_n, sizeof *cr);
+	struct sampler_result *got = malloc((size_t)rows_n * sizeof *got);
+	int32_t seen[64];
+	uint32_t gen[64];
+	for (int i = 0; i < 64; i++)
+		seen[i] = (int32_t)((i * 7919) % V), gen[i] = (uint32_t)(i % 4);
+	struct sampler_rng rng;
+	sampler_rng_seed(&rng, 1234);
+	for (int r = 0; r < rows_n; r++) {
+		float *l = logits + (size_t)r * V;
+		float scale = 1 + (r % 5);
+		for (int i = 0; i < V; i++)
+			l[i] = scale * (frand() + frand() + frand());
+		for (int i = r % 3; i < V; i += 97 + r) /* masked ids */
+			l[i] = -INFINITY;
+		for (int i = 5; i < V; i += 1000) /* exact ties with a neighbour */
+			l[i] = l[i - 1];
+		if (r % 7 == 3)
+			l[V / 2] = NAN;
+		if (r == rows_n - 1)
+			for (int i = 0; i < V; i++)
+				l[i] = -INFINITY; /* nothing usable */
+		if (r == 50)
+			l[77] = INFINITY; /* an overflowed logit: greedy on it */
+		struct sampler_params *p = &rows[r].p;
+		sampler_params_default(p);
+		int kind = r % 12;
+		p->temperature = kind == 0 ? 0 : kind == 10 ? 1e-40f /* scaling overflows */
+							    : 0.3f + 0.15f * (float)(r % 9);
+		p->top_k = kind == 1 ? 1 : kind == 2 ? 5 : kind == 3 ? 40 : kind == 4 ? V + 3 : kind == 9 ? 200 : 0;
+		p->top_p = kind == 5 ? 0.9f : kind == 6 ? 0.5f : kind == 9 ? 0.8f : kind == 11 ? 1e-4f : 1;
+		p->min_p = kind == 7 ? 0.05f : kind == 6 ? 0.2f : kind == 11 ? 1 : 0;
+		if (kind == 8) {
+			p->repetition_penalty = 1.3f;
+			p->frequency_penalty = 0.3f;
+			p->presence_penalty = -0.4f;
+			rows[r].seen = seen;
+			rows[r].generated = gen;
+			rows[r].n_seen = 64;
+		}
+		p->top_logprobs = r % 4 == 0 ? SAMPLER_MAX_TOP_LOGPROBS : r % 4 == 1 ? 3 : 0;
+		rows[r].u = sampler_row_greedy(p) ? 0 : sampler_rng_uniform(&rng);
+		cr[r] = (struct cuda_sample_row){p->temperature, p->top_p, p->min_p, p->presence_penalty,
+						 p->frequency_penalty, p->repetition_penalty, p->top_k,
+						 p->top_logprobs, rows[r].u, 0, rows[r].n_seen};
+	}
+	float *dl = dev(logits, (size_t)rows_n * V * 4), *work = dev(NULL, cuda_sample_work(rows_n, V) * 4);
+	struct cuda_sample_row *dr = dev(cr, (size_t)rows_n * sizeof *cr);
+	int32_t *ds = dev(seen, sizeof seen);
+	uint32_t *dg = dev(gen, sizeof gen);
+	struct sampler_result *dout = dev(NULL, (size_t)rows_n * sizeof *dout);
+	cuda_sample(dout, dl, work, V, dr, ds, dg, rows_n, 0);
+	back(got, dout, (size_t)rows_n * sizeof *got);
+	struct sampler_scratch *sc = sampler_scratch_create(V);
+	int bad = 0;
+	for (int r = 0; r < rows_n; r++) {
+		struct sampler_result want;
+		memcpy(copy, logits + (size_t)r * V, (size_t)V * 4);
+		sampler_sample_row(&rows[r], sc, copy, &want);
+		bool same = got[r].token == want.token && got[r].n_top == want.n_top;
+		for (int i = 0; same && i < want.n_top; i++)
+			same = got[r].top_token[i] == want.top_token[i] &&
+			       fabsf(got[r].top_logprob[i] - want.top_logprob[i]) <= 1e-4f;
+		if (isfinite(want.logprob) || isfinite(got[r].logprob))
+			same = same && fabs((double)got[r].logprob - want.logprob) <= 1e-4;
+		if (!same) {
+			if (!bad)
+				printf("    vocab %d row %d (temperature %.2f top_k %d top_p %.4f min_p %.2f): "
+				       "token %d logprob %.5f, the CPU's %d %.5f\n", V, r,
+				       rows[r].p.temperature, rows[r].p.top_k, rows[r].p.top_p,
+				       rows[r].p.min_p, got[r].token, got[r].logprob, want.token,
+				       want.logprob);
+			bad++;
+		}
+		if (isfinite(want.logprob) && fabs((double)got[r].logprob - want.logprob) > *worst_lp)
+			*worst_lp = fabs((double)got[r].logprob - want.logprob);
+		*worst_id += got[r].token != want.token;
+	}
+	sampler_scratch_destroy(sc);
+	cudaFree(dl), cudaFree(work), cudaFree(dr), cudaFree(ds), cudaFree(dg), cudaFree(dout);
+	free(logits), free(copy), free(rows), free(cr), free(got);
+	return bad;
+}
+
+static int test_sample(void)
+{
+	NEED_GPU();
+	int differ = 0;
+	double worst = 0;
+	int bad = sample_case(151936, 96, &differ, &worst) + sample_case(1000, 96, &differ, &worst);
+	printf("    192 rows: %d tokens differ from sampler_sample_row; largest log-probability "
+	       "difference %.2e\n", differ, worst);
+	CHECK(!bad, "%d rows differ", bad);
+	return 0;
+}
+
+/* Decode steps replayed from CUDA graphs against the same steps launched
+ * kernel by kernel: batches of 1, 3 (padded to the bucket of 4) and 8,
+ * with greedy tokens fed back. The graph was captured with every split
+ * of attention launched and the batch padded, so its matrix products may
+ * have other shapes: logits agree within GPU rounding, tokens where the
+ * margin is clear. */
+static int test_graphs(void)
+{
+	NEED_GPU();
+	char dir[512], err[EMBER_ERR_LEN];
+	snprintf(dir, sizeof dir, "%s/tiny-qwen2", models_dir);
+	struct model *m;
+	CHECK(model_open_dir(dir, &m, err) == 0, "%s", err);
+	struct cuda_opts o = {.max_tokens = 256, .max_seqs = 8, .max_ctx = 512};
+	struct backend *gb, *eb;
+	struct cuda_load_stats st;
+	CHECK(cuda_backend_create(m, &o, &gb, &st, err) == 0, "%s", err);
+	o.eager = true;
+	CHECK(cuda_backend_create(m, &o, &eb, NULL, err) == 0, "%s", err);
+	printf("    %d graphs captured in %.3f s\n", st.graphs, st.graph_s);
+	int V = m->cfg.vocab, bad = 0, steps = 0, clear_diff = 0;
+	float *lg = malloc((size_t)8 * V * 4), *le = malloc((size_t)8 * V * 4);
+	double worst = 0;
+	int sizes[3] = {1, 3, 8};
+	for (int c = 0; c < 3 && !bad; c++) {
+		int n = sizes[c];
+		int32_t tok[8], prompt[20];
+		for (int s = 0; s < n && !bad; s++) {
+			for (int i = 0; i < 20; i++)
+				prompt[i] = 500 + 31 * i + 77 * s + 1000 * c;
+			bad += gen_prefill(gb, s, prompt, 20, 0, lg, err) < 0;
+			bad += gen_prefill(eb, s, prompt, 20, 0, le, err) < 0;
+			tok[s] = gen_argmax(le, V);
+		}
+		for (int k = 0; k < 24 && !bad; k++, steps++) {
+			struct be_entry e[8];
+			for (int s = 0; s < n; s++)
+				e[s] = (struct be_entry){s, 20 + k, tok[s], s};
+			bad += be_forward(gb, e, n, lg, err) < 0;
+			bad += be_forward(eb, e, n, le, err) < 0;
+			for (int s = 0; s < n && !bad; s++) {
+				const float *a = lg + (size_t)s * V, *b = le + (size_t)s * V;
+				for (int i = 0; i < V; i++) {
+					double d = fabs(a[i] - b[i]) - (0.02 + 0.01 * fabs(b[i]));
+					if (d > worst)
+						worst = d;
+				}
+				int ta = gen_argmax(a, V), tb = gen_argmax(b, V);
+				if (ta != tb) {
+					float second = -INFINITY;
+					for (int i = 0; i < V; i++)
+						if (i != tb && b[i] > second)
+							second = b[i];
+					clear_diff += b[tb] - second > 0.02f + 0.01f * fabsf(b[tb]);
+				}
+				tok[s] = tb;
+			}
+		}
+	}
+	printf("    %d steps: largest logit difference %.3f beyond the tolerance (0 or less: "
+	       "within)\n", steps, worst);
+	be_destroy(gb);
+	be_destroy(eb);
+	model_close(m);
+	free(lg), free(le);
+	CHECK(!bad, "%s", err);
+	CHECK(st.graphs == 4, "%d graphs for up to 8 sequences (1, 2, 4, 8 expected)", st.graphs);
+	CHECK(worst <= 0, "logits from the graphs differ from the eager steps' by %.3f beyond the "
+	      "tolerance", worst);
+	CHECK(!clear_diff, "%d tokens differ where the margin was clear", clear_diff);
+	return 0;
+}
+
 static const struct test tests[] = {
 	{"embed", test_embed},
 	{"add_rmsnorm", test_add_rmsnorm},
 	{"swiglu", test_swiglu},
 	{"rope_kv", test_rope_kv},
+	{"attention_plan", test_attention_plan},
 	{"attention", test_attention},
 	{"batch_invariance", test_batch_invariance},
+	{"sample", test_sample},
+	{"graphs", test_graphs},
 };
 
 int main(int argc, char **argv)
