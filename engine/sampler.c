@@ -295,36 +295,53 @@ static void apply_penalties(const struct sampler_row *row, float *logits, int vo
 	}
 }
 
+/* A probability (at most 1, the best's) in 32.32 fixed point: the weight of
+ * a candidate in a draw. Sums of weights are exact in any order, so that
+ * the GPU's sampler (kernels/sample.cu), which adds them in parallel,
+ * draws the same token; the ones below 2^-33 of the best are never drawn. */
+static uint64_t fixed_weight(float p)
+{
+	return (uint64_t)llrint((double)p * 4294967296.0);
+}
+
+/* The point of a draw in [0, mass): u scaled, kept below mass (which is
+ * more than 0) when rounding reaches it. */
+static uint64_t draw_point(double u, uint64_t mass)
+{
+	uint64_t t = (uint64_t)(u * (double)mass);
+	return t < mass ? t : mass - 1;
+}
+
 /* Draws from the candidates, taken best first out of a max-heap of all
- * usable ids, keeping the smallest set whose mass reaches top_p and whose
- * members reach min_p of the best. */
+ * usable ids, keeping the smallest set whose weight reaches top_p of the
+ * total and whose members reach min_p of the best (which has 1). */
 static int32_t draw_nucleus(const struct sampler_row *row, struct sampler_scratch *sc, size_t n,
-			    double total, double pmax)
+			    uint64_t total)
 {
 	const float *prob = sc->prob;
 	int32_t *h = sc->heap;
 	for (size_t i = n / 2; i-- > 0;)
 		sift_down(h, n, i, prob, true);
 	/* Pop the kept set to the end of the array, in order. */
-	double kept = 0, floor_p = row->p.min_p * pmax, want = row->p.top_p * total;
+	uint64_t kept = 0, want = (uint64_t)ceil((double)row->p.top_p * (double)total);
 	size_t n_kept = 0, left = n;
 	while (left > 0) {
 		int32_t id = heap_pop(h, &left, prob);
-		if (n_kept > 0 && prob[id] < floor_p)
+		if (n_kept > 0 && prob[id] < row->p.min_p)
 			break;
 		h[n - 1 - n_kept++] = id;
-		kept += prob[id];
+		kept += fixed_weight(prob[id]);
 		if (kept >= want)
 			break;
 	}
-	double u = row->u * kept, acc = 0;
+	uint64_t t = draw_point(row->u, kept), acc = 0;
 	for (size_t i = 0; i < n_kept; i++) {
 		int32_t id = h[n - 1 - i];
-		acc += prob[id];
-		if (u < acc)
+		acc += fixed_weight(prob[id]);
+		if (t < acc)
 			return id;
 	}
-	return h[n - n_kept]; /* rounding: the last kept */
+	return h[n - n_kept]; /* not reached: t < kept */
 }
 
 /* The index of the largest usable logit (the first on ties), or 0. */
@@ -338,7 +355,8 @@ static int32_t argmax(const float *v, int n)
 }
 
 /* The draw from temperature-scaled logits whose largest usable value is m2
- * (finite, or -inf when none is usable). */
+ * (finite; -inf when none is usable, NaN when the scaling made 0 times
+ * infinity of the best). */
 static int32_t draw(const struct sampler_row *row, struct sampler_scratch *sc, float *logits,
 		    float m2)
 {
@@ -346,13 +364,13 @@ static int32_t draw(const struct sampler_row *row, struct sampler_scratch *sc, f
 	int V = sc->vocab;
 	/* Candidates and their unnormalised probabilities exp(l - max). */
 	size_t n = 0;
-	double total = 0;
+	uint64_t total = 0;
 	if (p->top_k > 0 && p->top_k < V) {
 		n = (size_t)top_ids(logits, V, p->top_k, sc->heap, sc->heap);
 		for (size_t i = 0; i < n; i++) {
 			int32_t id = sc->heap[i];
 			sc->prob[id] = (float)exp((double)logits[id] - m2);
-			total += sc->prob[id];
+			total += fixed_weight(sc->prob[id]);
 		}
 	} else {
 		for (int32_t i = 0; i < V; i++) {
@@ -360,21 +378,21 @@ static int32_t draw(const struct sampler_row *row, struct sampler_scratch *sc, f
 				continue;
 			sc->prob[i] = (float)exp((double)logits[i] - m2);
 			sc->heap[n++] = i;
-			total += sc->prob[i];
+			total += fixed_weight(sc->prob[i]);
 		}
 	}
-	if (n == 0)
+	if (n == 0 || total == 0)
 		return argmax(logits, V);
 	if (p->top_p < 1 || p->min_p > 0)
-		return draw_nucleus(row, sc, n, total, 1.0 /* the best has exp(0) */);
+		return draw_nucleus(row, sc, n, total);
 	/* Everything stays: one pass over the candidates. */
-	double u = row->u * total, acc = 0;
+	uint64_t t = draw_point(row->u, total), acc = 0;
 	for (size_t i = 0; i < n; i++) {
-		acc += sc->prob[sc->heap[i]];
-		if (u < acc)
+		acc += fixed_weight(sc->prob[sc->heap[i]]);
+		if (t < acc)
 			return sc->heap[i];
 	}
-	return sc->heap[n - 1];
+	return sc->heap[n - 1]; /* not reached: t < total */
 }
 
 bool sampler_row_greedy(const struct sampler_params *p)

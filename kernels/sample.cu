@@ -1,9 +1,10 @@
 // Sampling on the GPU: sampler_sample_row (engine/sampler.c) for every
 // logits row of a step, one block a row, so that only the chosen ids and
 // log-probabilities cross to the host. The order of operations, the
-// ranking (higher value, then lower id) and the draw are the CPU's; the
-// probabilities are summed in 32.32 fixed point, so that every sum is exact
-// and a row's token does not depend on how its threads were scheduled.
+// ranking (higher value, then lower id) and the draw are the CPU's, which
+// also weighs the probabilities in 32.32 fixed point: every sum is exact in
+// any order, so a row's token does not depend on how its threads were
+// scheduled, and is the CPU's.
 // Every pass over the row reads it with the block's threads side by side;
 // nothing uses atomics. Runs in the worker's engine thread (and in the GPU
 // tests).
@@ -63,7 +64,7 @@ __device__ amax block_amax(amax x, reduce_smem &sm)
 		sm.a[warp] = x;
 	__syncthreads();
 	if (warp == 0) {
-		x = sm.a[lane];
+		x = lane < WARPS ? sm.a[lane] : amax{0, NONE};
 #pragma unroll
 		for (int o = 16; o > 0; o >>= 1) {
 			amax y = {__shfl_xor_sync(0xffffffffu, x.v, o),
@@ -97,7 +98,7 @@ template <typename T> __device__ T block_sum(T x, T *part)
 		part[warp] = x;
 	__syncthreads();
 	if (warp == 0) {
-		x = warp_sum(part[lane]);
+		x = warp_sum(lane < WARPS ? part[lane] : (T)0);
 		if (lane == 0)
 			part[0] = x;
 	}
@@ -146,8 +147,8 @@ __device__ __forceinline__ unsigned ordered(float f)
 	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// A probability in 32.32 fixed point: at most 2^32 (the best has 1), so
-// that a vocabulary's sum stays below 2^53 and is exact in a double too.
+// A probability in 32.32 fixed point, as sampler.c's fixed_weight: at most
+// 2^32 (the best has 1), so that a vocabulary's sum stays below 2^53.
 __device__ __forceinline__ u64 fixed(float p)
 {
 	return __double2ull_rn((double)p * 4294967296.0);
@@ -360,8 +361,8 @@ __device__ amax argmax(const float *v, int V, reduce_smem &sm)
 }
 
 // The draw from the row's scaled logits (w times inv_t), whose largest
-// usable value m2 is finite: the candidates, their probabilities into
-// prob, and one walk (sampler.c's draw).
+// usable value is m2 (finite, or NaN): the candidates, their probabilities
+// into prob, and the walks of sampler.c's draw and draw_nucleus.
 __device__ int draw(const struct cuda_sample_row &p, const float *w, float inv_t, float m2,
 		    float *prob, int V, reduce_smem &sm)
 {
@@ -382,7 +383,7 @@ __device__ int draw(const struct cuda_sample_row &p, const float *w, float inv_t
 	__syncthreads();
 	walk cand = {top_k ? BY_SCALED : BY_ID, true, false, w, prob, inv_t, 0.0f, 0};
 	u64 total = walk_mass(cand, V, sm);
-	if (total == 0) // nothing usable was left (the caller saw m2 finite: not reached)
+	if (total == 0) // m2 was NaN (0 times an infinite 1 / temperature): as the CPU
 		return 0;
 	if (p.top_p >= 1 && p.min_p == 0) {
 		// Everything stays: one walk, in id order or the top_k's rank.
@@ -418,11 +419,11 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
 	// The model's own log-probabilities, before anything changes the logits.
 	amax best = argmax(raw, V, sm);
 	float mx = raw[best.i == NONE ? 0 : best.i];
-	float part = 0;
+	double part = 0;
 	for (int i = threadIdx.x; i < V; i += blockDim.x)
 		if (usable(raw[i]))
 			part += expf(raw[i] - mx);
-	double sum = block_sum((double)part, sm.d);
+	double sum = block_sum(part, sm.d);
 	float lse = mx + (float)log(sum > 0 ? sum : 1);
 	int n_top = 0;
 	amax prev = {0, NONE};

@@ -267,8 +267,9 @@ static int test_rope_kv(void)
  * attn_worker's arithmetic, with splits 1 and 16: entries of their own
  * sequences (one by one, long ones split), and a prompt's chunk of 75
  * entries at positions 1990.. of one sequence beside two others (tiles of
- * the prefill kernel, the last one partial, and one by one), for head
- * sizes 128, 64 and 16 and groups of 6, 7, 7 and 2. */
+ * the prefill kernel, the last one partial, and one by one), and a
+ * prompt's first 40 positions, for head sizes 128, 64, 16 and 256 and
+ * groups of 6, 7, 7, 2 and 4. */
 static int attention_check(int nh, int nkv, int hd, int n, const int *pos, const int *seq)
 {
 	int qd = nh * hd, kvd = nkv * hd, g = nh / nkv, ctx = 2100;
@@ -351,7 +352,11 @@ static int attention_case(int nh, int nkv, int hd)
 	for (int i = 1; i <= 75; i++)
 		cpos[i] = 1990 + i - 1, cseq[i] = 1;
 	cpos[76] = 17, cseq[76] = 2;
-	return bad + attention_check(nh, nkv, hd, n, cpos, cseq);
+	bad += attention_check(nh, nkv, hd, n, cpos, cseq);
+	/* a prompt's first chunk: positions 0..39 (tiles of 32 and 8) */
+	for (int i = 0; i < 40; i++)
+		cpos[i] = i, cseq[i] = 0;
+	return bad + attention_check(nh, nkv, hd, 40, cpos, cseq);
 }
 
 /* How attention takes a step's entries (host code: runs without a GPU).
@@ -381,7 +386,7 @@ static int test_attention(void)
 {
 	NEED_GPU();
 	int bad = attention_case(12, 2, 128) + attention_case(28, 4, 128) + attention_case(14, 2, 64) +
-		  attention_case(4, 2, 16);
+		  attention_case(4, 2, 16) + attention_case(8, 2, 256);
 	CHECK(!bad, "%d attention outputs off", bad);
 	return 0;
 }
@@ -460,9 +465,12 @@ static int test_batch_invariance(void)
 /* The sampling kernel against sampler_sample_row on random logits with
  * what real ones have (ties, -inf from masks, a NaN) and every kind of
  * parameter: greedy, temperature, top_k small and beyond 32, top_p, min_p,
- * the penalties (with factors whose products round) and top
- * log-probabilities, a temperature whose scaling overflows; a vocabulary
- * of Qwen's size and a small one where top_k reaches it. */
+ * all three together, the penalties (with factors whose products round)
+ * alone and with top_k and top_p, top log-probabilities (more than there
+ * are usable ids, too), a tie at top_k's edge, temperatures whose scaling
+ * overflows (to +inf, to -inf, to 0 times infinity); then one row shaped
+ * like a language model's drawn 64 times; a vocabulary of Qwen's size and
+ * a small one where top_k reaches it. */
 static int sample_case(int V, int rows_n, int *worst_id, double *worst_lp)
 {
 	float *logits = malloc((size_t)rows_n * V * 4), *copy = malloc((size_t)V * 4);
@@ -477,29 +485,57 @@ static int sample_case(int V, int rows_n, int *worst_id, double *worst_lp)
 	sampler_rng_seed(&rng, 1234);
 	for (int r = 0; r < rows_n; r++) {
 		float *l = logits + (size_t)r * V;
-		float scale = 1 + (r % 5);
-		for (int i = 0; i < V; i++)
-			l[i] = scale * (frand() + frand() + frand());
-		for (int i = r % 3; i < V; i += 97 + r) /* masked ids */
-			l[i] = -INFINITY;
-		for (int i = 5; i < V; i += 1000) /* exact ties with a neighbour */
-			l[i] = l[i - 1];
+		int kind = r % 18;
+		if (r >= rows_n - 64) {
+			/* One logit row shaped like a language model's (a normal
+			 * background, a few peaks) drawn 64 times: 32 plain, 32 with
+			 * top_p 0.95, each with its own u. */
+			if (r == rows_n - 64) {
+				for (int i = 0; i < V; i++)
+					l[i] = 2 * (frand() + frand() + frand() + frand());
+				for (int i = 0; i < 12; i++)
+					l[(i * 7919) % V] = 14 - i;
+			} else {
+				memcpy(l, l - V, (size_t)V * 4);
+			}
+			kind = r < rows_n - 32 ? 18 : 5;
+		} else {
+			float scale = 1 + (r % 5);
+			for (int i = 0; i < V; i++)
+				l[i] = scale * (frand() + frand() + frand());
+			for (int i = r % 3; i < V; i += 97 + r) /* masked ids */
+				l[i] = -INFINITY;
+			for (int i = 5; i < V; i += 1000) /* exact ties with a neighbour */
+				l[i] = l[i - 1];
+		}
 		if (r % 7 == 3)
 			l[V / 2] = NAN;
-		if (r == rows_n - 1)
+		if (r == rows_n - 66) /* (of kind 16, which keeps it so) */
 			for (int i = 0; i < V; i++)
 				l[i] = -INFINITY; /* nothing usable */
 		if (r == 50)
 			l[77] = INFINITY; /* an overflowed logit: greedy on it */
+		if (kind == 14 || kind == 15) /* all at most 0 (then one 0), or all below */
+			for (int i = 0; i < V; i++)
+				l[i] = -fabsf(l[i]) - (kind == 15 ? 1 : 0) + (i == 3 && kind == 14 ? fabsf(l[i]) : 0);
+		if (kind == 16) /* fewer usable than the top log-probabilities asked for */
+			for (int i = 5; i < V; i++)
+				l[i] = -INFINITY;
+		if (kind == 17) { /* the 10th and 11th best tie */
+			for (int i = 0; i < 12; i++)
+				l[(i * 131) % V] = 40 - i;
+			l[(10 * 131) % V] = 40 - 9;
+		}
 		struct sampler_params *p = &rows[r].p;
 		sampler_params_default(p);
-		int kind = r % 12;
-		p->temperature = kind == 0 ? 0 : kind == 10 ? 1e-40f /* scaling overflows */
-							    : 0.3f + 0.15f * (float)(r % 9);
-		p->top_k = kind == 1 ? 1 : kind == 2 ? 5 : kind == 3 ? 40 : kind == 4 ? V + 3 : kind == 9 ? 200 : 0;
-		p->top_p = kind == 5 ? 0.9f : kind == 6 ? 0.5f : kind == 9 ? 0.8f : kind == 11 ? 1e-4f : 1;
-		p->min_p = kind == 7 ? 0.05f : kind == 6 ? 0.2f : kind == 11 ? 1 : 0;
-		if (kind == 8) {
+		p->temperature = kind == 0 ? 0 : kind == 10 || kind == 14 || kind == 15 ? 1e-40f /* overflows */
+		                 : kind >= 16 ? 1 : 0.3f + 0.15f * (float)(r % 9);
+		p->top_k = kind == 1 ? 1 : kind == 2 ? 5 : kind == 3 ? 40 : kind == 4 ? V + 3 : kind == 9 ? 200
+			   : kind == 12 ? 50 : kind == 13 ? 20 : kind == 17 ? 10 : 0;
+		p->top_p = kind == 5 ? 0.95f : kind == 6 ? 0.5f : kind == 9 ? 0.8f : kind == 11 ? 1e-4f
+			   : kind == 12 ? 0.9f : kind == 13 ? 0.95f : 1;
+		p->min_p = kind == 7 ? 0.05f : kind == 6 ? 0.2f : kind == 11 ? 1 : kind == 12 ? 0.05f : 0;
+		if (kind == 8 || kind == 13) {
 			p->repetition_penalty = 1.3f;
 			p->frequency_penalty = 0.3f;
 			p->presence_penalty = -0.4f;
@@ -507,7 +543,7 @@ static int sample_case(int V, int rows_n, int *worst_id, double *worst_lp)
 			rows[r].generated = gen;
 			rows[r].n_seen = 64;
 		}
-		p->top_logprobs = r % 4 == 0 ? SAMPLER_MAX_TOP_LOGPROBS : r % 4 == 1 ? 3 : 0;
+		p->top_logprobs = r % 4 == 0 || kind == 16 ? SAMPLER_MAX_TOP_LOGPROBS : r % 4 == 1 ? 3 : 0;
 		rows[r].u = sampler_row_greedy(p) ? 0 : sampler_rng_uniform(&rng);
 		cr[r] = (struct cuda_sample_row){p->temperature, p->top_p, p->min_p, p->presence_penalty,
 						 p->frequency_penalty, p->repetition_penalty, p->top_k,
@@ -556,8 +592,8 @@ static int test_sample(void)
 	NEED_GPU();
 	int differ = 0;
 	double worst = 0;
-	int bad = sample_case(151936, 96, &differ, &worst) + sample_case(1000, 96, &differ, &worst);
-	printf("    192 rows: %d tokens differ from sampler_sample_row; largest log-probability "
+	int bad = sample_case(151936, 172, &differ, &worst) + sample_case(1000, 172, &differ, &worst);
+	printf("    344 rows: %d tokens differ from sampler_sample_row; largest log-probability "
 	       "difference %.2e\n", differ, worst);
 	CHECK(!bad, "%d rows differ", bad);
 	return 0;
