@@ -54,7 +54,7 @@ FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weig
             engine/tokenizer.c engine/chat.c engine/sampler.c engine/wimage.c engine/sha256.c \
             worker/api.c worker/http.c
 
-.PHONY: all deps models nsroot test test-gpu bench-gpu asan asan-build bench bench-http run install clean fuzz
+.PHONY: all deps models nsroot test test-gpu bench-gpu asan asan-build bench bench-http bench-stream run install clean fuzz
 .SECONDARY:
 all: $(BUILD)/ember-worker $(BUILD)/emberd $(BUILD)/make-model $(BUILD)/test-engine $(BUILD)/test-tokenizer \
      $(BUILD)/test-sampler $(BUILD)/test-sched $(BUILD)/test-worker $(BUILD)/journal-capture \
@@ -182,13 +182,14 @@ fuzz: deps
 # --- benchmarks and the demo ----------------------------------------------
 
 BENCH_SHAPE ?= qwen2-0.5b
-# The benchmark model gets the Qwen tokenizer of tiny-qwen2, so that the
-# worker can serve it (the cold-start benchmark).
-$(BUILD)/models/$(BENCH_SHAPE)/.done-bench: $(BUILD)/make-model $(BUILD)/models/tiny-qwen2/.done
+# A benchmark model (random weights of a real shape) gets the Qwen tokenizer
+# of tiny-qwen2, so that the worker can serve it (the cold-start and
+# streaming benchmarks).
+$(BUILD)/models/%/.done-bench: $(BUILD)/make-model $(BUILD)/models/tiny-qwen2/.done
 	@mkdir -p $(BUILD)/models
-	$(BUILD)/make-model --shape $(BENCH_SHAPE) --out $(BUILD)/models/$(BENCH_SHAPE)
+	$(BUILD)/make-model --shape $* --out $(BUILD)/models/$*
 	cp $(BUILD)/models/tiny-qwen2/tokenizer.json $(BUILD)/models/tiny-qwen2/tokenizer_config.json \
-		$(BUILD)/models/$(BENCH_SHAPE)/
+		$(BUILD)/models/$*/
 	@touch $@
 
 bench: deps models all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
@@ -198,7 +199,16 @@ bench: deps models all $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
 	$(BUILD)/bench-tokenizer --model $(BUILD)/models/tiny-llama
 	$(BUILD)/bench-wstore --model $(BUILD)/models/$(BENCH_SHAPE)
 	node scripts/bench_coldstart.mjs $(BUILD) $(BUILD)/models/$(BENCH_SHAPE) 3
+	node scripts/bench_stream.mjs $(BUILD) $(BUILD)/models/$(BENCH_SHAPE) $(STREAM_ARGS)
 	scripts/bench_http.sh $(BUILD)
+
+# Streamed chats under load through Caddy and emberd (TTFT, inter-token
+# latency, aggregate tokens/s). On a GPU:
+#   make bench-stream BENCH_SHAPE=r1-distill-qwen-1.5b \
+#        STREAM_ARGS="--streams 64 --tokens 256 -- --device cuda"
+STREAM_ARGS ?= --streams 16 --tokens 32 --rounds 1
+bench-stream: deps models $(BUILD)/ember-worker $(BUILD)/emberd $(BUILD)/models/$(BENCH_SHAPE)/.done-bench
+	node scripts/bench_stream.mjs $(BUILD) $(BUILD)/models/$(BENCH_SHAPE) $(STREAM_ARGS)
 
 # Only the HTTP benchmark: GET /health through Caddy, ember beside php-fpm.
 bench-http: deps models $(BUILD)/ember-worker

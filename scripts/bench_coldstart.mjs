@@ -3,15 +3,24 @@
 // Qwen2-0.5B shape in `make bench`): with the weights already in emberd's
 // memfd (emberd running, its workers stopped on idle), and without (emberd
 // socket-activated by the connection, reading the weights from a cold page
-// cache). A request to a ready worker is measured beside them.
-//   node scripts/bench_coldstart.mjs BUILD_DIR MODEL_DIR [RUNS]
+// cache). A request to a ready worker is measured beside them. The first
+// case is split with the worker's own log (its "ready" line and the
+// request's ttft_ms): emberd's fork to the worker's start, the model's
+// tables, the tokenizer beside the device (its initialisation, on a GPU the
+// weights' upload and the graphs' capture), the rest of the start, the
+// first token in the worker, and what is left (emberd noticing the
+// connection, Caddy).
+//   node scripts/bench_coldstart.mjs BUILD_DIR MODEL_DIR [RUNS] [-- WORKER_ARGS...]
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
-const [build, modelDir, runsArg] = process.argv.slice(2);
+const argv = process.argv.slice(2);
+const dash = argv.indexOf('--');
+const [build, modelDir, runsArg] = dash < 0 ? argv : argv.slice(0, dash);
+const workerArgs = dash < 0 ? [] : argv.slice(dash + 1); // e.g. --device cuda
 const runs = Number(runsArg || 3);
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ember-coldstart-'));
@@ -60,6 +69,23 @@ async function firstToken(base) {
 	return (t - t0) / 1000;
 }
 
+// The worker's phases from the log lines after `from` (a byte offset).
+const phaseNames = ['process start', 'model', 'tokenizer', 'init', 'weights to the GPU', 'graph capture', 'side by side', 'the rest'];
+function phases(log, from) {
+	const text = fs.readFileSync(log, 'utf8').slice(from);
+	const ready = text.match(/"msg":"ready ([0-9.]+) s after [^:]*: ([^"]*)"/);
+	const req = text.match(/"ttft_ms":([0-9.]+)/);
+	if (!ready || !req) throw new Error(`no ready line or request line in ${log}`);
+	const out = { ready: Number(ready[1]), ttft: Number(req[1]) / 1000 };
+	for (const part of ready[2].split(', ')) {
+		const m = part.match(/^(.*?) ([0-9.]+) s/);
+		if (!m) continue;
+		const name = phaseNames.find((n) => m[1] === n || m[1].endsWith(` ${n}`));
+		if (name) out[name] = Number(m[2]);
+	}
+	return out;
+}
+
 const children = (pid) => spawnSync('pgrep', ['-P', String(pid)]).stdout.toString().split('\n').filter(Boolean);
 const dropCaches = () => { try { fs.writeFileSync('/proc/sys/vm/drop_caches', '1'); return true; } catch { return false; } };
 const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
@@ -69,14 +95,19 @@ try {
 	const worker = path.join(build, 'ember-worker');
 	// 1. weights in the memfd: emberd already up, no worker running.
 	const sock = path.join(dir, 'warm.sock');
-	const e = start(emberd, ['--model', modelDir, '--listen', sock, '--worker', worker, '--idle-timeout', '0.5', '--spare', '0'], {}, 'emberd.log');
+	const e = start(emberd, ['--model', modelDir, '--listen', sock, '--worker', worker, '--idle-timeout', '0.5', '--spare', '0', '--', ...workerArgs], {}, 'emberd.log');
+	const elog = path.join(dir, 'emberd.log');
 	await waitFor(async () => fs.readFileSync(path.join(dir, 'emberd.log'), 'utf8').includes('emberd: ready'));
 	const base = await caddy(sock);
 	const inMemfd = [];
+	const split = [];
 	const ready = [];
 	for (let i = 0; i < runs; i++) {
 		await waitFor(async () => children(e.pid).length === 0);
+		const from = fs.statSync(elog).size;
 		inMemfd.push(await firstToken(base));
+		await sleep(50); // the request's log line follows its last byte
+		split.push(phases(elog, from));
 		ready.push(await firstToken(base)); // the worker is up now
 	}
 	e.kill('SIGTERM');
@@ -86,7 +117,7 @@ try {
 	for (let i = 0; i < runs; i++) {
 		const s2 = path.join(dir, `cold${i}.sock`);
 		dropped = dropCaches();
-		const a = start('systemd-socket-activate', ['-l', s2, emberd, '--model', modelDir, '--worker', worker], {}, `cold${i}.log`);
+		const a = start('systemd-socket-activate', ['-l', s2, emberd, '--model', modelDir, '--worker', worker, '--', ...workerArgs], {}, `cold${i}.log`);
 		await waitFor(async () => fs.existsSync(s2));
 		const b2 = await caddy(s2);
 		cold.push(await firstToken(b2));
@@ -97,6 +128,18 @@ try {
 	console.log(`  weights already in emberd's memfd, 0 workers:   ${f(median(inMemfd))}  (${inMemfd.map(f).join(', ')})`);
 	console.log(`  emberd socket-activated, weights from ${dropped ? 'a cold page cache' : 'the page cache'}: ${f(median(cold))}  (${cold.map(f).join(', ')})`);
 	console.log(`  a ready worker, for comparison:                 ${f(median(ready))}  (${ready.map(f).join(', ')})`);
+	// The run of median total, split.
+	const at = inMemfd.indexOf(median(inMemfd));
+	const sp = split[at];
+	console.log(`  that median run (weights in the memfd), split:`);
+	const label = { init: '  device init', tokenizer: '  tokenizer', 'weights to the GPU': '  weights to the GPU',
+		'graph capture': '  graph capture', 'side by side': 'tokenizer and device, side by side' };
+	const order = ['process start', 'model', 'side by side', 'tokenizer', 'init', 'weights to the GPU', 'graph capture', 'the rest'];
+	for (const n of order)
+		if (sp[n] !== undefined && (n !== 'weights to the GPU' && n !== 'graph capture' || sp[n] > 0))
+			console.log(`    ${(label[n] || n).padEnd(36)} ${f(sp[n])}`);
+	console.log(`    ${'the first token, in the worker'.padEnd(36)} ${f(sp.ttft)}`);
+	console.log(`    ${'the rest (emberd noticing, Caddy)'.padEnd(36)} ${f(inMemfd[at] - sp.ready - sp.ttft)}`);
 } finally {
 	for (const k of kids) k.kill('SIGTERM');
 	await sleep(300);

@@ -7,6 +7,7 @@
 #endif
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 int device_parse(const char *s, enum device_kind *out)
@@ -41,8 +42,8 @@ size_t device_kv_block_bytes(enum device_kind k, const struct model *m)
 	return cpu_kv_block_bytes(m);
 }
 
-int device_backend_create(const struct model *m, const struct device_opts *o,
-			  struct backend **out, char *err)
+static int create(const struct model *m, const struct device_opts *o, struct backend **out,
+		  char *err)
 {
 	enum device_kind k = device_resolve(o->kind);
 	if (k == DEVICE_CUDA) {
@@ -51,7 +52,16 @@ int device_backend_create(const struct model *m, const struct device_opts *o,
 				       .max_seqs = o->max_seqs, .max_ctx = o->max_ctx,
 				       .kv_blocks = o->kv_blocks,
 				       .gpu_memory_fraction = o->gpu_memory_fraction};
-		return cuda_backend_create(m, &co, out, NULL, err);
+		struct cuda_load_stats st = {0};
+		int rc = cuda_backend_create(m, &co, out, &st, err);
+		if (o->stats) {
+			*o->stats = (struct device_stats){.init_s = st.init_s, .upload_s = st.upload_s,
+							  .upload_bytes = st.upload_bytes,
+							  .graph_s = st.graph_s, .graphs = st.graphs};
+			snprintf(o->stats->graph_error, sizeof o->stats->graph_error, "%s",
+				 st.graph_error);
+		}
+		return rc;
 #else
 		*out = NULL;
 		return ember_err(err, -ENOTSUP,
@@ -69,4 +79,16 @@ int device_backend_create(const struct model *m, const struct device_opts *o,
 		co.kv_blocks = (o->max_seqs > 0 ? o->max_seqs : 1) * ((ctx + KV_BLOCK - 1) / KV_BLOCK);
 	}
 	return cpu_backend_create(m, &co, out, err);
+}
+
+int device_backend_create(const struct model *m, const struct device_opts *o,
+			  struct backend **out, char *err)
+{
+	double t0 = ember_now();
+	if (o->stats)
+		*o->stats = (struct device_stats){0};
+	int rc = create(m, o, out, err);
+	if (o->stats && rc == 0 && strcmp((*out)->name, "cpu") == 0)
+		o->stats->init_s = ember_now() - t0; /* the threads and buffers */
+	return rc;
 }

@@ -13,6 +13,16 @@ enum device_kind {
 	DEVICE_CUDA,
 };
 
+/* Where a backend's creation spent its time, for the cold-start log. */
+struct device_stats {
+	double init_s;       /* the device itself: CUDA's context and cuBLAS; the CPU's threads */
+	double upload_s;     /* the weights to the GPU (0 on the CPU, which maps them) */
+	size_t upload_bytes;
+	double graph_s;      /* capturing the CUDA graphs */
+	int graphs;          /* batch buckets captured */
+	char graph_error[EMBER_ERR_LEN]; /* why capturing stopped early, or "" */
+};
+
 struct device_opts {
 	enum device_kind kind;
 	int threads;        /* CPU threads (0: one per processor) */
@@ -24,6 +34,7 @@ struct device_opts {
 	 * the memory free once the model is in). */
 	int kv_blocks;
 	double gpu_memory_fraction;
+	struct device_stats *stats; /* filled when not NULL */
 };
 
 /* Parses "auto", "cpu" or "cuda"; -1 for anything else. */

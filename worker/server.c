@@ -42,6 +42,9 @@ struct server {
 	struct scoreboard *sb;        /* under emberd: the pool's scoreboard, else NULL */
 	struct sb_slot *slot;         /* this worker's slot in it */
 	int event_fd;                 /* emberd's event pipe (sb_event), or -1 */
+	/* the start's phases (CLOCK_MONOTONIC seconds), for the ready line */
+	double t_run, t_model, t_tok, t_both; /* t_both: the tokenizer and the device side by side */
+	struct device_stats dev;
 };
 
 struct req_thread {
@@ -495,6 +498,50 @@ fail:
 	return -1;
 }
 
+/* A tokenizer loading in a thread of its own. */
+struct tok_job {
+	struct mfiles *files;
+	struct tokenizer *tok;
+	int rc;
+	double seconds;
+	char err[EMBER_ERR_LEN];
+};
+
+static void *tok_job_run(void *arg)
+{
+	struct tok_job *j = arg;
+	double t0 = ember_now();
+	j->rc = tok_load(j->files, &j->tok, j->err);
+	j->seconds = ember_now() - t0;
+	return NULL;
+}
+
+/* The backend on the device the flags name, with a KV cache for the
+ * context (env.ctx, set here). Returns 0 or -1 (logged). */
+static int start_device(struct server *s)
+{
+	const struct server_opts *o = s->o;
+	char err[EMBER_ERR_LEN];
+	int ctx = o->ctx > 0 ? o->ctx : 4096;
+	s->env.ctx = ctx < s->m->cfg.max_pos ? ctx : s->m->cfg.max_pos;
+	enum device_kind dev = device_resolve(o->device);
+	struct device_opts co = {.kind = dev, .threads = o->threads, .max_ctx = s->env.ctx,
+				 .max_seqs = o->slots, .max_tokens = o->max_batch_tokens,
+				 .gpu_memory_fraction = o->gpu_memory_fraction, .stats = &s->dev};
+	size_t block_bytes = device_kv_block_bytes(dev, s->m);
+	/* Without --kv-cache-mb the device sizes the pool (device.h). */
+	co.kv_blocks = o->kv_mb > 0 ? (int)((size_t)o->kv_mb * 1024 * 1024 / block_bytes) : -1;
+	if (co.kv_blocks == 0) {
+		wlog(3, "--kv-cache-mb %d holds no block of %zu bytes", o->kv_mb, block_bytes);
+		return -1;
+	}
+	if (device_backend_create(s->m, &co, &s->b, err) < 0) {
+		wlog(3, "cannot start the engine: %s", err);
+		return -1;
+	}
+	return 0;
+}
+
 /* Loads the model, its tokenizer and chat template, the backend and the
  * scheduler. Returns 0 or -1 (logged). */
 static int load(struct server *s)
@@ -520,17 +567,38 @@ static int load(struct server *s)
 	} else {
 		rc = model_open_dir(o->model_dir, &s->m, err);
 	}
-	if (rc < 0 || tok_load(s->m->files, &s->tok, err) < 0) {
+	if (rc < 0) {
 		wlog(3, "cannot load the model: %s", err);
 		return -1;
 	}
+	s->t_model = ember_now() - t0;
+	/* The tokenizer (parsing tokenizer.json takes a good part of a cold
+	 * start) loads in a thread of its own while the device takes the
+	 * weights: meanwhile that thread alone reads the model's files, the
+	 * device only the tensors model_open mapped. */
+	struct tok_job tj = {s->m->files, NULL, 0, 0, ""};
+	pthread_t tok_thread;
+	bool tok_threaded = pthread_create(&tok_thread, NULL, tok_job_run, &tj) == 0;
+	if (!tok_threaded)
+		tok_job_run(&tj);
+	double t1 = ember_now();
+	rc = start_device(s);
+	if (tok_threaded)
+		pthread_join(tok_thread, NULL);
+	s->t_both = ember_now() - t1;
+	s->tok = tj.tok;
+	s->t_tok = tj.seconds;
+	if (tj.rc < 0) {
+		wlog(3, "cannot load the tokenizer: %s", tj.err);
+		return -1;
+	}
+	if (rc < 0)
+		return -1;
 	struct comp_env *env = &s->env;
 	env->m = s->m;
 	env->tok = s->tok;
 	env->met = &s->met;
 	env->model_name = s->model_name;
-	int ctx = o->ctx > 0 ? o->ctx : 4096;
-	env->ctx = ctx < s->m->cfg.max_pos ? ctx : s->m->cfg.max_pos;
 	env->max_prompt_tokens = o->max_prompt_tokens;
 	env->request_timeout = o->request_timeout;
 	env->keepalive = o->keepalive;
@@ -557,20 +625,8 @@ static int load(struct server *s)
 	if (tok_eos(s->tok) >= 0 && env->n_stop_ids < SCHED_MAX_STOP_IDS)
 		env->stop_ids[env->n_stop_ids++] = tok_eos(s->tok);
 
-	enum device_kind dev = device_resolve(o->device);
-	struct device_opts co = {.kind = dev, .threads = o->threads, .max_ctx = env->ctx,
-				 .max_seqs = o->slots, .max_tokens = o->max_batch_tokens,
-				 .gpu_memory_fraction = o->gpu_memory_fraction};
-	size_t block_bytes = device_kv_block_bytes(dev, s->m);
-	/* Without --kv-cache-mb the device sizes the pool (device.h). */
-	co.kv_blocks = o->kv_mb > 0 ? (int)((size_t)o->kv_mb * 1024 * 1024 / block_bytes) : -1;
-	if (co.kv_blocks == 0) {
-		wlog(3, "--kv-cache-mb %d holds no block of %zu bytes", o->kv_mb, block_bytes);
-		return -1;
-	}
 	struct sched_opts so = {.max_batch_tokens = o->max_batch_tokens, .tok = s->tok};
-	if (device_backend_create(s->m, &co, &s->b, err) < 0 ||
-	    sched_create(s->b, &so, &env->sched, err) < 0) {
+	if (sched_create(s->b, &so, &env->sched, err) < 0) {
 		wlog(3, "cannot start the engine: %s", err);
 		return -1;
 	}
@@ -580,6 +636,31 @@ static int load(struct server *s)
 	     s->model_name, s->b->name, s->m->cfg.arch_name, s->m->cfg.n_layers, env->ctx, o->slots,
 	     blocks, ember_now() - t0);
 	return 0;
+}
+
+/* Where the start went, for cold-start budgets: under emberd from its
+ * fork (the scoreboard's started_ms, on the same monotonic clock); the
+ * tokenizer beside the device, and on a GPU the weights' upload and the
+ * graphs' capture. */
+static void log_start(const struct server *s)
+{
+	double now = ember_now(), before = 0;
+	if (s->slot)
+		before = s->t_run - (double)atomic_load(&s->slot->started_ms) / 1000;
+	const struct device_stats *d = &s->dev;
+	char gpu[160] = "";
+	if (d->upload_s > 0)
+		snprintf(gpu, sizeof gpu,
+			 ", weights to the GPU %.3f s (%.2f GB/s), graph capture %.3f s (%d graphs)",
+			 d->upload_s, (double)d->upload_bytes / 1e9 / d->upload_s, d->graph_s, d->graphs);
+	if (d->graph_error[0])
+		wlog(4, "CUDA graphs stopped after %d batch sizes (larger decode steps run kernel by "
+		     "kernel): %s", d->graphs, d->graph_error);
+	wlog(6, "ready %.3f s after %s: process start %.3f s, model %.3f s, tokenizer %.3f s, %s "
+	     "init %.3f s%s, tokenizer and device side by side %.3f s, the rest %.3f s",
+	     now - s->t_run + before, s->slot ? "emberd's fork" : "the process started", before,
+	     s->t_model, s->t_tok, s->b->name, d->init_s, gpu, s->t_both,
+	     now - s->t_run - s->t_model - s->t_both);
 }
 
 static int init_thread(struct req_thread *rt, struct server *s)
@@ -610,6 +691,7 @@ int server_run(const struct server_opts *o)
 		return 1;
 	wlog_init();
 	s->o = o;
+	s->t_run = ember_now();
 	s->listen_fd = -1;
 	s->start_time = (double)time(NULL);
 	pthread_mutex_init(&s->accept_mu, NULL);
@@ -739,6 +821,7 @@ int server_run(const struct server_opts *o)
 	}
 	wlog(6, "serving FastCGI on %s with %d slots and %d request threads",
 	     o->listen ? o->listen : "the inherited socket", o->slots, n_threads);
+	log_start(s);
 
 	int sig = 0;
 	while (!atomic_load(&s->env.stopping)) {
