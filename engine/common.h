@@ -58,6 +58,12 @@ static inline uint16_t f32_to_bf16(float f)
 /* The length of the longest prefix of buf[0..len) that is valid UTF-8
  * (no overlong forms, surrogates or code points past U+10FFFF). */
 size_t utf8_valid_prefix(const uint8_t *buf, size_t len);
+/* The length (1 to 4) of the valid UTF-8 sequence that buf[0..len) starts
+ * with, or 0. */
+size_t utf8_seq_len(const uint8_t *buf, size_t len);
+/* Writes code point cp (at most U+10FFFF) as UTF-8 to out (room for 4);
+ * returns the bytes written. */
+size_t utf8_put(uint32_t cp, char *out);
 
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);

@@ -5,6 +5,7 @@
  * in tokenizers' Word::merge_all). */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
+#include "tokjson.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -38,9 +39,16 @@ static uint64_t hash_u64(uint64_t x)
 	return x;
 }
 
-/* Token text -> id, open addressing over the pieces' own storage. */
+/* Token text -> id, open addressing over the pieces' own storage. Each
+ * slot keeps its text's hash's high half, so that a probe reads a text
+ * only when that matches (most probes would miss the cache otherwise). */
+struct strslot {
+	int32_t id;    /* id + 1; 0 is empty */
+	uint32_t tag;  /* hash >> 32 */
+};
+
 struct strmap {
-	int32_t *slots; /* id + 1; 0 is empty */
+	struct strslot *slots;
 	size_t mask;
 };
 
@@ -80,6 +88,7 @@ struct tokenizer {
 	char **piece;                 /* (n_ids) raw bytes of each id, NULL if unused */
 	uint32_t *piece_len;
 	char **text;                  /* (n_ids) the token as written in the vocabulary */
+	uint32_t *text_len;           /* (n_ids) strlen of each text */
 	struct strmap vocab;          /* text -> id */
 	struct mergemap merges;
 	int32_t byte_id[256];         /* the id of each byte's single-symbol token, or -1 */
@@ -142,29 +151,33 @@ static bool strmap_init(struct strmap *m, size_t n)
 
 static int32_t strmap_get(const struct tokenizer *t, const char *s, size_t len)
 {
-	for (size_t i = hash_bytes(s, len) & t->vocab.mask;; i = (i + 1) & t->vocab.mask) {
-		int32_t v = t->vocab.slots[i];
-		if (v == 0)
+	uint64_t h = hash_bytes(s, len);
+	for (size_t i = h & t->vocab.mask;; i = (i + 1) & t->vocab.mask) {
+		struct strslot e = t->vocab.slots[i];
+		if (e.id == 0)
 			return -1;
-		const char *k = t->text[v - 1];
-		if (strlen(k) == len && memcmp(k, s, len) == 0)
-			return v - 1;
+		if (e.tag == (uint32_t)(h >> 32) && t->text_len[e.id - 1] == len &&
+		    memcmp(t->text[e.id - 1], s, len) == 0)
+			return e.id - 1;
 	}
 }
 
-/* Inserts id under its text; an existing entry keeps its id (added tokens
- * that repeat a vocabulary entry point to the same id in practice). */
+/* Inserts id under its text (text_len set); an existing entry keeps its id
+ * (added tokens that repeat a vocabulary entry point to the same id in
+ * practice). */
 static void strmap_put(struct tokenizer *t, int32_t id)
 {
 	const char *s = t->text[id];
-	size_t len = strlen(s);
-	for (size_t i = hash_bytes(s, len) & t->vocab.mask;; i = (i + 1) & t->vocab.mask) {
-		int32_t v = t->vocab.slots[i];
-		if (v == 0) {
-			t->vocab.slots[i] = id + 1;
+	size_t len = t->text_len[id];
+	uint64_t h = hash_bytes(s, len);
+	for (size_t i = h & t->vocab.mask;; i = (i + 1) & t->vocab.mask) {
+		struct strslot e = t->vocab.slots[i];
+		if (e.id == 0) {
+			t->vocab.slots[i] = (struct strslot){id + 1, (uint32_t)(h >> 32)};
 			return;
 		}
-		if (strcmp(t->text[v - 1], s) == 0)
+		if (e.tag == (uint32_t)(h >> 32) && t->text_len[e.id - 1] == len &&
+		    memcmp(t->text[e.id - 1], s, len) == 0)
 			return;
 	}
 }
@@ -193,27 +206,6 @@ static void merge_put(struct mergemap *m, int32_t a, int32_t b, int32_t rank, in
 	}
 }
 
-/* ---- UTF-8 --------------------------------------------------------------- */
-
-static size_t utf8_put(uint32_t cp, char *out)
-{
-	if (cp < 0x80) {
-		out[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		out[0] = (char)(0xc0 | cp >> 6);
-		out[1] = (char)(0x80 | (cp & 0x3f));
-		return 2;
-	}
-	out[0] = (char)(0xe0 | cp >> 12);
-	out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-	out[2] = (char)(0x80 | (cp & 0x3f));
-	return 3;
-}
-
-/* GPT-2's byte-level alphabet: printable bytes stand for themselves, the
- * others for code points from 256 up, in byte order. */
 static void byte_alphabet(uint32_t cp_of[256])
 {
 	uint32_t extra = 256;
@@ -459,21 +451,85 @@ static int cmp_added(const void *x, const void *y)
 	return a->id < b->id ? -1 : a->id > b->id;
 }
 
-static int load_vocab(struct tokenizer *t, json_t *model, json_t *added, char *err)
+/* The vocabulary comes in two passes over its entries, from jansson's tree
+ * or straight from the file (tokjson.h): the largest id, then each entry.
+ * FAST_PATH_NO: the file's bytes hold what the fast path leaves to
+ * jansson (here, a text given twice, of which jansson keeps the last). */
+#define FAST_PATH_NO (-1)
+
+struct vocab_pass {
+	struct tokenizer *t;
+	int max_id;
+	const int16_t *byte_of;
+	bool fast;
+	char *err;
+};
+
+static int vocab_max(void *arg, const char *text, size_t len, long id)
 {
-	json_t *vocab = json_object_get(model, "vocab");
-	if (!json_is_object(vocab))
-		return ember_err(err, -EINVAL, "tokenizer.json: model.vocab is not an object");
-	int max_id = -1;
+	struct vocab_pass *vp = arg;
+	(void)len;
+	if (id < 0 || id >= (1 << 24))
+		return vp->fast ? FAST_PATH_NO
+				: ember_err(vp->err, -EINVAL,
+					    "tokenizer.json: vocab id of '%.40s' is not in 0..2^24", text);
+	if (id > vp->max_id)
+		vp->max_id = (int)id;
+	return 0;
+}
+
+static int vocab_add(void *arg, const char *text, size_t len, long id)
+{
+	struct vocab_pass *vp = arg;
+	struct tokenizer *t = vp->t;
+	/* A key given twice: jansson keeps its last id (no NUL gets through
+	 * either path, so len is strlen(text)). */
+	if (vp->fast && strmap_get(t, text, len) >= 0)
+		return FAST_PATH_NO;
+	if (t->text[id])
+		return ember_err(vp->err, -EINVAL, "tokenizer.json: id %ld is given twice in the vocab", id);
+	if (!(t->text[id] = strdup(text)) || set_piece(t, (int32_t)id, text, vp->byte_of) < 0)
+		return ember_err(vp->err, -ENOMEM, "out of memory");
+	t->text_len[id] = (uint32_t)len;
+	if (t->piece_len[id] > t->longest)
+		t->longest = t->piece_len[id];
+	strmap_put(t, (int32_t)id);
+	return 0;
+}
+
+/* Runs fn over every entry of model.vocab: from the file when json is not
+ * NULL (a range that tj_find found), else from jansson's object. */
+static int vocab_each(json_t *vocab, const char *json, const struct tj_sections *sec,
+		      int (*fn)(void *, const char *, size_t, long), struct vocab_pass *vp)
+{
+	if (json)
+		return tj_vocab(json, sec->vocab_at, sec->vocab_end, fn, vp);
 	const char *key;
 	json_t *v;
 	json_object_foreach(vocab, key, v) {
-		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (1 << 24))
-			return ember_err(err, -EINVAL, "tokenizer.json: vocab id of '%.40s' is not in 0..2^24",
-					 key);
-		if (json_integer_value(v) > max_id)
-			max_id = (int)json_integer_value(v);
+		if (!json_is_integer(v))
+			return ember_err(vp->err, -EINVAL,
+					 "tokenizer.json: vocab id of '%.40s' is not in 0..2^24", key);
+		int rc = fn(vp, key, strlen(key), (long)json_integer_value(v));
+		if (rc)
+			return rc;
 	}
+	return 0;
+}
+
+static int load_vocab(struct tokenizer *t, json_t *model, const char *json,
+		      const struct tj_sections *sec, json_t *added, char *err)
+{
+	json_t *vocab = json_object_get(model, "vocab");
+	if (!json && !json_is_object(vocab))
+		return ember_err(err, -EINVAL, "tokenizer.json: model.vocab is not an object");
+	uint32_t cp_of[256];
+	int16_t byte_of[0x144];
+	struct vocab_pass vp = {t, -1, byte_of, json != NULL, err};
+	int rc = vocab_each(vocab, json, sec, vocab_max, &vp);
+	if (rc)
+		return rc;
+	int max_id = vp.max_id;
 	for (size_t i = 0; i < json_array_size(added); i++) {
 		json_t *id = json_object_get(json_array_get(added, i), "id");
 		if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= (1 << 24))
@@ -487,28 +543,19 @@ static int load_vocab(struct tokenizer *t, json_t *model, json_t *added, char *e
 	t->piece = calloc((size_t)t->n_ids, sizeof *t->piece);
 	t->piece_len = calloc((size_t)t->n_ids, sizeof *t->piece_len);
 	t->text = calloc((size_t)t->n_ids, sizeof *t->text);
+	t->text_len = calloc((size_t)t->n_ids, sizeof *t->text_len);
 	t->special = calloc((size_t)t->n_ids, sizeof *t->special);
 	t->added = calloc(json_array_size(added) + 1, sizeof *t->added);
-	if (!t->piece || !t->piece_len || !t->text || !t->special || !t->added ||
+	if (!t->piece || !t->piece_len || !t->text || !t->text_len || !t->special || !t->added ||
 	    !strmap_init(&t->vocab, (size_t)t->n_ids))
 		return ember_err(err, -ENOMEM, "out of memory for the vocabulary");
-	uint32_t cp_of[256];
-	int16_t byte_of[0x144];
 	byte_alphabet(cp_of);
 	for (int i = 0; i < 0x144; i++)
 		byte_of[i] = -1;
 	for (int b = 0; b < 256; b++)
 		byte_of[cp_of[b]] = (int16_t)b;
-	json_object_foreach(vocab, key, v) {
-		int32_t id = (int32_t)json_integer_value(v);
-		if (t->text[id])
-			return ember_err(err, -EINVAL, "tokenizer.json: id %d is given twice in the vocab", id);
-		if (!(t->text[id] = strdup(key)) || set_piece(t, id, key, byte_of) < 0)
-			return ember_err(err, -ENOMEM, "out of memory");
-		if (t->piece_len[id] > t->longest)
-			t->longest = t->piece_len[id];
-		strmap_put(t, id);
-	}
+	if ((rc = vocab_each(vocab, json, sec, vocab_add, &vp)) != 0)
+		return rc;
 	for (size_t i = 0; i < json_array_size(added); i++) {
 		json_t *a = json_array_get(added, i);
 		json_t *content = json_object_get(a, "content");
@@ -520,8 +567,11 @@ static int load_vocab(struct tokenizer *t, json_t *model, json_t *added, char *e
 		for (size_t k = 0; k < t->n_added; k++)
 			if (t->added[k].id == id)
 				return ember_err(err, -EINVAL, "tokenizer.json: added token id %d is given twice", id);
-		if (!t->text[id] && !(t->text[id] = strdup(s)))
-			return ember_err(err, -ENOMEM, "out of memory");
+		if (!t->text[id]) {
+			if (!(t->text[id] = strdup(s)))
+				return ember_err(err, -ENOMEM, "out of memory");
+			t->text_len[id] = (uint32_t)strlen(s);
+		}
 		/* An added token's bytes are its text, not byte-level symbols. */
 		free(t->piece[id]);
 		if (!(t->piece[id] = strdup(s)))
@@ -552,19 +602,49 @@ static int load_vocab(struct tokenizer *t, json_t *model, json_t *added, char *e
 	return 0;
 }
 
-static int load_merges(struct tokenizer *t, json_t *merges, char *err)
+struct merge_pass {
+	struct tokenizer *t;
+	size_t i;
+	char *err;
+};
+
+static int merge_add(void *arg, const char *a, size_t la, const char *b, size_t lb)
 {
-	if (!json_is_array(merges))
+	struct merge_pass *mp = arg;
+	struct tokenizer *t = mp->t;
+	size_t i = mp->i++;
+	char buf[1024];
+	if (la + lb >= sizeof buf)
+		return ember_err(mp->err, -EINVAL, "tokenizer.json: merge %zu is too long", i);
+	int32_t ia = strmap_get(t, a, la), ib = strmap_get(t, b, lb);
+	memcpy(buf, a, la);
+	memcpy(buf + la, b, lb);
+	int32_t iab = strmap_get(t, buf, la + lb);
+	if (ia < 0 || ib < 0 || iab < 0)
+		return ember_err(mp->err, -EINVAL, "tokenizer.json: merge %zu (%.*s %.*s) names a token "
+						   "not in the vocabulary", i, (int)la, a, (int)lb, b);
+	merge_put(&t->merges, ia, ib, (int32_t)i, iab);
+	return 0;
+}
+
+/* The merges, in rank order: from the file when json is not NULL (a range
+ * that tj_find found), else from jansson's array. */
+static int load_merges(struct tokenizer *t, json_t *merges, const char *json,
+		       const struct tj_sections *sec, char *err)
+{
+	if (!json && !json_is_array(merges))
 		return ember_err(err, -EINVAL, "tokenizer.json: model.merges is not a list");
-	size_t n = json_array_size(merges), cap = 16;
+	size_t n = json ? sec->n_merges : json_array_size(merges), cap = 16;
 	while (cap < 2 * n)
 		cap <<= 1;
 	t->merges.slots = calloc(cap, sizeof *t->merges.slots);
 	t->merges.mask = cap - 1;
 	if (!t->merges.slots)
 		return ember_err(err, -ENOMEM, "out of memory for %zu merges", n);
-	char buf[1024];
-	for (size_t i = 0; i < n; i++) {
+	struct merge_pass mp = {t, 0, err};
+	if (json)
+		return tj_merges(json, sec->merges_at, sec->merges_end, merge_add, &mp);
+	for (size_t i = 0; i < json_array_size(merges); i++) {
 		json_t *m = json_array_get(merges, i);
 		const char *a, *b;
 		size_t la, lb;
@@ -581,16 +661,9 @@ static int load_merges(struct tokenizer *t, json_t *merges, char *err)
 		} else {
 			return ember_err(err, -EINVAL, "tokenizer.json: merge %zu is not a pair", i);
 		}
-		if (la + lb >= sizeof buf)
-			return ember_err(err, -EINVAL, "tokenizer.json: merge %zu is too long", i);
-		int32_t ia = strmap_get(t, a, la), ib = strmap_get(t, b, lb);
-		memcpy(buf, a, la);
-		memcpy(buf + la, b, lb);
-		int32_t iab = strmap_get(t, buf, la + lb);
-		if (ia < 0 || ib < 0 || iab < 0)
-			return ember_err(err, -EINVAL, "tokenizer.json: merge %zu (%.*s %.*s) names a token "
-						       "not in the vocabulary", i, (int)la, a, (int)lb, b);
-		merge_put(&t->merges, ia, ib, (int32_t)i, iab);
+		int rc = merge_add(&mp, a, la, b, lb);
+		if (rc)
+			return rc;
 	}
 	return 0;
 }
@@ -637,14 +710,41 @@ static int check_decoder(json_t *d, char *err)
 			 type ? type : "(none)");
 }
 
-int tok_load_json(const uint8_t *json, size_t len, const uint8_t *cfgb, size_t cfg_len,
-		  struct tokenizer **out, char *err)
+/* tokenizer.json with jansson's tree for all but model.vocab and
+ * model.merges when sec is not NULL (they are read from the file's bytes
+ * at sec, and jansson parses a copy with {} and [] in their place): then
+ * FAST_PATH_NO when the bytes hold what only jansson reads right. */
+static int load_json(const uint8_t *json, size_t len, const struct tj_sections *sec,
+		     const uint8_t *cfgb, size_t cfg_len, struct tokenizer **out, char *err)
 {
 	*out = NULL;
 	json_error_t je;
-	json_t *root = json_loadb((const char *)json, len, 0, &je), *cfg = NULL;
-	if (!root)
+	json_t *root, *cfg = NULL;
+	if (sec) {
+		size_t cut[2][2] = {{sec->vocab_at, sec->vocab_end}, {sec->merges_at, sec->merges_end}};
+		const char *put[2] = {"{}", "[]"};
+		int first = sec->vocab_at < sec->merges_at ? 0 : 1;
+		char *rest = malloc(len);
+		if (!rest)
+			return ember_err(err, -ENOMEM, "out of memory");
+		size_t n = 0, from = 0;
+		for (int k = 0; k < 2; k++) {
+			int i = k == 0 ? first : 1 - first;
+			memcpy(rest + n, json + from, cut[i][0] - from);
+			n += cut[i][0] - from;
+			memcpy(rest + n, put[i], 2);
+			n += 2;
+			from = cut[i][1];
+		}
+		memcpy(rest + n, json + from, len - from);
+		n += len - from;
+		root = json_loadb(rest, n, 0, &je);
+		free(rest);
+		if (!root)
+			return FAST_PATH_NO;
+	} else if (!(root = json_loadb((const char *)json, len, 0, &je))) {
 		return ember_err(err, -EINVAL, "tokenizer.json: %s (line %d)", je.text, je.line);
+	}
 	/* Integers as reals: tokenizer_config.json often holds a
 	 * model_max_length past 2^64, and no integer of it is used. */
 	if (cfgb && !(cfg = json_loadb((const char *)cfgb, cfg_len, JSON_DECODE_INT_AS_REAL, &je))) {
@@ -670,8 +770,9 @@ int tok_load_json(const uint8_t *json, size_t len, const uint8_t *cfgb, size_t c
 	}
 	t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
 	if ((rc = check_model(model, err)) < 0 || (rc = check_decoder(json_object_get(root, "decoder"), err)) < 0 ||
-	    (rc = load_vocab(t, model, added, err)) < 0 ||
-	    (rc = load_merges(t, json_object_get(model, "merges"), err)) < 0 ||
+	    (rc = load_vocab(t, model, sec ? (const char *)json : NULL, sec, added, err)) < 0 ||
+	    (rc = load_merges(t, json_object_get(model, "merges"), sec ? (const char *)json : NULL,
+			      sec, err)) < 0 ||
 	    (rc = add_normalizer(t, json_object_get(root, "normalizer"), err)) < 0)
 		goto fail;
 	json_t *pre = json_object_get(root, "pre_tokenizer");
@@ -707,6 +808,18 @@ fail:
 	return rc;
 }
 
+int tok_load_json(const uint8_t *json, size_t len, const uint8_t *cfgb, size_t cfg_len,
+		  struct tokenizer **out, char *err)
+{
+	struct tj_sections sec;
+	if (tj_find((const char *)json, len, &sec) == 0) {
+		int rc = load_json(json, len, &sec, cfgb, cfg_len, out, err);
+		if (rc != FAST_PATH_NO)
+			return rc;
+	}
+	return load_json(json, len, NULL, cfgb, cfg_len, out, err);
+}
+
 int tok_load(struct mfiles *mf, struct tokenizer **out, char *err)
 {
 	const uint8_t *j, *c = NULL;
@@ -740,6 +853,7 @@ void tok_free(struct tokenizer *t)
 	free(t->piece);
 	free(t->piece_len);
 	free(t->text);
+	free(t->text_len);
 	free(t->special);
 	free(t->added);
 	free(t->vocab.slots);

@@ -5,6 +5,9 @@
  *   bench-tokenizer --model DIR [--text FILE.jsonl] [--mb N]
  *
  * FILE.jsonl holds one JSON string per line; each is encoded on its own.
+ * The load's time is printed beside that of jansson's parse of the same
+ * tokenizer.json (a tree the load no longer builds for the vocabulary and
+ * merges).
  * scripts/bench_tokenizer_hf.py measures Hugging Face tokenizers on the
  * same strings. */
 #include "../engine/modelfiles.h"
@@ -40,6 +43,18 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	double load = ember_now() - t0;
+	/* Beside it: jansson's tree of the same file alone, which loading
+	 * built before it read the vocabulary and merges itself. */
+	const uint8_t *tj;
+	size_t tjl;
+	if (mf_get(mf, "tokenizer.json", &tj, &tjl, err) < 0) {
+		fprintf(stderr, "bench-tokenizer: %s\n", err);
+		return 1;
+	}
+	t0 = ember_now();
+	json_t *tree = json_loadb((const char *)tj, tjl, 0, NULL);
+	json_decref(tree);
+	double tree_s = ember_now() - t0;
 	FILE *f = fopen(path, "r");
 	if (!f) {
 		perror(path);
@@ -78,6 +93,7 @@ int main(int argc, char **argv)
 	double dt = ember_now() - t0;
 	printf("%-44s %10s\n", dir, "value");
 	printf("%-44s %10.3f\n", "tokenizer load, s", load);
+	printf("%-44s %10.3f\n", "jansson's tree of tokenizer.json alone, s", tree_s);
 	printf("%-44s %10.1f\n", "encode, MB/s (one thread)", total / dt / 1e6);
 	printf("%-44s %10.2f\n", "encode, million tokens/s", tokens / dt / 1e6);
 	printf("(%zu strings, %.1f MB encoded, %.2f bytes per token)\n", n, total / 1e6,

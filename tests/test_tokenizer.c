@@ -10,6 +10,7 @@
 #include "../engine/chat.h"
 #include "../engine/modelfiles.h"
 #include "../engine/tokenizer.h"
+#include "../engine/tokjson.h"
 #include "runner.h"
 
 #include <errno.h>
@@ -288,6 +289,152 @@ static int test_split_empty_matches(void)
 	return 0;
 }
 
+static int count_vocab(void *arg, const char *text, size_t len, long id)
+{
+	(void)text, (void)len, (void)id;
+	++*(size_t *)arg;
+	return 0;
+}
+
+static int count_merge(void *arg, const char *a, size_t la, const char *b, size_t lb)
+{
+	(void)a, (void)la, (void)b, (void)lb;
+	++*(size_t *)arg;
+	return 0;
+}
+
+/* A real tokenizer.json read the fast way (tokjson.h: vocab and merges
+ * straight from the bytes) and, with one more top-level key too long for
+ * that reader (which sends it to jansson whole), the slow way: the same
+ * pieces for every id, the same ids for every corpus string. And the fast
+ * reader does take the real files. */
+static int check_fast_path(const char *model)
+{
+	char dir[512], err[EMBER_ERR_LEN];
+	snprintf(dir, sizeof dir, "%s/%s", models_dir, model);
+	struct mfiles *mf;
+	CHECK(mf_open_dir(dir, &mf, err) == 0, "%s", err);
+	const uint8_t *j, *cfg;
+	size_t jl, cl;
+	CHECK(mf_get(mf, "tokenizer.json", &j, &jl, err) == 0, "%s", err);
+	CHECK(mf_get(mf, "tokenizer_config.json", &cfg, &cl, err) == 0, "%s", err);
+	struct tj_sections sec;
+	size_t nv = 0, nm = 0;
+	CHECK(tj_find((const char *)j, jl, &sec) == 0, "%s: the fast reader refuses it", model);
+	CHECK(tj_vocab((const char *)j, sec.vocab_at, sec.vocab_end, count_vocab, &nv) == 0 &&
+		      tj_merges((const char *)j, sec.merges_at, sec.merges_end, count_merge, &nm) == 0,
+	      "%s: the fast reader stops in the vocab or the merges", model);
+	CHECK(nv == sec.n_vocab && nm == sec.n_merges && nv > 100000 && nm > 100000,
+	      "%s: %zu entries and %zu merges read, %zu and %zu counted", model, nv, nm, sec.n_vocab,
+	      sec.n_merges);
+	const char *brace = memchr(j, '{', jl);
+	CHECK(brace, "no object");
+	size_t pre = (size_t)(brace - (const char *)j) + 1, key = 5000;
+	char *slow = malloc(jl + key + 16);
+	memcpy(slow, j, pre);
+	size_t n = pre;
+	slow[n++] = '"';
+	memset(slow + n, 'x', key);
+	n += key;
+	memcpy(slow + n, "\":0,", 4);
+	n += 4;
+	memcpy(slow + n, j + pre, jl - pre);
+	n += jl - pre;
+	struct tj_sections no;
+	struct tokenizer *fast, *whole;
+	int bad = tj_find(slow, n, &no) == 0;
+	if (bad)
+		printf("    the fast reader took a key of %zu bytes\n", key);
+	CHECK(tok_load_json(j, jl, cfg, cl, &fast, err) == 0, "%s", err);
+	CHECK(tok_load_json((const uint8_t *)slow, n, cfg, cl, &whole, err) == 0, "%s", err);
+	free(slow);
+	mf_close(mf);
+	bad += tok_n_ids(fast) != tok_n_ids(whole) || tok_bos(fast) != tok_bos(whole) ||
+	       tok_eos(fast) != tok_eos(whole);
+	for (int32_t id = 0; !bad && id < tok_n_ids(fast); id++) {
+		size_t la = 0, lb = 0;
+		const char *a = tok_piece(fast, id, &la), *b = tok_piece(whole, id, &lb);
+		bad += (a == NULL) != (b == NULL) || la != lb || (a && memcmp(a, b, la) != 0) ||
+		       tok_is_special(fast, id) != tok_is_special(whole, id);
+	}
+	struct corpus c;
+	if (!bad && load_corpus(&c) == 0) {
+		struct tok_ctx *ca = tok_ctx_create(fast), *cb = tok_ctx_create(whole);
+		int32_t *ia = NULL, *ib = NULL;
+		size_t na, nb, capa = 0, capb = 0;
+		for (size_t i = 0; i < c.n && !bad; i++) {
+			na = nb = 0;
+			int ra = tok_encode(fast, ca, c.s[i], c.len[i], false, &ia, &na, &capa, err);
+			int rb = tok_encode(whole, cb, c.s[i], c.len[i], false, &ib, &nb, &capb, err);
+			bad += ra != rb || na != nb || memcmp(ia, ib, na * sizeof *ia) != 0;
+		}
+		free(ia), free(ib);
+		tok_ctx_destroy(ca), tok_ctx_destroy(cb);
+		free_corpus(&c);
+	}
+	tok_free(fast);
+	tok_free(whole);
+	CHECK(!bad, "%s: the fast and the whole reading differ", model);
+	printf("    %s: %zu entries and %zu merges read the fast way; the same as jansson's\n", model,
+	       nv, nm);
+	return 0;
+}
+
+static int test_fast_path_qwen(void)
+{
+	return check_fast_path("tiny-qwen2");
+}
+
+static int test_fast_path_deepseek(void)
+{
+	return check_fast_path("tiny-llama");
+}
+
+static int test_fast_path_llama3(void)
+{
+	return check_fast_path("../tokenizers/llama3");
+}
+
+/* What the fast reader leaves to jansson is read as jansson reads it: a
+ * vocab key given twice (the last id wins), escapes and surrogate pairs,
+ * merges as pairs. */
+static int test_fast_path_corners(void)
+{
+	const char *json =
+		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"a\":3,"
+		"\"\\u00e9\":4,\"\\ud83d\\ude00\":5,\"\\\"\\n\\/\":6},\"merges\":[[\"a\",\"b\"]]}}";
+	struct tokenizer *t;
+	char err[EMBER_ERR_LEN];
+	CHECK(tok_load_json((const uint8_t *)json, strlen(json), NULL, 0, &t, err) == 0, "%s", err);
+	int32_t a = tok_find(t, "a"), e = tok_find(t, "\xc3\xa9"), smile = tok_find(t, "\xf0\x9f\x98\x80"),
+		q = tok_find(t, "\"\n/");
+	tok_free(t);
+	CHECK(a == 3, "\"a\" given twice: id %d, jansson's last is 3", a);
+	CHECK(e == 4 && smile == 5 && q == 6, "escapes: %d %d %d", e, smile, q);
+	const char *fast = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"\\u00e9\":0,\"\\ud83d\\ude00\":1},"
+			   "\"merges\":[[\"a\",\"b\"]]}}";
+	struct tj_sections sec;
+	CHECK(tj_find(fast, strlen(fast), &sec) == 0 && sec.n_vocab == 2 && sec.n_merges == 1,
+	      "escapes and pairs refused by the fast reader");
+	const char *refused[] = {
+		"{\"model\":{\"vocab\":{\"\\ud83d\":0},\"merges\":[]}}",  /* a lone surrogate */
+		"{\"model\":{\"vocab\":{\"\\u0000\":0},\"merges\":[]}}",  /* NUL */
+		"{\"model\":{\"vocab\":{\"\xc3\":0},\"merges\":[]}}",      /* cut UTF-8 */
+		"{\"model\":{\"vocab\":{\"a\":0},\"merges\":[]}} x",        /* after the end */
+		"{\"model\":{\"vocab\":{\"a\":0},\"merges\":[]},\"model\":{}}", /* twice */
+		"{\"model\":{\"vocab\":{\"a\":01},\"merges\":[]}}",         /* not JSON */
+	};
+	for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+		struct tj_sections s2;
+		size_t nv = 0;
+		int rc = tj_find(refused[i], strlen(refused[i]), &s2);
+		if (rc == 0)
+			rc = tj_vocab(refused[i], s2.vocab_at, s2.vocab_end, count_vocab, &nv);
+		CHECK(rc != 0, "the fast reader took case %zu", i);
+	}
+	return 0;
+}
+
 static int test_load_rejects(void)
 {
 	static const struct {
@@ -466,6 +613,10 @@ static const struct test tests[] = {
 	{"stream_holds_partial_utf8", test_stream_holds_partial_utf8},
 	{"encode_rejects_invalid_utf8", test_encode_rejects_invalid_utf8},
 	{"load_rejects", test_load_rejects},
+	{"fast_path_qwen", test_fast_path_qwen},
+	{"fast_path_deepseek", test_fast_path_deepseek},
+	{"fast_path_llama3", test_fast_path_llama3},
+	{"fast_path_corners", test_fast_path_corners},
 	{"split_empty_matches", test_split_empty_matches},
 	{"worker_prompt", test_worker_prompt},
 	{"chat_deepseek_v3", test_chat_deepseek_v3},
