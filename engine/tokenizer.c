@@ -483,8 +483,10 @@ static int vocab_add(void *arg, const char *text, size_t len, long id)
 	struct vocab_pass *vp = arg;
 	struct tokenizer *t = vp->t;
 	/* A key given twice: jansson keeps its last id (no NUL gets through
-	 * either path, so len is strlen(text)). */
-	if (vp->fast && strmap_get(t, text, len) >= 0)
+	 * either path, so len is strlen(text)). And an id given twice may be
+	 * one such key's first id, which jansson would not see: jansson's
+	 * path says which. */
+	if (vp->fast && (strmap_get(t, text, len) >= 0 || t->text[id]))
 		return FAST_PATH_NO;
 	if (t->text[id])
 		return ember_err(vp->err, -EINVAL, "tokenizer.json: id %ld is given twice in the vocab", id);

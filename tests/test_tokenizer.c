@@ -411,6 +411,13 @@ static int test_fast_path_corners(void)
 	tok_free(t);
 	CHECK(a == 3, "\"a\" given twice: id %d, jansson's last is 3", a);
 	CHECK(e == 4 && smile == 5 && q == 6, "escapes: %d %d %d", e, smile, q);
+	/* A key whose first id is another's, given again with its own. */
+	const char *again = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"x\":0,\"b\":1,\"x\":2},"
+			    "\"merges\":[]}}";
+	CHECK(tok_load_json((const uint8_t *)again, strlen(again), NULL, 0, &t, err) == 0, "%s", err);
+	int32_t x = tok_find(t, "x"), a0 = tok_find(t, "a");
+	tok_free(t);
+	CHECK(x == 2 && a0 == 0, "\"x\" first with a's id, then its own: x %d, a %d", x, a0);
 	const char *fast = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"\\u00e9\":0,\"\\ud83d\\ude00\":1},"
 			   "\"merges\":[[\"a\",\"b\"]]}}";
 	struct tj_sections sec;
