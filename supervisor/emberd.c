@@ -365,13 +365,15 @@ static void heartbeat(struct pool *p)
 	int64_t idle_ms = (int64_t)(p->o->idle_timeout * 1000);
 	int n = (int)p->sb->pool.n_slots;
 	/* Of the workers on the current weights: live (starting or ready),
-	 * ready ones, busy ones, and those with a free slot (starting ones
-	 * will have them). */
-	int live = 0, ready = 0, busy_workers = 0, with_room = 0;
+	 * ready ones, busy ones, those with a free slot (starting ones will
+	 * have them), and those draining (still holding their memory). */
+	int live = 0, ready = 0, busy_workers = 0, with_room = 0, draining = 0;
 	int old_gen = 0, new_ready = 0;
 	for (int i = 0; i < n; i++) {
 		struct sb_slot *s = &p->sb->slot[i];
 		int st = atomic_load(&s->state);
+		if (st == SB_DRAINING && p->gen[i] == p->generation)
+			draining++;
 		if (st == SB_FREE || st == SB_DRAINING)
 			continue;
 		if (p->gen[i] != p->generation) { /* runs the weights before SIGHUP */
@@ -394,6 +396,7 @@ static void heartbeat(struct pool *p)
 			stop_worker(p, i, "--max-requests reached");
 			live--;
 			ready--;
+			draining++;
 		}
 	}
 	/* After SIGHUP: an old worker drains for each new one that is ready;
@@ -416,8 +419,11 @@ static void heartbeat(struct pool *p)
 	/* While any worker is busy, keep --spare workers with room beyond demand. */
 	if (busy_workers > 0 && with_room < p->o->spare && want < live + p->o->spare - with_room)
 		want = live + p->o->spare - with_room;
-	if (want > p->o->max_workers) /* of the current weights; old ones drain */
-		want = p->o->max_workers;
+	/* --max-workers counts the processes on the current weights, those
+	 * still draining too (their memory, a GPU's most of all, is not free
+	 * yet); after SIGHUP the old ones drain beside them. */
+	if (want > p->o->max_workers - draining)
+		want = p->o->max_workers - draining;
 	while (live < want) {
 		int i = free_slot(p);
 		if (i < 0 || spawn(p, i) < 0)
