@@ -42,9 +42,11 @@ size_t device_kv_block_bytes(enum device_kind k, const struct model *m)
 	return cpu_kv_block_bytes(m);
 }
 
-static int create(const struct model *m, const struct device_opts *o, struct backend **out,
-		  char *err)
+int device_backend_create(const struct model *m, const struct device_opts *o,
+			  struct backend **out, char *err)
 {
+	if (o->stats)
+		*o->stats = (struct device_stats){0};
 	enum device_kind k = device_resolve(o->kind);
 	if (k == DEVICE_CUDA) {
 #ifdef EMBER_CUDA
@@ -78,17 +80,9 @@ static int create(const struct model *m, const struct device_opts *o, struct bac
 			ctx = m->cfg.max_pos;
 		co.kv_blocks = (o->max_seqs > 0 ? o->max_seqs : 1) * ((ctx + KV_BLOCK - 1) / KV_BLOCK);
 	}
-	return cpu_backend_create(m, &co, out, err);
-}
-
-int device_backend_create(const struct model *m, const struct device_opts *o,
-			  struct backend **out, char *err)
-{
 	double t0 = ember_now();
+	int rc = cpu_backend_create(m, &co, out, err);
 	if (o->stats)
-		*o->stats = (struct device_stats){0};
-	int rc = create(m, o, out, err);
-	if (o->stats && rc == 0 && strcmp((*out)->name, "cpu") == 0)
 		o->stats->init_s = ember_now() - t0; /* the threads and buffers */
 	return rc;
 }
