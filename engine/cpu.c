@@ -246,10 +246,10 @@ static int cpu_sample(struct backend *b, const struct be_entry *e, int n,
 	if (rc < 0)
 		return rc;
 	struct sample_task st = {cb, rows, out, n_rows};
-	if (n_rows == 1)
-		sample_worker(&st, 0, 1);
-	else if (n_rows > 1)
+	if (n_rows > 1)
 		tp_run(cb->tp, sample_worker, &st);
+	else
+		sample_worker(&st, 0, 1); /* one row (or none): no need to wake the pool */
 	return 0;
 }
 
@@ -360,8 +360,8 @@ int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct b
 	bool scratch = cb->scratch != NULL;
 	for (int i = 0; scratch && i < threads; i++)
 		scratch = (cb->scratch[i] = sampler_scratch_create(c->vocab)) != NULL;
-	if (!scratch || !cb->logits || !cb->x || !cb->xn || !cb->q || !cb->k || !cb->v || !cb->att || !cb->gate || !cb->up ||
-	    !cb->scores || !cb->rope_cos || !cb->rope_sin || !cb->kcache || !cb->vcache ||
+	if (!scratch || !cb->logits || !cb->x || !cb->xn || !cb->q || !cb->k || !cb->v || !cb->att ||
+	    !cb->gate || !cb->up || !cb->scores || !cb->rope_cos || !cb->rope_sin || !cb->kcache || !cb->vcache ||
 	    !cb->lm_src || !cb->table || !cb->table_len) {
 		rc = ember_err(err, -ENOMEM,
 			       "out of memory for the CPU buffers (%zu tokens, %zu sequences of %zu positions)",

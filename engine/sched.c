@@ -403,21 +403,21 @@ int sched_step(struct sched *s, char *err)
 			l = &q->next;
 			continue;
 		}
-		const struct sampler_result r = s->results[q->row];
-		sampler_accept(q->sampler, r.token);
+		const struct sampler_result *r = &s->results[q->row];
+		sampler_accept(q->sampler, r->token);
 		bool stop = false;
 		for (int i = 0; i < q->req.n_stop_ids; i++)
-			stop |= r.token == q->req.stop_ids[i];
+			stop |= r->token == q->req.stop_ids[i];
 		if (stop) {
 			finish(s, l, FINISH_STOP);
 			continue;
 		}
-		q->tokens[q->n_tokens++] = r.token;
+		q->tokens[q->n_tokens++] = r->token;
 		q->n_generated++;
 		size_t len;
-		bool stopped = token_text(s, q, r.token, &len);
+		bool stopped = token_text(s, q, r->token, &len);
 		if (q->req.on_token)
-			q->req.on_token(q->req.arg, &r, s->tok ? s->text : NULL, len);
+			q->req.on_token(q->req.arg, r, s->tok ? s->text : NULL, len);
 		if (stopped) {
 			finish(s, l, FINISH_STOP);
 			continue;
