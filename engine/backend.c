@@ -3,6 +3,7 @@
 #include "backend.h"
 
 #include <errno.h>
+#include <stdlib.h>
 
 void be_init(struct backend *b, const struct backend_ops *ops, const char *name, int vocab,
 	     int max_tokens, int max_seqs, int max_ctx, int max_pos)
@@ -63,4 +64,71 @@ int be_check_sample(const struct backend *b, const struct be_entry *e, int n, ch
 	if (rows > b->max_seqs)
 		return ember_err(err, -EINVAL, "%d rows to sample; at most %d", rows, b->max_seqs);
 	return rows;
+}
+
+/* ---- the failing backend ------------------------------------------------- */
+
+struct fault_backend {
+	struct backend base; /* inner's limits, under ops of its own */
+	struct backend *inner;
+	long left;           /* steps still allowed */
+};
+
+static int fault_step(struct fault_backend *fb, char *err)
+{
+	if (fb->left <= 0)
+		return ember_err(err, -EIO, "injected failure (EMBER_FAULT_STEPS)");
+	fb->left--;
+	return 0;
+}
+
+static int fault_forward(struct backend *b, const struct be_entry *e, int n, float *logits,
+			 char *err)
+{
+	struct fault_backend *fb = (struct fault_backend *)b;
+	int rc = fault_step(fb, err);
+	return rc < 0 ? rc : be_forward(fb->inner, e, n, logits, err);
+}
+
+static int fault_sample(struct backend *b, const struct be_entry *e, int n,
+			const struct sampler_row *rows, struct sampler_result *out, char *err)
+{
+	struct fault_backend *fb = (struct fault_backend *)b;
+	int rc = fault_step(fb, err);
+	return rc < 0 ? rc : be_sample(fb->inner, e, n, rows, out, err);
+}
+
+static int fault_bind(struct backend *b, int seq, const int32_t *blocks, int n, char *err)
+{
+	return be_bind(((struct fault_backend *)b)->inner, seq, blocks, n, err);
+}
+
+static void fault_destroy(struct backend *b)
+{
+	struct fault_backend *fb = (struct fault_backend *)b;
+	be_destroy(fb->inner);
+	free(fb);
+}
+
+static const struct backend_ops fault_ops = {
+	.forward = fault_forward,
+	.sample = fault_sample,
+	.bind = fault_bind,
+	.destroy = fault_destroy,
+};
+
+int be_fault_create(struct backend *inner, long steps, struct backend **out, char *err)
+{
+	*out = NULL;
+	struct fault_backend *fb = calloc(1, sizeof *fb);
+	if (!fb) {
+		be_destroy(inner);
+		return ember_err(err, -ENOMEM, "out of memory");
+	}
+	fb->base = *inner;
+	fb->base.ops = &fault_ops;
+	fb->inner = inner;
+	fb->left = steps;
+	*out = &fb->base;
+	return 0;
 }

@@ -100,4 +100,11 @@ int be_check(const struct backend *b, const struct be_entry *e, int n, char *err
 /* be_check for a sampled step: also at most max_seqs rows. */
 int be_check_sample(const struct backend *b, const struct be_entry *e, int n, char *err);
 
+/* A backend that runs inner's steps (forward or sample) until `steps`
+ * have run, then fails every later one with -EIO and "injected failure",
+ * as a GPU does after a sticky error: for testing what a failed step does
+ * to the worker. Takes ownership of inner in all cases (destroying the
+ * result destroys it). Returns 0 or -ENOMEM with err set. */
+int be_fault_create(struct backend *inner, long steps, struct backend **out, char *err);
+
 #endif

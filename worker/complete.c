@@ -7,11 +7,13 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 /* An absolute CLOCK_MONOTONIC time for timed waits, s seconds from now. */
 static struct timespec later(double s)
@@ -89,8 +91,11 @@ void *complete_engine_thread(void *arg)
 		while ((left = sched_step(env->sched, err)) > 0)
 			engine_publish(env);
 		engine_publish(env);
-		if (left < 0)
-			wlog(3, "engine step failed: %s", err);
+		if (left < 0 && !atomic_exchange(&env->failed, true)) {
+			wlog(2, "engine step failed: %s; the worker stops", err);
+			atomic_store(&env->stopping, true);
+			kill(getpid(), SIGTERM);
+		}
 	}
 }
 

@@ -37,6 +37,7 @@ struct comp_env {
 	pthread_cond_t slot_cv;
 	int slots, busy;
 	atomic_bool stopping;
+	atomic_bool failed;            /* a step failed: the worker ends (engine thread) */
 	/* the engine thread's wake-up */
 	pthread_mutex_t eng_mu;
 	pthread_cond_t eng_cv;
@@ -61,7 +62,12 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 		     enum api_kind kind, const char *body, size_t len, struct wlog_req *log);
 
 /* The engine thread: steps the scheduler while it has sequences, sleeps
- * otherwise, returns after complete_engine_stop. */
+ * otherwise, returns after complete_engine_stop. A failed step is fatal to
+ * the worker: its sequences end with FINISH_ERROR (their requests get an
+ * error), env->failed and env->stopping are set and SIGTERM is raised, so
+ * that the main thread stops accepting, drains and exits with status 1
+ * (emberd then starts another). Steps go on failing every sequence that
+ * is still submitted meanwhile. */
 void *complete_engine_thread(void *env);
 void complete_engine_stop(struct comp_env *env);
 

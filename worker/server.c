@@ -539,6 +539,23 @@ static int start_device(struct server *s)
 		wlog(3, "cannot start the engine: %s", err);
 		return -1;
 	}
+	/* For the tests of a failed step: EMBER_FAULT_STEPS=N lets N steps
+	 * run, then every step fails, as after a GPU's sticky error. */
+	const char *fault = getenv("EMBER_FAULT_STEPS");
+	if (fault) {
+		char *end;
+		long n = strtol(fault, &end, 10);
+		if (*end || end == fault || n < 0) {
+			wlog(3, "EMBER_FAULT_STEPS=%s is not a number of steps", fault);
+			return -1;
+		}
+		if (be_fault_create(s->b, n, &s->b, err) < 0) {
+			s->b = NULL;
+			wlog(3, "EMBER_FAULT_STEPS: %s", err);
+			return -1;
+		}
+		wlog(4, "EMBER_FAULT_STEPS=%ld: every step after the %ld-th fails", n, n);
+	}
 	return 0;
 }
 
@@ -796,7 +813,7 @@ int server_run(const struct server_opts *o)
 		struct conn c = {.envp = environ};
 		handle(&threads[0], &c);
 		fflush(stdout);
-		status = 0;
+		status = atomic_load(&s->env.failed) ? 1 : 0;
 		goto done;
 	}
 	for (int i = 0; i < n_threads; i++) {
@@ -833,7 +850,12 @@ int server_run(const struct server_opts *o)
 		}
 		break;
 	}
-	wlog(6, "signal %d: no new requests; draining for at most %.0f s", sig, o->drain_timeout);
+	if (atomic_load(&s->env.failed))
+		wlog(3, "the engine failed: no new requests; draining for at most %.0f s",
+		     o->drain_timeout);
+	else
+		wlog(6, "signal %d: no new requests; draining for at most %.0f s", sig,
+		     o->drain_timeout);
 	atomic_store(&s->env.stopping, true);
 	struct timespec until;
 	clock_gettime(CLOCK_REALTIME, &until);
@@ -846,7 +868,7 @@ int server_run(const struct server_opts *o)
 		wlog(4, "requests still running after %.0f s; exiting anyway", o->drain_timeout);
 		_exit(1);
 	}
-	status = 0;
+	status = atomic_load(&s->env.failed) ? 1 : 0;
 done:
 	if (engine_started) {
 		complete_engine_stop(&s->env);

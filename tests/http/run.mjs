@@ -694,6 +694,38 @@ test('pool_crash_loop_backs_off', async () => {
 	p.kill('SIGTERM');
 });
 
+test('pool_engine_failure_ends_the_worker', async () => {
+	// EMBER_FAULT_STEPS=40: each worker's steps fail from the 41st on, as
+	// after a GPU's sticky error. A request within the first steps is
+	// answered; a stream running into the failure ends with the engine's
+	// error event; the worker then exits with status 1 (not staying ready
+	// to fail every request) and emberd starts another, which answers.
+	const sock = path.join(dir, 'pool-fault.sock');
+	const p = start('pool-fault', 'systemd-socket-activate', ['-l', sock, '-E', 'EMBER_FAULT_STEPS=40', emberd(),
+		'--model', path.join(models, model), '--worker', worker, '--max-workers', '2', '--spare', '0',
+		'--idle-timeout', '60', '--', '--threads', '1']);
+	await waitFor('pool-fault socket', () => fs.existsSync(sock));
+	fs.chmodSync(sock, 0o666);
+	const base = await startCaddy('caddy-fault', sock, false);
+	const post = (body) => fetch(`${base}/v1/completions`, {
+		method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model, ...body }),
+	});
+	const first = await post({ prompt: 'Before the fault', max_tokens: 5, seed: 1 });
+	eq(first.status, 200, 'a request within the first steps');
+	const victims = workersOf(p);
+	eq(victims.length, 1, 'one worker');
+	const body = await (await post({ prompt: 'Into the fault', max_tokens: 100, stream: true, seed: 2 })).text();
+	assert(/"code":"engine_error"/.test(body) && !body.includes('[DONE]'), `the stream ends in the engine's error: ...${body.slice(-200)}`);
+	const log = path.join(dir, 'pool-fault.log');
+	await waitFor('the failed worker to exit', () => fs.readFileSync(log, 'utf8').includes(`(pid ${victims[0]}) exited with status 1`), 15000);
+	const text = fs.readFileSync(log, 'utf8');
+	assert(text.includes('engine step failed: injected failure'), 'the failure is in the log');
+	const after = await post({ prompt: 'After the fault', max_tokens: 5, seed: 3 });
+	eq(after.status, 200, 'a new worker answers');
+	assert(!workersOf(p).includes(victims[0]), 'the failed worker is gone');
+	p.kill('SIGTERM');
+});
+
 test('pool_max_requests_recycles', async () => {
 	// --max-requests 3: a worker is replaced after 3 requests; 8 requests
 	// one after another all succeed across the replacements.
