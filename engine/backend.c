@@ -17,16 +17,6 @@ void be_init(struct backend *b, const struct backend_ops *ops, const char *name,
 	b->max_ctx = ctx < max_pos ? ctx : max_pos;
 }
 
-int be_check_bind(const struct backend *b, int seq, const int32_t *blocks, int n, char *err)
-{
-	if (seq < 0 || seq >= b->max_seqs || n < 0 || n > (b->max_ctx + KV_BLOCK - 1) / KV_BLOCK)
-		return ember_err(err, -EINVAL, "sequence %d with %d blocks: out of range", seq, n);
-	for (int i = 0; blocks && i < n; i++)
-		if (blocks[i] < 0 || blocks[i] >= b->kv_blocks)
-			return ember_err(err, -EINVAL, "block %d is not in the cache", blocks[i]);
-	return 0;
-}
-
 int be_check(const struct backend *b, const struct be_entry *e, int n, char *err)
 {
 	if (n < 1 || n > b->max_tokens)

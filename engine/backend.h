@@ -6,11 +6,8 @@
 #define EMBER_BACKEND_H
 
 #include "common.h"
+#include "kv.h"
 #include "sampler.h"
-
-/* The KV cache is paged: blocks of KV_BLOCK positions, and a table per
- * sequence saying which block holds its positions i * KV_BLOCK onwards. */
-#define KV_BLOCK 16
 
 /* One token of a forward step: token `token` of sequence `seq` at position
  * `pos`. Its key and value are written into the sequence's cache at pos; it
@@ -40,11 +37,9 @@ struct backend_ops {
 	 * forward does. */
 	int (*sample)(struct backend *b, const struct be_entry *e, int n,
 		      const struct sampler_row *rows, struct sampler_result *out, char *err);
-	/* Makes blocks[0..n) the block table of sequence seq, until bound
-	 * again (blocks stays the caller's and must outlive the binding; the
-	 * caller may append to it and bind again). With blocks NULL the
-	 * sequence gets its own fixed blocks back, if the backend was made
-	 * with them. Returns 0 or -EINVAL for an id out of range. */
+	/* kv_bind on the backend's tables (kv.h): blocks[0..n) becomes seq's
+	 * block table until bound again; NULL gives seq its own blocks back,
+	 * if the backend was made with them. Returns 0 or -EINVAL. */
 	int (*bind)(struct backend *b, int seq, const int32_t *blocks, int n, char *err);
 	void (*destroy)(struct backend *b);
 };
@@ -88,10 +83,6 @@ static inline void be_destroy(struct backend *b)
  * model's max_pos. */
 void be_init(struct backend *b, const struct backend_ops *ops, const char *name, int vocab,
 	     int max_tokens, int max_seqs, int max_ctx, int max_pos);
-
-/* Checks a bind's arguments: seq in range, at most a context's worth of
- * blocks, each in the cache. Returns 0 or -EINVAL with err set. */
-int be_check_bind(const struct backend *b, int seq, const int32_t *blocks, int n, char *err);
 
 /* Checks a step's entries against the backend's limits; shared by backends.
  * Returns the number of logits rows, or -EINVAL with err set. */

@@ -3,6 +3,8 @@
  * model and far below what would wrap a size_t. */
 #include "config.h"
 
+#include "recipe.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -15,10 +17,7 @@
 #define MAX_VOCAB (1 << 22)
 #define MAX_POS (1 << 24)
 
-/* Reads an optional integer field; returns 1 when present, 0 when absent or
- * null, -EINVAL (err set) when of the wrong type or outside [lo, hi]. */
-static int get_int(json_t *o, const char *key, long long lo, long long hi, int *out,
-		   char *err)
+int cfg_get_int(json_t *o, const char *key, long long lo, long long hi, int *out, char *err)
 {
 	json_t *v = json_object_get(o, key);
 	if (!v || json_is_null(v))
@@ -33,16 +32,15 @@ static int get_int(json_t *o, const char *key, long long lo, long long hi, int *
 	return 1;
 }
 
-static int need_int(json_t *o, const char *key, long long lo, long long hi, int *out,
-		    char *err)
+int cfg_need_int(json_t *o, const char *key, long long lo, long long hi, int *out, char *err)
 {
-	int rc = get_int(o, key, lo, hi, out, err);
+	int rc = cfg_get_int(o, key, lo, hi, out, err);
 	if (rc == 0)
 		return ember_err(err, -EINVAL, "config.json: %s is missing", key);
 	return rc < 0 ? rc : 0;
 }
 
-static int get_num(json_t *o, const char *key, double lo, double hi, double *out, char *err)
+int cfg_get_num(json_t *o, const char *key, double lo, double hi, double *out, char *err)
 {
 	json_t *v = json_object_get(o, key);
 	if (!v || json_is_null(v))
@@ -57,7 +55,7 @@ static int get_num(json_t *o, const char *key, double lo, double hi, double *out
 	return 1;
 }
 
-static int get_bool(json_t *o, const char *key, bool *out, char *err)
+int cfg_get_bool(json_t *o, const char *key, bool *out, char *err)
 {
 	json_t *v = json_object_get(o, key);
 	if (!v || json_is_null(v))
@@ -94,13 +92,13 @@ static int parse_rope_scaling(json_t *root, struct model_config *c, char *err)
 				 "config.json: rope_scaling type '%s' is not supported (linear, llama3 are)",
 				 type);
 	}
-	if ((rc = get_num(rs, "factor", 1e-3, 1e6, &c->rope_factor, err)) <= 0)
+	if ((rc = cfg_get_num(rs, "factor", 1e-3, 1e6, &c->rope_factor, err)) <= 0)
 		return rc < 0 ? rc : ember_err(err, -EINVAL, "config.json: rope_scaling.factor is missing");
 	if (c->rope == ROPE_LINEAR)
 		return 0;
-	if ((rc = get_num(rs, "low_freq_factor", 1e-6, 1e6, &c->rope_low_freq_factor, err)) <= 0 ||
-	    (rc = get_num(rs, "high_freq_factor", 1e-6, 1e6, &c->rope_high_freq_factor, err)) <= 0 ||
-	    (rc = get_int(rs, "original_max_position_embeddings", 1, MAX_POS,
+	if ((rc = cfg_get_num(rs, "low_freq_factor", 1e-6, 1e6, &c->rope_low_freq_factor, err)) <= 0 ||
+	    (rc = cfg_get_num(rs, "high_freq_factor", 1e-6, 1e6, &c->rope_high_freq_factor, err)) <= 0 ||
+	    (rc = cfg_get_int(rs, "original_max_position_embeddings", 1, MAX_POS,
 			  &c->rope_orig_max_pos, err)) <= 0)
 		return rc < 0 ? rc
 			      : ember_err(err, -EINVAL,
@@ -116,14 +114,14 @@ static int parse_token_ids(json_t *root, struct model_config *c, char *err)
 {
 	c->bos_id = -1;
 	c->n_eos = 0;
-	int rc = get_int(root, "bos_token_id", 0, MAX_VOCAB, &c->bos_id, err);
+	int rc = cfg_get_int(root, "bos_token_id", 0, MAX_VOCAB, &c->bos_id, err);
 	if (rc < 0)
 		return rc;
 	json_t *e = json_object_get(root, "eos_token_id");
 	if (!e || json_is_null(e))
 		return 0;
 	if (json_is_integer(e)) {
-		return get_int(root, "eos_token_id", 0, MAX_VOCAB, &c->eos_ids[c->n_eos++], err) < 0
+		return cfg_get_int(root, "eos_token_id", 0, MAX_VOCAB, &c->eos_ids[c->n_eos++], err) < 0
 			       ? -EINVAL
 			       : 0;
 	}
@@ -150,32 +148,30 @@ static int parse_root(json_t *root, struct model_config *c, char *err)
 	if (!json_is_string(a0))
 		return ember_err(err, -EINVAL, "config.json: architectures[0] is missing");
 	snprintf(c->arch_name, sizeof c->arch_name, "%s", json_string_value(a0));
-	if (strcmp(c->arch_name, "LlamaForCausalLM") == 0)
-		c->arch = ARCH_LLAMA;
-	else if (strcmp(c->arch_name, "Qwen2ForCausalLM") == 0)
-		c->arch = ARCH_QWEN2;
-	else
-		return ember_err(err, -EINVAL,
-				 "config.json: architecture '%s' is not supported "
-				 "(LlamaForCausalLM, Qwen2ForCausalLM are)",
-				 c->arch_name);
+	c->recipe = recipe_find(c->arch_name);
+	if (!c->recipe) {
+		char names[256];
+		recipe_names(names, sizeof names);
+		return ember_err(err, -EINVAL, "config.json: architecture '%s' is not supported (%s are)",
+				 c->arch_name, names);
+	}
 
 	int rc;
-	if ((rc = need_int(root, "hidden_size", 1, MAX_DIM, &c->hidden, err)) < 0 ||
-	    (rc = need_int(root, "num_hidden_layers", 1, MAX_LAYERS, &c->n_layers, err)) < 0 ||
-	    (rc = need_int(root, "num_attention_heads", 1, MAX_HEADS, &c->n_heads, err)) < 0 ||
-	    (rc = need_int(root, "intermediate_size", 1, MAX_DIM, &c->intermediate, err)) < 0 ||
-	    (rc = need_int(root, "vocab_size", 1, MAX_VOCAB, &c->vocab, err)) < 0)
+	if ((rc = cfg_need_int(root, "hidden_size", 1, MAX_DIM, &c->hidden, err)) < 0 ||
+	    (rc = cfg_need_int(root, "num_hidden_layers", 1, MAX_LAYERS, &c->n_layers, err)) < 0 ||
+	    (rc = cfg_need_int(root, "num_attention_heads", 1, MAX_HEADS, &c->n_heads, err)) < 0 ||
+	    (rc = cfg_need_int(root, "intermediate_size", 1, MAX_DIM, &c->intermediate, err)) < 0 ||
+	    (rc = cfg_need_int(root, "vocab_size", 1, MAX_VOCAB, &c->vocab, err)) < 0)
 		return rc;
 	c->n_kv_heads = c->n_heads;
-	if ((rc = get_int(root, "num_key_value_heads", 1, MAX_HEADS, &c->n_kv_heads, err)) < 0)
+	if ((rc = cfg_get_int(root, "num_key_value_heads", 1, MAX_HEADS, &c->n_kv_heads, err)) < 0)
 		return rc;
 	if (c->n_heads % c->n_kv_heads)
 		return ember_err(err, -EINVAL,
 				 "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
 				 c->n_heads, c->n_kv_heads);
 	c->head_dim = 0;
-	if ((rc = get_int(root, "head_dim", 2, MAX_HEAD_DIM, &c->head_dim, err)) < 0)
+	if ((rc = cfg_get_int(root, "head_dim", 2, MAX_HEAD_DIM, &c->head_dim, err)) < 0)
 		return rc;
 	if (rc == 0) {
 		if (c->hidden % c->n_heads)
@@ -188,37 +184,22 @@ static int parse_root(json_t *root, struct model_config *c, char *err)
 		return ember_err(err, -EINVAL, "config.json: head dimension %d must be even and at most %d",
 				 c->head_dim, MAX_HEAD_DIM);
 	c->max_pos = 2048;
-	if ((rc = get_int(root, "max_position_embeddings", 1, MAX_POS, &c->max_pos, err)) < 0)
+	if ((rc = cfg_get_int(root, "max_position_embeddings", 1, MAX_POS, &c->max_pos, err)) < 0)
 		return rc;
 	double eps = 1e-6;
-	if ((rc = get_num(root, "rms_norm_eps", 0, 1, &eps, err)) < 0)
+	if ((rc = cfg_get_num(root, "rms_norm_eps", 0, 1, &eps, err)) < 0)
 		return rc;
 	c->rms_eps = (float)eps;
 	c->rope_theta = 10000.0;
-	if ((rc = get_num(root, "rope_theta", 1, 1e12, &c->rope_theta, err)) < 0)
+	if ((rc = cfg_get_num(root, "rope_theta", 1, 1e12, &c->rope_theta, err)) < 0)
 		return rc;
 	if ((rc = parse_rope_scaling(root, c, err)) < 0)
 		return rc;
 	c->tie_embeddings = false;
-	if ((rc = get_bool(root, "tie_word_embeddings", &c->tie_embeddings, err)) < 0)
+	if ((rc = cfg_get_bool(root, "tie_word_embeddings", &c->tie_embeddings, err)) < 0)
 		return rc;
-	bool attention_bias = false, mlp_bias = false, sliding = false;
-	if ((rc = get_bool(root, "attention_bias", &attention_bias, err)) < 0 ||
-	    (rc = get_bool(root, "mlp_bias", &mlp_bias, err)) < 0 ||
-	    (rc = get_bool(root, "use_sliding_window", &sliding, err)) < 0)
+	if ((rc = c->recipe->configure(root, c, err)) < 0)
 		return rc;
-	if (c->arch == ARCH_QWEN2) {
-		if (sliding)
-			return ember_err(err, -EINVAL,
-					 "config.json: use_sliding_window is not supported");
-		c->attn_bias = true;
-		c->attn_out_bias = false;
-		c->mlp_bias = false;
-	} else {
-		c->attn_bias = attention_bias;
-		c->attn_out_bias = attention_bias;
-		c->mlp_bias = mlp_bias;
-	}
 	json_t *act = json_object_get(root, "hidden_act");
 	if (act && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0))
 		return ember_err(err, -EINVAL, "config.json: hidden_act must be \"silu\"");

@@ -1,18 +1,22 @@
-/* config.json of a Hugging Face model: the fields the Llama and Qwen2
- * architectures use, checked and bounded. Does not look at weights. Runs in
- * the worker and the supervisor. */
+/* config.json of a Hugging Face model: the fields every architecture uses,
+ * checked and bounded, and through its recipe (engine/arch/) the fields of
+ * its family. Does not look at weights. Runs in the worker and the
+ * supervisor. */
 #ifndef EMBER_CONFIG_H
 #define EMBER_CONFIG_H
 
+#include "arch/params.h"
 #include "common.h"
 
 #define CFG_MAX_EOS 8
 
-enum arch { ARCH_LLAMA, ARCH_QWEN2 };
+struct recipe;
+struct json_t;
+
 enum rope_kind { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 };
 
 struct model_config {
-	enum arch arch;
+	const struct recipe *recipe; /* the family's, chosen by architectures[0] */
 	char arch_name[64];
 	int hidden;             /* hidden_size */
 	int n_layers;           /* num_hidden_layers */
@@ -29,9 +33,7 @@ struct model_config {
 	double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
 	int rope_orig_max_pos;  /* llama3: original_max_position_embeddings */
 	bool tie_embeddings;    /* tie_word_embeddings */
-	bool attn_bias;         /* q/k/v biases (Qwen2 always; Llama attention_bias) */
-	bool attn_out_bias;     /* o_proj bias (Llama attention_bias) */
-	bool mlp_bias;          /* Llama mlp_bias */
+	union arch_params p;    /* the family's own fields (its recipe reads them) */
 	enum dtype dtype;       /* torch_dtype / dtype, informational */
 	int bos_id;             /* -1 when absent */
 	int eos_ids[CFG_MAX_EOS];
@@ -58,6 +60,18 @@ int gen_parse(const uint8_t *buf, size_t len, struct gen_defaults *g, char *err)
  * scaling types and features are errors that name them. Returns 0 or -EINVAL
  * with err set; *c is fully written only on success. */
 int cfg_parse(const uint8_t *buf, size_t len, struct model_config *c, char *err);
+
+/* The readers of config.json's fields, for the recipes' configure: each
+ * takes an optional field of object o (cfg_need_int: a required one),
+ * checks its type and range [lo, hi], and returns 1 when present (0 when
+ * absent or null, the output then untouched), or -EINVAL with err naming
+ * the field. cfg_need_int returns 0 when present. */
+int cfg_get_int(struct json_t *o, const char *key, long long lo, long long hi, int *out,
+		char *err);
+int cfg_need_int(struct json_t *o, const char *key, long long lo, long long hi, int *out,
+		 char *err);
+int cfg_get_num(struct json_t *o, const char *key, double lo, double hi, double *out, char *err);
+int cfg_get_bool(struct json_t *o, const char *key, bool *out, char *err);
 
 /* The rotary tables of every backend: cos and sin of position p times each
  * inv_freq, (max_ctx, head_dim / 2) each, with inv_freq as transformers

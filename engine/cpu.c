@@ -1,9 +1,8 @@
-/* The CPU forward pass, written to be read beside transformers' modeling_llama
- * and modeling_qwen2: embedding, then per layer RMSNorm, q/k/v projections,
- * rotary embedding (rotate_half), grouped-query attention over the KV cache,
- * output projection and residual, RMSNorm, SwiGLU MLP and residual; then the
- * final norm and the LM head for the entries that want logits. Every buffer
- * is allocated at creation: forward allocates nothing. */
+/* The CPU backend: the reference implementation of every operation of a
+ * model's program (program.h), in f32 over the weights as stored, and the
+ * step that walks the program: the body for every entry, then the head
+ * for the entries that want logits. Every buffer is allocated at
+ * creation: forward allocates nothing. */
 #include "cpu.h"
 
 #include "matmul.h"
@@ -16,24 +15,16 @@
 struct cpu_backend {
 	struct backend base;
 	const struct model *m;
-	const struct model_config *c;
+	const struct program *p;
 	struct tpool *tp;
-	int q_dim, kv_dim;
-	float *x;        /* (max_tokens, hidden) residual stream */
-	float *xn;       /* (max_tokens, hidden) normed input / projection output */
-	float *q;        /* (max_tokens, q_dim) */
-	float *k, *v;    /* (max_tokens, kv_dim) */
-	float *att;      /* (max_tokens, q_dim) attention output */
-	float *gate;     /* (max_tokens, intermediate) */
-	float *up;       /* (max_tokens, intermediate) */
+	int kv_dim;      /* the width of a K or V vector (the program's KV layout) */
+	float **buf;     /* (n_bufs) the program's buffers: (max_tokens, width) f32 */
 	float *scores;   /* (threads, max_ctx) attention weights */
 	float *rope_cos; /* (max_ctx, head_dim / 2) */
 	float *rope_sin; /* (max_ctx, head_dim / 2) */
 	float *kcache;   /* (kv_blocks, n_layers, KV_BLOCK, kv_dim) */
 	float *vcache;   /* (kv_blocks, n_layers, KV_BLOCK, kv_dim) */
-	const int32_t **table; /* (max_seqs) bound block tables, or NULL */
-	int *table_len;  /* (max_seqs) blocks in each bound table */
-	bool fixed;      /* each sequence has max_ctx / KV_BLOCK blocks of its own */
+	struct kv_tables kv; /* the sequences' block tables */
 	int *lm_src;     /* (max_tokens) entry index of each logits row */
 	float *logits;   /* (max_seqs, vocab) a sampled step's logits */
 	struct sampler_scratch **scratch; /* (threads) for sampling the rows */
@@ -53,7 +44,7 @@ void cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 		out[i] = w[i] * (x[i] * r);
 }
 
-void cpu_embed(float *out, const struct tview *e, int token)
+void cpu_embed(float *out, const struct wdesc *e, int token)
 {
 	size_t base = (size_t)token * (size_t)e->cols;
 	for (int i = 0; i < e->cols; i++)
@@ -83,28 +74,97 @@ void cpu_swiglu(float *gate, const float *up, int n)
 	}
 }
 
-/* ---- the step ----------------------------------------------------------- */
+/* ---- the program's operations ------------------------------------------ */
 
-struct attn_task {
-	struct cpu_backend *cb;
+/* What every operation gets: the step's entries, how many rows it runs on
+ * (the entries in the body, the logits rows in the head) and, in the head,
+ * each row's entry. */
+struct cpu_step {
 	const struct be_entry *e;
 	int n;
-	int layer;
+	const int *src;    /* (n) in the head; NULL in the body */
+	float *logits;     /* (rows, vocab) the head's output */
 };
 
-static int blocks_per_seq(const struct cpu_backend *cb)
+static float *row_of(struct cpu_backend *cb, int b, int t)
 {
-	return (cb->base.max_ctx + KV_BLOCK - 1) / KV_BLOCK;
+	return cb->buf[b] + (size_t)t * (size_t)cb->p->bufs[b].width;
+}
+
+static float *out_of(struct cpu_backend *cb, const struct op *o, const struct cpu_step *s)
+{
+	return o->out == OP_LOGITS ? s->logits : cb->buf[o->out];
+}
+
+static void op_embed(struct cpu_backend *cb, const struct op *o, const struct cpu_step *s)
+{
+	for (int t = 0; t < s->n; t++)
+		cpu_embed(row_of(cb, o->out, t), &cb->p->weights[o->w].part[0], s->e[t].token);
+}
+
+static void op_rmsnorm(struct cpu_backend *cb, const struct op *o, const struct cpu_step *s)
+{
+	int H = cb->p->bufs[o->x].width;
+	for (int t = 0; t < s->n; t++) {
+		int src = s->src ? s->src[t] : t;
+		float *x = row_of(cb, o->x, src);
+		if (o->add != OP_NONE) {
+			const float *add = row_of(cb, o->add, src);
+			if (s->src) { /* the head leaves the residual stream as it is */
+				float *v = row_of(cb, o->out, t);
+				for (int i = 0; i < H; i++)
+					v[i] = x[i] + add[i];
+				cpu_rmsnorm(v, v, cb->p->vecs[o->w], H, cb->p->eps);
+				continue;
+			}
+			for (int i = 0; i < H; i++)
+				x[i] += add[i];
+		}
+		cpu_rmsnorm(row_of(cb, o->out, t), x, cb->p->vecs[o->w], H, cb->p->eps);
+	}
+}
+
+static void op_gemm(struct cpu_backend *cb, const struct op *o, const struct cpu_step *s)
+{
+	const struct weight *w = &cb->p->weights[o->w];
+	struct mm_job jobs[PROG_MAX_PARTS];
+	float *y = out_of(cb, o, s);
+	for (int k = 0, r = 0; k < w->n_parts; r += w->part[k].rows, k++)
+		jobs[k] = (struct mm_job){&w->part[k], w->bias[k], y + r, w->rows};
+	cpu_matmul(cb->tp, cb->buf[o->in], s->n, jobs, w->n_parts);
 }
 
 /* Where position pos of sequence seq keeps its key or value for layer. */
 static float *cache_at(struct cpu_backend *cb, float *cache, int seq, int layer, int pos)
 {
-	int32_t block = cb->table[seq] ? cb->table[seq][pos / KV_BLOCK]
-				       : seq * blocks_per_seq(cb) + pos / KV_BLOCK;
-	size_t i = ((size_t)block * cb->c->n_layers + layer) * KV_BLOCK + pos % KV_BLOCK;
+	int32_t block = kv_block(&cb->kv, seq, pos);
+	size_t i = ((size_t)block * cb->p->kv.n_layers + layer) * KV_BLOCK + pos % KV_BLOCK;
 	return cache + i * cb->kv_dim;
 }
+
+static void op_rope_kv(struct cpu_backend *cb, const struct op *o, const struct cpu_step *s)
+{
+	const struct attn_shape *a = &cb->p->attn;
+	int half = a->head_dim / 2, q_dim = a->n_heads * a->head_dim;
+	for (int t = 0; t < s->n; t++) {
+		const struct be_entry *e = &s->e[t];
+		const float *cs = cb->rope_cos + (size_t)e->pos * half;
+		const float *sn = cb->rope_sin + (size_t)e->pos * half;
+		float *q = row_of(cb, o->x, t), *k = q + q_dim, *v = k + cb->kv_dim;
+		cpu_rope(q, a->n_heads, a->head_dim, cs, sn);
+		cpu_rope(k, a->n_kv_heads, a->head_dim, cs, sn);
+		memcpy(cache_at(cb, cb->kcache, e->seq, o->layer, e->pos), k,
+		       (size_t)cb->kv_dim * sizeof(float));
+		memcpy(cache_at(cb, cb->vcache, e->seq, o->layer, e->pos), v,
+		       (size_t)cb->kv_dim * sizeof(float));
+	}
+}
+
+struct attn_task {
+	struct cpu_backend *cb;
+	const struct op *o;
+	const struct cpu_step *s;
+};
 
 /* Attention for (token, head) pairs split over the pool: softmax(q.K^T /
  * sqrt(d)) V over positions 0..pos of the token's own sequence. */
@@ -112,20 +172,20 @@ static void attn_worker(void *arg, int tid, int nt)
 {
 	struct attn_task *at = arg;
 	struct cpu_backend *cb = at->cb;
-	const struct model_config *c = cb->c;
-	int hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
+	const struct attn_shape *a = &cb->p->attn;
+	int hd = a->head_dim, group = a->n_heads / a->n_kv_heads, layer = at->o->layer;
 	float scale = 1.0f / sqrtf((float)hd);
 	float *s = cb->scores + (size_t)tid * cb->base.max_ctx;
-	int tasks = at->n * c->n_heads;
+	int tasks = at->s->n * a->n_heads;
 	for (int task = tid; task < tasks; task += nt) {
-		int t = task / c->n_heads, h = task % c->n_heads, kvh = h / group;
-		const struct be_entry *e = &at->e[t];
-		const float *q = cb->q + (size_t)t * cb->q_dim + (size_t)h * hd;
-		float *out = cb->att + (size_t)t * cb->q_dim + (size_t)h * hd;
+		int t = task / a->n_heads, h = task % a->n_heads, kvh = h / group;
+		const struct be_entry *e = &at->s->e[t];
+		const float *q = row_of(cb, at->o->x, t) + (size_t)h * hd;
+		float *out = row_of(cb, at->o->out, t) + (size_t)h * hd;
 		size_t off = (size_t)kvh * hd;
 		float mx = -INFINITY;
 		for (int p = 0; p <= e->pos; p++) {
-			s[p] = cpu_dot(q, cache_at(cb, cb->kcache, e->seq, at->layer, p) + off, hd) * scale;
+			s[p] = cpu_dot(q, cache_at(cb, cb->kcache, e->seq, layer, p) + off, hd) * scale;
 			if (s[p] > mx)
 				mx = s[p];
 		}
@@ -136,85 +196,67 @@ static void attn_worker(void *arg, int tid, int nt)
 		}
 		memset(out, 0, (size_t)hd * sizeof *out);
 		for (int p = 0; p <= e->pos; p++)
-			cpu_axpy(out, s[p], cache_at(cb, cb->vcache, e->seq, at->layer, p) + off, hd);
+			cpu_axpy(out, s[p], cache_at(cb, cb->vcache, e->seq, layer, p) + off, hd);
 		float inv = (float)(1.0 / sum);
 		for (int i = 0; i < hd; i++)
 			out[i] *= inv;
 	}
 }
 
-static void residual_add(float *x, const float *y, size_t n)
+static void op_attention(struct cpu_backend *cb, const struct op *o, const struct cpu_step *s)
 {
-	for (size_t i = 0; i < n; i++)
-		x[i] += y[i];
+	struct attn_task at = {cb, o, s};
+	tp_run(cb->tp, attn_worker, &at);
 }
+
+static void op_swiglu(struct cpu_backend *cb, const struct op *o, const struct cpu_step *s)
+{
+	int I = cb->p->bufs[o->out].width;
+	for (int t = 0; t < s->n; t++) {
+		const float *gu = row_of(cb, o->in, t);
+		float *out = row_of(cb, o->out, t);
+		for (int i = 0; i < I; i++) {
+			float g = gu[i];
+			out[i] = g / (1.0f + expf(-g)) * gu[I + i];
+		}
+	}
+}
+
+/* The CPU's table of operations, by kind. */
+typedef void (*cpu_op_fn)(struct cpu_backend *cb, const struct op *o, const struct cpu_step *s);
+static const cpu_op_fn cpu_op_table[OP_KINDS] = {
+	[OP_EMBED] = op_embed,
+	[OP_RMSNORM] = op_rmsnorm,
+	[OP_GEMM] = op_gemm,
+	[OP_ROPE_KV] = op_rope_kv,
+	[OP_ATTENTION] = op_attention,
+	[OP_SWIGLU] = op_swiglu,
+};
+
+/* ---- the step ----------------------------------------------------------- */
 
 static int cpu_forward(struct backend *b, const struct be_entry *e, int n, float *logits,
 		       char *err)
 {
 	struct cpu_backend *cb = (struct cpu_backend *)b;
-	const struct model *m = cb->m;
-	const struct model_config *c = cb->c;
+	const struct program *p = cb->p;
 	int rows = be_check(b, e, n, err);
 	if (rows < 0)
 		return rows;
-	for (int t = 0; t < n; t++) {
-		int seq = e[t].seq;
-		if (cb->table[seq] ? e[t].pos >= cb->table_len[seq] * KV_BLOCK : !cb->fixed)
-			return ember_err(err, -EINVAL, "entry %d: sequence %d has no block for position %d",
-					 t, seq, e[t].pos);
-	}
-	int H = c->hidden, half = c->head_dim / 2;
-
-	for (int t = 0; t < n; t++)
-		cpu_embed(cb->x + (size_t)t * H, &m->embed, e[t].token);
-
-	for (int l = 0; l < c->n_layers; l++) {
-		const struct layer_weights *L = &m->layers[l];
-		for (int t = 0; t < n; t++)
-			cpu_rmsnorm(cb->xn + (size_t)t * H, cb->x + (size_t)t * H, L->attn_norm, H,
-				    c->rms_eps);
-		struct mm_job qkv[3] = {
-			{&L->wq, L->bq, cb->q}, {&L->wk, L->bk, cb->k}, {&L->wv, L->bv, cb->v}};
-		cpu_matmul(cb->tp, cb->xn, n, qkv, 3);
-		for (int t = 0; t < n; t++) {
-			const float *cs = cb->rope_cos + (size_t)e[t].pos * half;
-			const float *sn = cb->rope_sin + (size_t)e[t].pos * half;
-			float *kt = cb->k + (size_t)t * cb->kv_dim;
-			cpu_rope(cb->q + (size_t)t * cb->q_dim, c->n_heads, c->head_dim, cs, sn);
-			cpu_rope(kt, c->n_kv_heads, c->head_dim, cs, sn);
-			memcpy(cache_at(cb, cb->kcache, e[t].seq, l, e[t].pos), kt,
-			       (size_t)cb->kv_dim * sizeof(float));
-			memcpy(cache_at(cb, cb->vcache, e[t].seq, l, e[t].pos),
-			       cb->v + (size_t)t * cb->kv_dim, (size_t)cb->kv_dim * sizeof(float));
-		}
-		struct attn_task at = {cb, e, n, l};
-		tp_run(cb->tp, attn_worker, &at);
-		struct mm_job o = {&L->wo, L->bo, cb->xn};
-		cpu_matmul(cb->tp, cb->att, n, &o, 1);
-		residual_add(cb->x, cb->xn, (size_t)n * H);
-
-		for (int t = 0; t < n; t++)
-			cpu_rmsnorm(cb->xn + (size_t)t * H, cb->x + (size_t)t * H, L->mlp_norm, H,
-				    c->rms_eps);
-		struct mm_job gu[2] = {{&L->wgate, L->bgate, cb->gate}, {&L->wup, L->bup, cb->up}};
-		cpu_matmul(cb->tp, cb->xn, n, gu, 2);
-		cpu_swiglu(cb->gate, cb->up, n * c->intermediate);
-		struct mm_job d = {&L->wdown, L->bdown, cb->xn};
-		cpu_matmul(cb->tp, cb->gate, n, &d, 1);
-		residual_add(cb->x, cb->xn, (size_t)n * H);
-	}
-
+	int rc = kv_check(&cb->kv, e, n, err);
+	if (rc < 0)
+		return rc;
+	struct cpu_step body = {e, n, NULL, NULL};
+	for (int i = 0; i < p->n_body; i++)
+		cpu_op_table[p->ops[i].kind](cb, &p->ops[i], &body);
 	if (rows == 0)
 		return 0;
 	for (int t = 0; t < n; t++)
 		if (e[t].logits_row >= 0)
 			cb->lm_src[e[t].logits_row] = t;
-	for (int r = 0; r < rows; r++)
-		cpu_rmsnorm(cb->xn + (size_t)r * H, cb->x + (size_t)cb->lm_src[r] * H, m->final_norm,
-			    H, c->rms_eps);
-	struct mm_job lm = {&m->lm_head, NULL, logits};
-	cpu_matmul(cb->tp, cb->xn, rows, &lm, 1);
+	struct cpu_step head = {e, rows, cb->lm_src, logits};
+	for (int i = p->n_body; i < p->n_ops; i++)
+		cpu_op_table[p->ops[i].kind](cb, &p->ops[i], &head);
 	return 0;
 }
 
@@ -256,12 +298,7 @@ static int cpu_sample(struct backend *b, const struct be_entry *e, int n,
 static int cpu_bind(struct backend *b, int seq, const int32_t *blocks, int n, char *err)
 {
 	struct cpu_backend *cb = (struct cpu_backend *)b;
-	int rc = be_check_bind(b, seq, blocks, n, err);
-	if (rc < 0)
-		return rc;
-	cb->table[seq] = blocks;
-	cb->table_len[seq] = blocks ? n : 0;
-	return 0;
+	return kv_bind(&cb->kv, seq, blocks, n, err);
 }
 
 static void cpu_destroy(struct backend *b)
@@ -270,21 +307,15 @@ static void cpu_destroy(struct backend *b)
 	if (!cb)
 		return;
 	tp_destroy(cb->tp);
-	free(cb->x);
-	free(cb->xn);
-	free(cb->q);
-	free(cb->k);
-	free(cb->v);
-	free(cb->att);
-	free(cb->gate);
-	free(cb->up);
+	for (int i = 0; cb->buf && i < cb->p->n_bufs; i++)
+		free(cb->buf[i]);
+	free(cb->buf);
 	free(cb->scores);
 	free(cb->rope_cos);
 	free(cb->rope_sin);
 	free(cb->kcache);
 	free(cb->vcache);
-	free(cb->table);
-	free(cb->table_len);
+	kv_tables_free(&cb->kv);
 	free(cb->lm_src);
 	free(cb->logits);
 	for (int i = 0; cb->scratch && i < cb->threads; i++)
@@ -311,8 +342,7 @@ static float *fbuf(size_t a, size_t b, size_t c)
 
 size_t cpu_kv_block_bytes(const struct model *m)
 {
-	const struct model_config *c = &m->cfg;
-	return 2 * (size_t)c->n_layers * KV_BLOCK * (size_t)(c->n_kv_heads * c->head_dim) * sizeof(float);
+	return kv_block_bytes(&m->prog.kv, sizeof(float));
 }
 
 int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct backend **out,
@@ -326,43 +356,46 @@ int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct b
 	be_init(&cb->base, &cpu_ops, "cpu", c->vocab, o->max_tokens, o->max_seqs, o->max_ctx,
 		c->max_pos);
 	cb->m = m;
-	cb->c = c;
-	cb->q_dim = c->n_heads * c->head_dim;
-	cb->kv_dim = c->n_kv_heads * c->head_dim;
+	cb->p = &m->prog;
+	const struct program *p = cb->p;
+	if (p->kv.n_parts != 2 || p->kv.width[0] != p->kv.width[1] ||
+	    p->kv.width[0] != p->attn.n_kv_heads * p->attn.head_dim) {
+		free(cb);
+		return ember_err(err, -EINVAL, "%s: the CPU backend keeps K and V per KV head; this "
+					       "model's KV layout is another", c->arch_name);
+	}
+	cb->kv_dim = p->kv.width[0];
 	int threads = o->threads > 0 ? o->threads : tp_cpu_count();
 	int rc = tp_create(threads, &cb->tp, err);
 	if (rc < 0)
 		goto fail;
 	size_t T = (size_t)cb->base.max_tokens, ctx_n = (size_t)cb->base.max_ctx;
-	cb->fixed = o->kv_blocks <= 0;
-	cb->base.kv_blocks = cb->fixed ? cb->base.max_seqs * blocks_per_seq(cb) : o->kv_blocks;
+	/* A pool sized by the device, on the CPU: every sequence its whole
+	 * context, through tables. */
+	int blocks = o->kv_blocks >= 0 ? o->kv_blocks
+				       : cb->base.max_seqs * kv_blocks_for(cb->base.max_ctx);
+	if ((rc = kv_tables_init(&cb->kv, cb->base.max_seqs, cb->base.max_ctx, blocks, err)) < 0)
+		goto fail;
+	cb->base.kv_blocks = cb->kv.n_blocks;
 	cb->base.kv_block_bytes = cpu_kv_block_bytes(m);
-	size_t cache_rows = (size_t)cb->base.kv_blocks * (size_t)c->n_layers * KV_BLOCK;
-	cb->x = fbuf(T, (size_t)c->hidden, 1);
-	cb->xn = fbuf(T, (size_t)c->hidden, 1);
-	cb->q = fbuf(T, (size_t)cb->q_dim, 1);
-	cb->k = fbuf(T, (size_t)cb->kv_dim, 1);
-	cb->v = fbuf(T, (size_t)cb->kv_dim, 1);
-	cb->att = fbuf(T, (size_t)cb->q_dim, 1);
-	cb->gate = fbuf(T, (size_t)c->intermediate, 1);
-	cb->up = fbuf(T, (size_t)c->intermediate, 1);
+	size_t cache_rows = (size_t)cb->base.kv_blocks * (size_t)p->kv.n_layers * KV_BLOCK;
+	bool bufs = (cb->buf = calloc((size_t)p->n_bufs, sizeof *cb->buf)) != NULL;
+	for (int i = 0; bufs && i < p->n_bufs; i++)
+		bufs = (cb->buf[i] = fbuf(T, (size_t)p->bufs[i].width, 1)) != NULL;
 	cb->scores = fbuf((size_t)threads, ctx_n, 1);
-	cb->rope_cos = fbuf(ctx_n, (size_t)c->head_dim / 2, 1);
-	cb->rope_sin = fbuf(ctx_n, (size_t)c->head_dim / 2, 1);
+	cb->rope_cos = fbuf(ctx_n, (size_t)p->attn.head_dim / 2, 1);
+	cb->rope_sin = fbuf(ctx_n, (size_t)p->attn.head_dim / 2, 1);
 	cb->kcache = fbuf(cache_rows, (size_t)cb->kv_dim, 1);
 	cb->vcache = fbuf(cache_rows, (size_t)cb->kv_dim, 1);
 	cb->lm_src = calloc(T, sizeof *cb->lm_src);
-	cb->table = calloc((size_t)cb->base.max_seqs, sizeof *cb->table);
-	cb->table_len = calloc((size_t)cb->base.max_seqs, sizeof *cb->table_len);
 	cb->logits = fbuf((size_t)cb->base.max_seqs, (size_t)c->vocab, 1);
 	cb->scratch = calloc((size_t)threads, sizeof *cb->scratch);
 	cb->threads = threads;
 	bool scratch = cb->scratch != NULL;
 	for (int i = 0; scratch && i < threads; i++)
 		scratch = (cb->scratch[i] = sampler_scratch_create(c->vocab)) != NULL;
-	if (!scratch || !cb->logits || !cb->x || !cb->xn || !cb->q || !cb->k || !cb->v || !cb->att ||
-	    !cb->gate || !cb->up || !cb->scores || !cb->rope_cos || !cb->rope_sin || !cb->kcache || !cb->vcache ||
-	    !cb->lm_src || !cb->table || !cb->table_len) {
+	if (!scratch || !bufs || !cb->logits || !cb->scores || !cb->rope_cos || !cb->rope_sin ||
+	    !cb->kcache || !cb->vcache || !cb->lm_src) {
 		rc = ember_err(err, -ENOMEM,
 			       "out of memory for the CPU buffers (%zu tokens, %zu sequences of %zu positions)",
 			       T, (size_t)cb->base.max_seqs, ctx_n);

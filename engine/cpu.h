@@ -1,6 +1,6 @@
-/* The CPU backend: the reference forward pass of Llama / Qwen2 models, with
- * F32 activations and KV cache over BF16, F16 or F32 weights. Runs in the
- * worker's engine thread and its thread pool. */
+/* The CPU backend: the reference implementation of the program's
+ * operations (program.h), with F32 activations and KV cache over BF16, F16
+ * or F32 weights. Runs in the worker's engine thread and its thread pool. */
 #ifndef EMBER_CPU_H
 #define EMBER_CPU_H
 
@@ -12,9 +12,10 @@ struct cpu_opts {
 	int max_tokens; /* entries per step; 0: 512 */
 	int max_seqs;   /* 0: 1 */
 	int max_ctx;    /* 0: min(max_position_embeddings, 4096) */
-	int kv_blocks;  /* 0: max_seqs fixed runs of max_ctx positions, each
-	                 * sequence using its own until a table is bound;
-	                 * otherwise this many blocks for tables alone */
+	int kv_blocks;  /* > 0: this many blocks for bound tables; 0: each
+	                 * sequence its own max_ctx positions until a table is
+	                 * bound; < 0: max_seqs * max_ctx positions for bound
+	                 * tables (kv.h) */
 };
 
 /* The per-token operations of the forward pass, which the CUDA kernels
@@ -22,7 +23,7 @@ struct cpu_opts {
  * out = x / sqrt(mean(x^2) + eps) * w: */
 void cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 /* out = row token of the embedding, as f32: */
-void cpu_embed(float *out, const struct tview *e, int token);
+void cpu_embed(float *out, const struct wdesc *e, int token);
 /* each head of x (n_heads, head_dim) rotated by a position's cos and sin
  * (head_dim / 2 each), rotate_half pairs: */
 void cpu_rope(float *x, int n_heads, int head_dim, const float *cos, const float *sin);

@@ -373,8 +373,8 @@ static void mm_worker(void *arg, int tid, int nt)
 		 * L2 while every group of four tokens passes over them. */
 		for (int r = r0; r < r1; r += ROWS_PER_CHUNK)
 			isa.rows(job->w->dtype, mt->x, mt->T, job->w->cols, job->w->data, r,
-				 r + ROWS_PER_CHUNK < r1 ? r + ROWS_PER_CHUNK : r1, job->y, rows,
-				 job->bias);
+				 r + ROWS_PER_CHUNK < r1 ? r + ROWS_PER_CHUNK : r1, job->y,
+				 job->ldy ? job->ldy : rows, job->bias);
 	}
 }
 

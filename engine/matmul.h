@@ -11,9 +11,10 @@
 
 /* One product of a batch: y (T, w->rows) = x (T, w->cols) * w^T + bias. */
 struct mm_job {
-	const struct tview *w;
+	const struct wdesc *w; /* without scales */
 	const float *bias;     /* (w->rows) or NULL */
-	float *y;              /* (T, w->rows) f32, row stride w->rows */
+	float *y;              /* (T, w->rows) f32, row stride ldy */
+	int ldy;               /* 0: w->rows */
 };
 
 /* Runs n_jobs products that share the input x (T, cols) f32 on the pool's

@@ -71,7 +71,7 @@ int sched_create(struct backend *b, const struct sched_opts *o, struct sched **o
 	s->max_batch = o->max_batch_tokens > 0 && o->max_batch_tokens < b->max_tokens
 			       ? o->max_batch_tokens
 			       : b->max_tokens;
-	s->blocks_per_seq = (b->max_ctx + KV_BLOCK - 1) / KV_BLOCK;
+	s->blocks_per_seq = kv_blocks_for(b->max_ctx);
 	s->free_blocks = malloc((size_t)b->kv_blocks * sizeof *s->free_blocks);
 	s->free_slots = malloc((size_t)b->max_seqs * sizeof *s->free_slots);
 	s->entries = malloc((size_t)s->max_batch * sizeof *s->entries);
@@ -264,7 +264,7 @@ static bool token_text(struct sched *s, struct seq *q, int32_t id, size_t *len)
  * the slots are short (q keeps what it had). */
 static bool reserve(struct sched *s, struct seq *q, int upto)
 {
-	int need = (upto + KV_BLOCK - 1) / KV_BLOCK - q->n_blocks;
+	int need = kv_blocks_for(upto) - q->n_blocks;
 	if (need <= 0)
 		return true;
 	if (need > s->n_free || (q->slot < 0 && s->n_free_slots == 0))

@@ -113,8 +113,10 @@ int main(int argc, char **argv)
 	printf("model %s: %s, hidden %d, %d layers, %d heads, %d KV heads, intermediate %d, vocab %d\n",
 	       dir, c->arch_name, c->hidden, c->n_layers, c->n_heads, c->n_kv_heads, c->intermediate,
 	       c->vocab);
+	const struct program *p = &m->prog;
+	const struct weight *head = &p->weights[p->ops[p->n_ops - 1].w]; /* the LM head's */
 	printf("weights read per decoded token: %.1f MB (%s); %d threads, %s kernels\n",
-	       m->weight_bytes / 1e6, dtype_name(m->lm_head.dtype), nt, cpu_isa());
+	       m->weight_bytes / 1e6, dtype_name(head->part[0].dtype), nt, cpu_isa());
 
 	float *logits = malloc((size_t)c->vocab * sizeof *logits);
 	int32_t *ids = malloc((size_t)prompt * sizeof *ids);

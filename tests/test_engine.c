@@ -10,6 +10,7 @@
 #include "../engine/generate.h"
 #include "../engine/matmul.h"
 #include "../engine/model.h"
+#include "../engine/recipe.h"
 #include "../engine/safetensors.h"
 #include "../engine/sampler.h"
 #include "../engine/sha256.h"
@@ -262,13 +263,16 @@ static int test_config_models(void)
 	struct model_config c;
 	char err[EMBER_ERR_LEN];
 	CHECK(parse_config_file("tiny-qwen2", &c, err) == 0, "tiny-qwen2: %s", err);
-	CHECK(c.arch == ARCH_QWEN2 && c.hidden == 64 && c.n_heads == 4 && c.n_kv_heads == 2 &&
-		      c.head_dim == 16 && c.tie_embeddings && c.attn_bias && !c.attn_out_bias &&
+	CHECK(c.recipe == recipe_find("Qwen2ForCausalLM") && strcmp(c.recipe->family, "llama") == 0 &&
+		      strcmp(c.arch_name, "Qwen2ForCausalLM") == 0 && c.hidden == 64 && c.n_heads == 4 &&
+		      c.n_kv_heads == 2 && c.head_dim == 16 && c.tie_embeddings && c.p.llama.attn_bias &&
+		      !c.p.llama.attn_out_bias &&
 		      c.rope == ROPE_DEFAULT && c.rope_theta == 1e6 && c.n_eos == 2 &&
 		      c.eos_ids[0] == 151645 && c.dtype == DT_BF16,
 	      "tiny-qwen2 fields wrong");
 	CHECK(parse_config_file("tiny-llama", &c, err) == 0, "tiny-llama: %s", err);
-	CHECK(c.arch == ARCH_LLAMA && c.head_dim == 32 && !c.tie_embeddings && !c.attn_bias &&
+	CHECK(c.recipe == recipe_find("LlamaForCausalLM") && strcmp(c.arch_name, "LlamaForCausalLM") == 0 &&
+		      c.head_dim == 32 && !c.tie_embeddings && !c.p.llama.attn_bias &&
 		      c.rope == ROPE_LLAMA3 && c.rope_factor == 8 && c.rope_orig_max_pos == 64 &&
 		      c.rope_high_freq_factor == 4 && c.bos_id == 0 && c.n_eos == 1,
 	      "tiny-llama fields wrong");
@@ -491,8 +495,8 @@ static int test_matmul_kernels(void)
 		enum dtype dts[] = {DT_BF16, DT_F16, DT_F32};
 		for (int d = 0; d < 3; d++) {
 			fill_weights(dts[d], w, ref, R * K);
-			struct tview tv = {dts[d], w, R, K};
-			struct mm_job job = {&tv, bias, y};
+			struct wdesc tv = {.dtype = dts[d], .data = w, .rows = R, .cols = K};
+			struct mm_job job = {.w = &tv, .bias = bias, .y = y};
 			cpu_matmul(tp, x, T, &job, 1);
 			double worst = 0;
 			for (int t = 0; t < T; t++) {
@@ -503,7 +507,7 @@ static int test_matmul_kernels(void)
 					double e = fabs(y[t * R + r] - want);
 					worst = e > worst ? e : worst;
 				}
-				struct mm_job one = {&tv, bias, y1};
+				struct mm_job one = {.w = &tv, .bias = bias, .y = y1};
 				cpu_matmul(tp, x + t * K, 1, &one, 1);
 				if (memcmp(y1, y + t * R, sizeof y1) != 0)
 					bad += fail("%s %s: token %d differs alone and in a batch", isas[s],

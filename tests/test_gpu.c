@@ -107,7 +107,7 @@ static int test_embed(void)
 	float *dx = dev(NULL, (size_t)n * H * 4), *x = malloc((size_t)n * H * 4), *want = malloc(H * 4);
 	cuda_embed(dx, dt, H, de, n, 0);
 	back(x, dx, (size_t)n * H * 4);
-	struct tview tv = {DT_BF16, table, V, H};
+	struct wdesc tv = {.dtype = DT_BF16, .data = table, .rows = V, .cols = H};
 	int bad = 0;
 	for (int t = 0; t < n && !bad; t++) {
 		cpu_embed(want, &tv, e[t].token);

@@ -74,12 +74,6 @@ int device_backend_create(const struct model *m, const struct device_opts *o,
 	struct cpu_opts co = {.threads = o->threads, .max_tokens = o->max_tokens,
 			      .max_seqs = o->max_seqs, .max_ctx = o->max_ctx,
 			      .kv_blocks = o->kv_blocks};
-	if (o->kv_blocks < 0) { /* every slot its whole context */
-		int ctx = o->max_ctx > 0 ? o->max_ctx : 4096;
-		if (ctx > m->cfg.max_pos)
-			ctx = m->cfg.max_pos;
-		co.kv_blocks = (o->max_seqs > 0 ? o->max_seqs : 1) * ((ctx + KV_BLOCK - 1) / KV_BLOCK);
-	}
 	double t0 = ember_now();
 	int rc = cpu_backend_create(m, &co, out, err);
 	if (o->stats)
