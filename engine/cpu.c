@@ -14,7 +14,6 @@
 
 struct cpu_backend {
 	struct backend base;
-	const struct model *m;
 	const struct program *p;
 	struct tpool *tp;
 	int kv_dim;      /* the width of a K or V vector (the program's KV layout) */
@@ -355,11 +354,9 @@ int cpu_backend_create(const struct model *m, const struct cpu_opts *o, struct b
 		return ember_err(err, -ENOMEM, "out of memory");
 	be_init(&cb->base, &cpu_ops, "cpu", c->vocab, o->max_tokens, o->max_seqs, o->max_ctx,
 		c->max_pos);
-	cb->m = m;
 	cb->p = &m->prog;
 	const struct program *p = cb->p;
-	if (p->kv.n_parts != 2 || p->kv.width[0] != p->kv.width[1] ||
-	    p->kv.width[0] != p->attn.n_kv_heads * p->attn.head_dim) {
+	if (!prog_kv_per_head(p)) {
 		free(cb);
 		return ember_err(err, -EINVAL, "%s: the CPU backend keeps K and V per KV head; this "
 					       "model's KV layout is another", c->arch_name);

@@ -36,10 +36,8 @@ int kv_tables_init(struct kv_tables *t, int max_seqs, int max_ctx, int n_blocks,
 	for (size_t i = 0; i < own; i++)
 		t->own[i] = (int32_t)i;
 	t->n_blocks = (int)own;
-	for (int s = 0; s < max_seqs; s++) {
-		t->table[s] = t->own + (size_t)s * t->max_blocks;
-		t->len[s] = t->max_blocks;
-	}
+	for (int s = 0; s < max_seqs; s++)
+		kv_bind(t, s, NULL, 0, NULL); /* its own blocks: cannot fail */
 	return 0;
 }
 

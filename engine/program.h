@@ -33,6 +33,9 @@ struct weight {
 	struct wdesc part[PROG_MAX_PARTS];
 	const float *bias[PROG_MAX_PARTS]; /* (part[p].rows) f32 or NULL */
 	int rows, cols;                    /* rows summed over the parts */
+	int alias;                         /* the earlier weight this one is again
+	                                    * (a tied LM head), which backends store
+	                                    * once; -1 for none */
 };
 
 /* The operations every backend implements. Each runs on the n tokens of a
@@ -92,6 +95,14 @@ struct program {
 	struct attn_shape attn;
 	struct kv_layout kv;    /* what the KV cache keeps per layer and position */
 };
+
+/* Whether p's KV cache keeps K and V per KV head (two parts of n_kv_heads *
+ * head_dim), the layout the backends' attention reads today. */
+static inline bool prog_kv_per_head(const struct program *p)
+{
+	return p->kv.n_parts == 2 && p->kv.width[0] == p->kv.width[1] &&
+	       p->kv.width[0] == p->attn.n_kv_heads * p->attn.head_dim;
+}
 
 static inline size_t wdesc_bytes(const struct wdesc *d)
 {

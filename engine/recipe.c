@@ -91,7 +91,7 @@ int rb_weight(struct model *m, int cols, char *err)
 	struct program *p = &m->prog;
 	if (!grow(&p->weights, &m->cap_weights, p->n_weights, sizeof *p->weights))
 		return ember_err(err, -ENOMEM, "out of memory");
-	p->weights[p->n_weights] = (struct weight){.cols = cols};
+	p->weights[p->n_weights] = (struct weight){.cols = cols, .alias = -1};
 	return p->n_weights++;
 }
 
@@ -124,8 +124,10 @@ int rb_part(struct model *m, int w, const char *name, int rows, const char *bias
 int rb_alias(struct model *m, int other, char *err)
 {
 	int w = rb_weight(m, m->prog.weights[other].cols, err);
-	if (w >= 0)
+	if (w >= 0) {
 		m->prog.weights[w] = m->prog.weights[other];
+		m->prog.weights[w].alias = other;
+	}
 	return w;
 }
 

@@ -43,8 +43,8 @@ int rb_weight(struct model *m, int cols, char *err);
  * f32), or no bias when bias_name is NULL. Returns 0. */
 int rb_part(struct model *m, int w, const char *name, int rows, const char *bias_name, char *err);
 
-/* A weight that is the weight other's only part again (a tied LM head):
- * the same data, which backends store once. */
+/* A weight that is weight other again (a tied LM head): the same parts,
+ * marked as its alias so that backends store them once. */
 int rb_alias(struct model *m, int other, char *err);
 
 /* The vector tensor `name` of shape [n], converted to f32. */

@@ -65,7 +65,6 @@ struct graph {
 
 struct cuda_backend {
 	struct backend base;
-	const struct model *m;
 	const struct program *p;
 	int kv_dim, max_blocks;
 	int dev;        // the CUDA device, made current in the thread that steps
@@ -602,8 +601,7 @@ int cuda_supports(const struct program *p, const struct model_config *c, char *e
 		return ember_err(err, -EINVAL, "the CUDA backend needs head_dim <= 256 and at most 8 "
 					       "query heads per KV head (this model: %d and %d)",
 				 a->head_dim, a->n_heads / a->n_kv_heads);
-	if (p->kv.n_parts != 2 || p->kv.width[0] != p->kv.width[1] ||
-	    p->kv.width[0] != a->n_kv_heads * a->head_dim)
+	if (!prog_kv_per_head(p))
 		return ember_err(err, -EINVAL, "%s: the CUDA backend keeps K and V per KV head; this "
 					       "model's KV layout is another", c->arch_name);
 	if (c->vocab > CUDA_SAMPLE_MAX_VOCAB)
@@ -631,17 +629,10 @@ int upload_weights(struct cuda_backend *cb, struct uploader *up, char *err)
 	for (int i = 0; i < p->n_weights; i++) {
 		const struct weight *W = &p->weights[i];
 		struct dweight *D = &cb->w[i];
-		for (int k = 0; k < i && W->n_parts == 1 && !W->bias[0]; k++) {
-			const struct weight *V = &p->weights[k];
-			if (V->n_parts == 1 && !V->bias[0] && !cb->w[k].alias &&
-			    V->part[0].data == W->part[0].data && V->part[0].dtype == W->part[0].dtype &&
-			    V->rows == W->rows) {
-				*D = {cb->w[k].w, nullptr, true};
-				break;
-			}
-		}
-		if (D->alias)
+		if (W->alias >= 0) {
+			*D = {cb->w[W->alias].w, cb->w[W->alias].bias, true};
 			continue;
+		}
 		DALLOC(D->w, (size_t)W->rows * W->cols * 2);
 		bool bias = false;
 		for (int k = 0, r = 0; k < W->n_parts; r += W->part[k].rows, k++) {
@@ -701,7 +692,6 @@ extern "C" int cuda_backend_create(const struct model *m, const struct cuda_opts
 	be_init(&cb->base, &cuda_ops, "cuda", c->vocab, o->max_tokens, o->max_seqs, o->max_ctx,
 		c->max_pos);
 	cb->base.kv_block_bytes = cuda_kv_block_bytes(m);
-	cb->m = m;
 	cb->p = p;
 	cb->dev = o->device;
 	cb->kv_dim = p->kv.width[0];
