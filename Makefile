@@ -34,12 +34,12 @@ GPU_PROGS = $(BUILD)/test-gpu $(BUILD)/bench-gpu
 endif
 
 ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c \
-              engine/config.c engine/recipe.c $(wildcard engine/arch/*.c) engine/model.c engine/kv.c engine/threads.c engine/matmul.c engine/cpu.c \
+              engine/config.c engine/recipe.c $(wildcard engine/arch/*.c) engine/model.c engine/kv.c engine/threads.c engine/matmul.c engine/cpu.c engine/device.c \
               engine/generate.c engine/sha256.c engine/wimage.c engine/backend.c engine/tokenizer.c engine/tokjson.c engine/chat.c engine/sampler.c engine/stop.c engine/sched.c
 ENGINE_HDR := $(wildcard engine/*.h) $(wildcard engine/arch/*.h) $(wildcard worker/*.h) $(wildcard supervisor/*.h) \
               $(wildcard kernels/*.h)
 WORKER_SRC := worker/main.c worker/cli.c worker/server.c worker/complete.c worker/conn.c \
-              worker/api.c worker/http.c worker/metrics.c worker/wlog.c worker/device.c
+              worker/api.c worker/http.c worker/metrics.c worker/wlog.c
 WORKER_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(WORKER_SRC))
 SUPERVISOR_SRC := supervisor/wstore.c supervisor/scoreboard.c
 SUPERVISOR_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(SUPERVISOR_SRC))
@@ -86,17 +86,20 @@ $(BUILD)/kernels/%.o: kernels/%.cu $(ENGINE_HDR)
 $(BUILD)/libember-cuda.a: $(KERNEL_OBJ)
 	ar rcs $@ $^
 
-# The choice of backend, and the CUDA one when built.
-DEVICE_OBJ = $(BUILD)/worker/device.o $(CUDA_LIB)
+# The engine with, when built, its CUDA backend: the two call each other
+# (the device registry, engine/device.c, names the CUDA device), so they
+# are linked as one group.
+DEVICE_LIBS = $(CUDA_LIB) $(BUILD)/libember-engine.a
+DEVICE_LINK = $(filter-out %.a,$^) -Wl,--start-group $(DEVICE_LIBS) -Wl,--end-group $(CUDA_LIBS)
 
-$(BUILD)/ember-worker: $(WORKER_OBJ) $(BUILD)/supervisor/scoreboard.o $(CUDA_LIB) $(BUILD)/libember-engine.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(WORKER_LIBS) $(CUDA_LIBS) $(LDLIBS)
+$(BUILD)/ember-worker: $(WORKER_OBJ) $(BUILD)/supervisor/scoreboard.o $(DEVICE_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(DEVICE_LINK) $(WORKER_LIBS) $(LDLIBS)
 
 $(BUILD)/make-model: $(BUILD)/scripts/make_model.o $(BUILD)/engine/common.o
 	$(CC) $(LDFLAGS) -o $@ $^ -lm
 
-$(BUILD)/test-engine: $(BUILD)/tests/test_engine.o $(DEVICE_OBJ) $(BUILD)/libember-engine.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+$(BUILD)/test-engine: $(BUILD)/tests/test_engine.o $(DEVICE_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(DEVICE_LINK) $(LDLIBS)
 
 $(BUILD)/bench-engine: $(BUILD)/scripts/bench_engine.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -256,15 +259,15 @@ $(BUILD)/bench-wstore: $(BUILD)/scripts/bench_wstore.o $(SUPERVISOR_OBJ) $(BUILD
 $(BUILD)/journal-capture: $(BUILD)/tests/journal_capture.o
 	$(CC) $(LDFLAGS) -o $@ $^
 
-$(BUILD)/test-sched: $(BUILD)/tests/test_sched.o $(DEVICE_OBJ) $(BUILD)/libember-engine.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+$(BUILD)/test-sched: $(BUILD)/tests/test_sched.o $(DEVICE_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(DEVICE_LINK) $(LDLIBS)
 
 # The GPU's kernels against their CPU references; the GPU benchmark.
-$(BUILD)/test-gpu: $(BUILD)/tests/test_gpu.o $(DEVICE_OBJ) $(BUILD)/libember-engine.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+$(BUILD)/test-gpu: $(BUILD)/tests/test_gpu.o $(DEVICE_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(DEVICE_LINK) $(LDLIBS)
 
-$(BUILD)/bench-gpu: $(BUILD)/scripts/bench_gpu.o $(DEVICE_OBJ) $(BUILD)/libember-engine.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+$(BUILD)/bench-gpu: $(BUILD)/scripts/bench_gpu.o $(DEVICE_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(DEVICE_LINK) $(LDLIBS)
 
 $(BUILD)/bench-sched: $(BUILD)/scripts/bench_sched.o $(BUILD)/libember-engine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -4,6 +4,7 @@
  * for the entries that want logits. Every buffer is allocated at
  * creation: forward allocates nothing. */
 #include "cpu.h"
+#include "device.h"
 
 #include "matmul.h"
 #include "threads.h"
@@ -406,3 +407,23 @@ fail:
 	cpu_destroy(&cb->base);
 	return rc;
 }
+
+static int cpu_count(void)
+{
+	return 1;
+}
+
+static int cpu_device_create(const struct model *m, const struct device_opts *o,
+			     struct backend **out, char *err)
+{
+	struct cpu_opts co = {.threads = o->threads, .max_tokens = o->max_tokens,
+			      .max_seqs = o->max_seqs, .max_ctx = o->max_ctx,
+			      .kv_blocks = o->kv_blocks};
+	double t0 = ember_now();
+	int rc = cpu_backend_create(m, &co, out, err);
+	if (o->stats)
+		o->stats->init_s = ember_now() - t0; /* the threads and buffers */
+	return rc;
+}
+
+const struct device cpu_device = {"cpu", cpu_count, cpu_kv_block_bytes, cpu_device_create};

@@ -8,6 +8,8 @@
 // through upload.h.
 #include "cuda.h"
 
+#include "../engine/device.h"
+
 #include "check.h"
 #include "gemm.h"
 #include "ops.h"
@@ -16,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -838,3 +841,33 @@ fail:
 	cuda_destroy(&cb->base);
 	return rc;
 }
+
+namespace {
+
+int cuda_device_create(const struct model *m, const struct device_opts *o, struct backend **out,
+		       char *err)
+{
+	struct cuda_opts co = {};
+	co.device = o->gpu;
+	co.max_tokens = o->max_tokens;
+	co.max_seqs = o->max_seqs;
+	co.max_ctx = o->max_ctx;
+	co.kv_blocks = o->kv_blocks;
+	co.gpu_memory_fraction = o->gpu_memory_fraction;
+	struct cuda_load_stats st = {};
+	int rc = cuda_backend_create(m, &co, out, &st, err);
+	if (struct device_stats *d = o->stats) {
+		d->init_s = st.init_s;
+		d->upload_s = st.upload_s;
+		d->upload_bytes = st.upload_bytes;
+		d->graph_s = st.graph_s;
+		d->graphs = st.graphs;
+		snprintf(d->graph_error, sizeof d->graph_error, "%s", st.graph_error);
+	}
+	return rc;
+}
+
+} // namespace
+
+const struct device cuda_device = {"cuda", cuda_device_count, cuda_kv_block_bytes,
+					      cuda_device_create};

@@ -2,8 +2,10 @@
  * the model's matrices in GPU memory as BF16, linear layers through
  * cublasLt (BF16 inputs, FP32 accumulation and output), the kernels of
  * kernels/ops.h for the rest, and a paged BF16 KV cache sized from the GPU
- * memory left. Built only when nvcc is found (EMBER_CUDA). Runs in the
- * worker's engine thread. */
+ * memory left. Built only when nvcc is found (EMBER_CUDA). The engine
+ * reaches it as cuda_device (engine/device.h); this header is for the GPU
+ * tests and benchmark, which ask for more (eager steps, upload figures).
+ * Runs in the worker's engine thread. */
 #ifndef EMBER_CUDA_H
 #define EMBER_CUDA_H
 

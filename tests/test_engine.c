@@ -15,7 +15,7 @@
 #include "../engine/sampler.h"
 #include "../engine/sha256.h"
 #include "../engine/weights.h"
-#include "../worker/device.h"
+#include "../engine/device.h"
 #include "runner.h"
 
 #include <errno.h>
@@ -678,11 +678,11 @@ static int check_model(const char *name)
 		return fail("%s", err);
 	}
 	int bad = 0;
-	enum device_kind dev;
-	if (device_parse(device_arg, &dev) == 0 && dev != DEVICE_CPU) {
-		struct device_opts o = {.kind = dev, .max_tokens = 512, .max_ctx = 512};
+	const struct device *dev;
+	if (device_parse(device_arg, &dev, err) == 0 && device_resolve(dev) != &cpu_device) {
+		struct device_opts o = {.max_tokens = 512, .max_ctx = 512};
 		struct backend *b;
-		if (device_backend_create(m, &o, &b, err) < 0) {
+		if (device_backend_create(dev, m, &o, &b, err) < 0) {
 			bad += fail("%s", err);
 		} else {
 			double worst = 0, over = -1;
@@ -824,12 +824,12 @@ static int test_sample_rows(void)
 	snprintf(dir, sizeof dir, "%s/tiny-qwen2", models_dir);
 	struct model *m;
 	CHECK(model_open_dir(dir, &m, err) == 0, "%s", err);
-	enum device_kind kind = DEVICE_CPU;
-	device_parse(device_arg, &kind);
-	struct device_opts o = {.kind = kind, .threads = 2, .max_tokens = 256, .max_seqs = 8,
-				.max_ctx = 256};
+	const struct device *dev = &cpu_device;
+	if (device_parse(device_arg, &dev, err) < 0)
+		dev = &cpu_device;
+	struct device_opts o = {.threads = 2, .max_tokens = 256, .max_seqs = 8, .max_ctx = 256};
 	struct backend *b;
-	if (device_backend_create(m, &o, &b, err) < 0) {
+	if (device_backend_create(dev, m, &o, &b, err) < 0) {
 		model_close(m);
 		return fail("%s", err);
 	}

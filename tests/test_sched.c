@@ -6,7 +6,7 @@
 #include "../engine/generate.h"
 #include "../engine/model.h"
 #include "../engine/sched.h"
-#include "../worker/device.h"
+#include "../engine/device.h"
 #include "runner.h"
 
 #include <errno.h>
@@ -83,12 +83,12 @@ static int rig_open_tok(struct rig *r, const char *model, int seqs, int blocks, 
 	memset(r, 0, sizeof *r);
 	if (model_open_dir(dir, &r->m, err) < 0)
 		return fail("%s", err);
-	enum device_kind dev;
-	if (device_parse(device_arg, &dev) < 0)
-		return fail("--device %s: auto, cpu or cuda", device_arg);
-	struct device_opts o = {.kind = dev, .threads = 2, .max_tokens = 512, .max_seqs = seqs,
+	const struct device *dev;
+	if (device_parse(device_arg, &dev, err) < 0)
+		return fail("%s", err);
+	struct device_opts o = {.threads = 2, .max_tokens = 512, .max_seqs = seqs,
 				.max_ctx = 512, .kv_blocks = blocks};
-	if (device_backend_create(r->m, &o, &r->b, err) < 0)
+	if (device_backend_create(dev, r->m, &o, &r->b, err) < 0)
 		return fail("%s", err);
 	if (with_tok && tok_load(r->m->files, &r->tok, err) < 0)
 		return fail("%s", err);
@@ -173,12 +173,13 @@ static int check_greedy(const char *model)
 	if (run_all(&r))
 		return 1;
 	int bad = 0;
-	enum device_kind dev = DEVICE_CPU;
+	const struct device *dev = &cpu_device;
 	struct backend *alone = NULL;
-	device_parse(device_arg, &dev);
-	if (dev != DEVICE_CPU) {
-		struct device_opts o = {.kind = dev, .max_tokens = 512, .max_ctx = 512};
-		CHECK(device_backend_create(r.m, &o, &alone, err) == 0, "%s", err);
+	if (device_parse(device_arg, &dev, err) == 0)
+		dev = device_resolve(dev);
+	if (dev != &cpu_device) {
+		struct device_opts o = {.max_tokens = 512, .max_ctx = 512};
+		CHECK(device_backend_create(dev, r.m, &o, &alone, err) == 0, "%s", err);
 	}
 	float *l = malloc((size_t)r.m->cfg.vocab * sizeof *l);
 	for (size_t i = 0; i < np; i++) {

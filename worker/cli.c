@@ -94,7 +94,7 @@ int cli_run(const struct cli_opts *co)
 	uint64_t seed = co->seed;
 	const char *const *stops = co->stops;
 	int n_stop = co->n_stop;
-	struct device_opts opts = {.kind = co->device, .threads = co->threads, .max_ctx = co->ctx,
+	struct device_opts opts = {.threads = co->threads, .max_ctx = co->ctx,
 				   .gpu_memory_fraction = co->gpu_memory_fraction};
 	int family = -1;
 	if (template_name && (family = chat_family_from_name(template_name)) < 0) {
@@ -176,7 +176,7 @@ int cli_run(const struct cli_opts *co)
 	if (ctx_len > m->cfg.max_pos)
 		ctx_len = m->cfg.max_pos;
 	opts.max_seqs = parallel;
-	size_t block_bytes = device_kv_block_bytes(device_resolve(co->device), m);
+	size_t block_bytes = device_resolve(co->device)->kv_block_bytes(m);
 	opts.kv_blocks = kv_mb > 0 ? (int)((size_t)kv_mb * 1024 * 1024 / block_bytes)
 				   : parallel * ((ctx_len + KV_BLOCK - 1) / KV_BLOCK);
 	if (opts.kv_blocks < 1) {
@@ -189,7 +189,7 @@ int cli_run(const struct cli_opts *co)
 			n, max_tokens, ctx_len);
 		goto done;
 	}
-	if (device_backend_create(m, &opts, &b, err) < 0 ||
+	if (device_backend_create(co->device, m, &opts, &b, err) < 0 ||
 	    sched_create(b, &(struct sched_opts){.max_batch_tokens = max_batch, .tok = tok}, &sched,
 			 err) < 0) {
 		fprintf(stderr, "ember-worker: %s\n", err);

@@ -8,13 +8,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "device.h"
+#include "../engine/device.h"
 
 struct cli_opts {
 	const char *model_dir, *ids_arg, *text, *chat, *system, *template_name;
 	bool print_ids;
 	int max_tokens, parallel, kv_mb, max_batch, threads, ctx;
-	enum device_kind device;
+	const struct device *device;
 	double gpu_memory_fraction;
 	float temperature;
 	bool temperature_set;

@@ -149,8 +149,9 @@ int main(int argc, char **argv)
 			rc = parse_int(a, v, 1, 1 << 20, &x);
 			c.max_tokens = (int)x;
 		} else if (strcmp(a, "--device") == 0) {
-			if (device_parse(v, &s.device) < 0) {
-				fprintf(stderr, "ember-worker: --device takes cpu, cuda or auto\n");
+			char err[EMBER_ERR_LEN];
+			if (device_parse(v, &s.device, err) < 0) {
+				fprintf(stderr, "ember-worker: %s\n", err);
 				rc = -1;
 			}
 			c.device = s.device;

@@ -524,18 +524,18 @@ static int start_device(struct server *s)
 	char err[EMBER_ERR_LEN];
 	int ctx = o->ctx > 0 ? o->ctx : 4096;
 	s->env.ctx = ctx < s->m->cfg.max_pos ? ctx : s->m->cfg.max_pos;
-	enum device_kind dev = device_resolve(o->device);
-	struct device_opts co = {.kind = dev, .threads = o->threads, .max_ctx = s->env.ctx,
+	const struct device *dev = device_resolve(o->device);
+	struct device_opts co = {.threads = o->threads, .max_ctx = s->env.ctx,
 				 .max_seqs = o->slots, .max_tokens = o->max_batch_tokens,
 				 .gpu_memory_fraction = o->gpu_memory_fraction, .stats = &s->dev};
-	size_t block_bytes = device_kv_block_bytes(dev, s->m);
+	size_t block_bytes = dev->kv_block_bytes(s->m);
 	/* Without --kv-cache-mb the device sizes the pool (device.h). */
 	co.kv_blocks = o->kv_mb > 0 ? (int)((size_t)o->kv_mb * 1024 * 1024 / block_bytes) : -1;
 	if (co.kv_blocks == 0) {
 		wlog(3, "--kv-cache-mb %d holds no block of %zu bytes", o->kv_mb, block_bytes);
 		return -1;
 	}
-	if (device_backend_create(s->m, &co, &s->b, err) < 0) {
+	if (device_backend_create(dev, s->m, &co, &s->b, err) < 0) {
 		wlog(3, "cannot start the engine: %s", err);
 		return -1;
 	}

@@ -5,7 +5,7 @@
 #ifndef EMBER_SERVER_H
 #define EMBER_SERVER_H
 
-#include "device.h"
+#include "../engine/device.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,7 +32,7 @@ struct server_opts {
 	int threads;               /* CPU threads; 0: one per processor */
 	int kv_mb;                 /* 0: room for every slot's full context (CPU) or
 	                            * gpu_memory_fraction of the GPU's free memory */
-	enum device_kind device;   /* --device */
+	const struct device *device; /* --device (NULL: auto) */
 	double gpu_memory_fraction; /* 0: 0.9 */
 	int max_batch_tokens;      /* 0: 512 */
 };
