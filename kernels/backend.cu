@@ -221,19 +221,28 @@ struct cuda_kv layer_kv(struct cuda_backend *cb, int layer, const struct cuda_st
 		cb->max_blocks};
 }
 
-int op_embed(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *)
+// 0, or -EIO with err naming the kernel whose launch failed.
+int launched(cudaError_t ce, const char *kernel, char *err)
 {
-	cuda_embed(f32_buf(cb, o->out), cb->w[o->w].w, cb->p->bufs[o->out].width, s->d.e, s->n,
-		   cb->st);
-	return 0;
+	if (ce == cudaSuccess)
+		return 0;
+	return ember_err(err, -EIO, "launching %s: %s", kernel, cudaGetErrorString(ce));
 }
 
-int op_rmsnorm(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *)
+int op_embed(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
 {
-	cuda_add_rmsnorm(f32_buf(cb, o->x), o->add == OP_NONE ? nullptr : f32_buf(cb, o->add),
-			 bf16_buf(cb, o->out), cb->vec[o->w], cb->p->bufs[o->x].width, cb->p->eps,
-			 s->rows, s->n, cb->st);
-	return 0;
+	return launched(cuda_embed(f32_buf(cb, o->out), cb->w[o->w].w, cb->p->bufs[o->out].width,
+				   s->d.e, s->n, cb->st),
+			"cuda_embed", err);
+}
+
+int op_rmsnorm(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
+{
+	return launched(cuda_add_rmsnorm(f32_buf(cb, o->x),
+					 o->add == OP_NONE ? nullptr : f32_buf(cb, o->add),
+					 bf16_buf(cb, o->out), cb->vec[o->w], cb->p->bufs[o->x].width,
+					 cb->p->eps, s->rows, s->n, cb->st),
+			"cuda_add_rmsnorm", err);
 }
 
 int op_gemm(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
@@ -244,31 +253,31 @@ int op_gemm(struct cuda_backend *cb, const struct op *o, const struct cuda_step 
 			w->cols, s->n, err);
 }
 
-int op_rope_kv(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *)
+int op_rope_kv(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
 {
 	const struct attn_shape *a = &cb->p->attn;
 	struct cuda_kv kv = layer_kv(cb, o->layer, s);
-	cuda_rope_kv(f32_buf(cb, o->x), a->n_heads, a->n_kv_heads, a->head_dim, cb->cos, cb->sin,
-		     s->d.e, s->n, &kv, cb->st);
-	return 0;
+	return launched(cuda_rope_kv(f32_buf(cb, o->x), a->n_heads, a->n_kv_heads, a->head_dim,
+				     cb->cos, cb->sin, s->d.e, s->n, &kv, cb->st),
+			"cuda_rope_kv", err);
 }
 
 int op_attention(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
 {
 	const struct attn_shape *a = &cb->p->attn;
 	struct cuda_kv kv = layer_kv(cb, o->layer, s);
-	if (cuda_attention(bf16_buf(cb, o->out), f32_buf(cb, o->x), a->n_heads, a->n_kv_heads,
-			   a->head_dim, s->d.e, s->d.dec, cb->n_dec, s->d.tiles, cb->n_tiles,
-			   s->max_pos, &kv, cb->work, cb->splits, cb->st) < 0)
-		return ember_err(err, -EINVAL, "attention: unsupported head shape");
-	return 0;
+	return launched(cuda_attention(bf16_buf(cb, o->out), f32_buf(cb, o->x), a->n_heads,
+				       a->n_kv_heads, a->head_dim, s->d.e, s->d.dec, cb->n_dec,
+				       s->d.tiles, cb->n_tiles, s->max_pos, &kv, cb->work,
+				       cb->splits, cb->st),
+			"cuda_attention", err);
 }
 
-int op_swiglu(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *)
+int op_swiglu(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
 {
-	cuda_swiglu(bf16_buf(cb, o->out), f32_buf(cb, o->in), cb->p->bufs[o->out].width, s->n,
-		    cb->st);
-	return 0;
+	return launched(cuda_swiglu(bf16_buf(cb, o->out), f32_buf(cb, o->in),
+				    cb->p->bufs[o->out].width, s->n, cb->st),
+			"cuda_swiglu", err);
 }
 
 // The CUDA table of operations, by kind.
@@ -301,18 +310,18 @@ bool op_fits(const struct program *p, const struct op *o)
 	}
 }
 
-// Queues ops [from, to) of the program, checking each one's launches.
+// Queues ops [from, to) of the program; each op checks its launches.
 int run_ops(struct cuda_backend *cb, int from, int to, const struct cuda_step *s, char *err)
 {
 	for (int i = from; i < to; i++) {
 		const struct op *o = &cb->p->ops[i];
 		int rc = cuda_op_table[o->kind](cb, o, s, err);
-		if (rc < 0)
-			return rc;
-		cudaError_t ce = cudaGetLastError();
-		if (ce != cudaSuccess)
-			return ember_err(err, -EIO, "launching op %d (%s) of the program: %s", i,
-					 op_names[o->kind], cudaGetErrorString(ce));
+		if (rc < 0) {
+			char why[EMBER_ERR_LEN];
+			snprintf(why, sizeof why, "%s", err);
+			return ember_err(err, rc, "op %d (%s) of the program: %s", i,
+					 op_names[o->kind], why);
+		}
 	}
 	return 0;
 }
@@ -445,10 +454,10 @@ int cuda_sample_step(struct backend *b, const struct be_entry *e, int n,
 		if (rc == 0)
 			rc = sample_upload(cb, rows, r0, r1, err);
 		if (rc == 0) {
-			cuda_sample(cb->d_out + r0, cb->logits + r0 * V, cb->samp_work + r0 * 2 * V,
-				    (int)V, dr, seen, (const uint32_t *)(seen + cb->seen_cap), r1 - r0,
-				    cb->st);
-			CUDA_CHECK(cudaGetLastError());
+			CUDA_CHECK(cuda_sample(cb->d_out + r0, cb->logits + r0 * V,
+					       cb->samp_work + r0 * 2 * V, (int)V, dr, seen,
+					       (const uint32_t *)(seen + cb->seen_cap), r1 - r0,
+					       cb->st));
 		}
 	}
 	if (rc == 0 && n_rows > 0)

@@ -37,11 +37,12 @@ __global__ void embed_kernel(float *x, const uint16_t *embed, int h, const struc
 		x[(size_t)t * h + i] = ld_bf16(embed, base + i);
 }
 
-extern "C" void cuda_embed(float *x, const uint16_t *embed, int h, const struct be_entry *e, int n,
-			   cudaStream_t s)
+extern "C" cudaError_t cuda_embed(float *x, const uint16_t *embed, int h, const struct be_entry *e,
+				  int n, cudaStream_t s)
 {
 	if (n > 0)
 		embed_kernel<<<n, 256, 0, s>>>(x, embed, h, e);
+	return cudaGetLastError();
 }
 
 // ---- RMSNorm after the residual add -------------------------------------------
@@ -78,11 +79,12 @@ __global__ void add_rmsnorm_kernel(float *x, const float *add, uint16_t *out, co
 	}
 }
 
-extern "C" void cuda_add_rmsnorm(float *x, const float *add, uint16_t *out, const float *w, int h,
-				 float eps, const int32_t *rows, int n, cudaStream_t s)
+extern "C" cudaError_t cuda_add_rmsnorm(float *x, const float *add, uint16_t *out, const float *w,
+					int h, float eps, const int32_t *rows, int n, cudaStream_t s)
 {
 	if (n > 0)
 		add_rmsnorm_kernel<<<n, h >= 4096 ? 1024 : 256, 0, s>>>(x, add, out, w, h, eps, rows);
+	return cudaGetLastError();
 }
 
 // ---- rotary embedding and the KV-cache write -----------------------------------
@@ -122,12 +124,13 @@ __global__ void rope_kv_kernel(float *qkv, int n_heads, int n_kv_heads, int hd, 
 		st_bf16(kv.v, at + i, vr[i]);
 }
 
-extern "C" void cuda_rope_kv(float *qkv, int n_heads, int n_kv_heads, int head_dim, const float *cos,
-			     const float *sin, const struct be_entry *e, int n,
-			     const struct cuda_kv *kv, cudaStream_t s)
+extern "C" cudaError_t cuda_rope_kv(float *qkv, int n_heads, int n_kv_heads, int head_dim,
+				    const float *cos, const float *sin, const struct be_entry *e,
+				    int n, const struct cuda_kv *kv, cudaStream_t s)
 {
 	if (n > 0)
 		rope_kv_kernel<<<n, 256, 0, s>>>(qkv, n_heads, n_kv_heads, head_dim, cos, sin, e, *kv);
+	return cudaGetLastError();
 }
 
 // ---- SwiGLU --------------------------------------------------------------------
@@ -142,13 +145,14 @@ __global__ void swiglu_kernel(uint16_t *out, const float *gu, int inter, size_t 
 	}
 }
 
-extern "C" void cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cudaStream_t s)
+extern "C" cudaError_t cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cudaStream_t s)
 {
 	size_t total = (size_t)n * inter;
 	if (total == 0)
-		return;
+		return cudaSuccess;
 	size_t blocks = (total + 255) / 256;
 	swiglu_kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, s>>>(out, gu, inter, total);
+	return cudaGetLastError();
 }
 
 // ---- attention -----------------------------------------------------------------
@@ -400,14 +404,15 @@ extern "C" int cuda_attention_plan(const struct be_entry *e, int n, bool tiles_o
 	return nt;
 }
 
-extern "C" int cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
-			      int head_dim, const struct be_entry *e, const int32_t *dec, int n_dec,
-			      const int32_t *tiles, int n_tiles, int max_pos,
-			      const struct cuda_kv *kv, float *work, int splits, cudaStream_t s)
+extern "C" cudaError_t cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
+				      int head_dim, const struct be_entry *e, const int32_t *dec,
+				      int n_dec, const int32_t *tiles, int n_tiles, int max_pos,
+				      const struct cuda_kv *kv, float *work, int splits, cudaStream_t s)
 {
 	int group = n_heads / n_kv_heads;
 	if (group > ATT_GROUP || head_dim > 256 || head_dim % 2)
-		return -1;
+		return cudaErrorInvalidValue;
+	cudaError_t ce;
 	if (n_tiles > 0) {
 		dim3 grid(n_tiles, n_heads);
 		int epl = (head_dim + TILE_LANES - 1) / TILE_LANES;
@@ -421,9 +426,11 @@ extern "C" int cuda_attention(uint16_t *out, const float *qkv, int n_heads, int 
 			prefill_attention_kernel<32><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
 		else
 			prefill_attention_kernel<64><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+		if ((ce = cudaGetLastError()) != cudaSuccess)
+			return ce;
 	}
 	if (n_dec <= 0)
-		return 0;
+		return cudaSuccess;
 	// Enough blocks to fill the GPU at small batches: split long contexts
 	// so that each block reads at least ATT_SPLIT_MIN positions. Each entry
 	// takes what its own length needs of the splits launched.
@@ -443,7 +450,8 @@ extern "C" int cuda_attention(uint16_t *out, const float *qkv, int n_heads, int 
 		attention_kernel<4><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, dec, *kv, work, splits);
 	else
 		attention_kernel<8><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, dec, *kv, work, splits);
-	if (splits > 1)
-		attention_merge_kernel<<<dim3(n_dec, n_heads), head_dim < 128 ? 64 : 128, 0, s>>>(out, work, n_heads, head_dim, e, dec, splits);
-	return 0;
+	if ((ce = cudaGetLastError()) != cudaSuccess || splits == 1)
+		return ce;
+	attention_merge_kernel<<<dim3(n_dec, n_heads), head_dim < 128 ? 64 : 128, 0, s>>>(out, work, n_heads, head_dim, e, dec, splits);
+	return cudaGetLastError();
 }

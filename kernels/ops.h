@@ -2,8 +2,10 @@
  * reference in engine/cpu.c by name (cpu_rmsnorm / cuda_add_rmsnorm), and
  * their launchers, callable from C. Pointers are device pointers; bf16
  * arrays are uint16_t here (__nv_bfloat16 inside the kernels). Every
- * launcher queues work on stream s and returns at once. Runs in the
- * worker's engine thread (and in the GPU tests). */
+ * launcher queues work on stream s and returns at once, with the result of
+ * its launches (cudaGetLastError after each: a bad configuration shows
+ * here, a fault inside a kernel at the stream's next synchronisation).
+ * Runs in the worker's engine thread (and in the GPU tests). */
 #ifndef EMBER_CUDA_OPS_H
 #define EMBER_CUDA_OPS_H
 
@@ -26,27 +28,27 @@ struct cuda_kv {
 };
 
 /* x[t] = embed[e[t].token] (bf16 rows to f32), for n entries of hidden h. */
-void cuda_embed(float *x, const uint16_t *embed, int h, const struct be_entry *e, int n,
-		cudaStream_t s);
+cudaError_t cuda_embed(float *x, const uint16_t *embed, int h, const struct be_entry *e, int n,
+		       cudaStream_t s);
 
 /* For each of n output rows r, with src = rows ? rows[r] : r:
  * v = x[src] + add[src] (add may be NULL); x[src] = v when rows is NULL;
  * out[r] = bf16(v / sqrt(mean(v^2) + eps) * w). cpu_rmsnorm after the
  * residual add. */
-void cuda_add_rmsnorm(float *x, const float *add, uint16_t *out, const float *w, int h, float eps,
-		      const int32_t *rows, int n, cudaStream_t s);
+cudaError_t cuda_add_rmsnorm(float *x, const float *add, uint16_t *out, const float *w, int h,
+			     float eps, const int32_t *rows, int n, cudaStream_t s);
 
 /* Rotates the q and k heads of each entry's row of qkv (q_dim, then
  * kv_dim of k, then of v; f32) by its position (rotate_half pairs, tables
  * cos/sin of (positions, head_dim / 2)), in place, and writes k and v as
  * bf16 into the paged cache at the entry's position. cpu_rope + the cache
  * write of cpu_forward. */
-void cuda_rope_kv(float *qkv, int n_heads, int n_kv_heads, int head_dim, const float *cos,
-		  const float *sin, const struct be_entry *e, int n, const struct cuda_kv *kv,
-		  cudaStream_t s);
+cudaError_t cuda_rope_kv(float *qkv, int n_heads, int n_kv_heads, int head_dim, const float *cos,
+			 const float *sin, const struct be_entry *e, int n, const struct cuda_kv *kv,
+			 cudaStream_t s);
 
 /* out[t, i] = bf16(silu(gu[t, i]) * gu[t, inter + i]) for n rows. cpu_swiglu. */
-void cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cudaStream_t s);
+cudaError_t cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cudaStream_t s);
 
 /* Attention of each entry over positions 0..pos of its own sequence:
  * softmax(q.K^T / sqrt(d)) V per head, grouped-query (n_heads / n_kv_heads
@@ -69,10 +71,12 @@ void cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cudaStream_t 
 int cuda_attention_plan(const struct be_entry *e, int n, bool tiles_ok, int32_t *dec, int *n_dec,
 			int32_t *tiles);
 size_t cuda_attention_work(int n, int n_heads, int head_dim, int splits);
-int cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads, int head_dim,
-		   const struct be_entry *e, const int32_t *dec, int n_dec, const int32_t *tiles,
-		   int n_tiles, int max_pos, const struct cuda_kv *kv, float *work, int splits,
-		   cudaStream_t s);
+/* cudaErrorInvalidValue for a head shape it has no kernel for (more than 8
+ * query heads per KV head, head_dim over 256 or odd). */
+cudaError_t cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
+			   int head_dim, const struct be_entry *e, const int32_t *dec, int n_dec,
+			   const int32_t *tiles, int n_tiles, int max_pos, const struct cuda_kv *kv,
+			   float *work, int splits, cudaStream_t s);
 
 /* One row to sample: a sampler_row (engine/sampler.h) made flat for the
  * device, its penalty list at seen[seen_off ..] and generated[seen_off ..]. */
@@ -90,9 +94,9 @@ struct cuda_sample_row {
  * are): out[r] = what sampler_sample_row chooses with rows[r], one block a
  * row. work: cuda_sample_work floats. vocab at most CUDA_SAMPLE_MAX_VOCAB. */
 size_t cuda_sample_work(int rows, int vocab);
-void cuda_sample(struct sampler_result *out, const float *logits, float *work, int vocab,
-		 const struct cuda_sample_row *rows, const int32_t *seen, const uint32_t *generated,
-		 int n_rows, cudaStream_t s);
+cudaError_t cuda_sample(struct sampler_result *out, const float *logits, float *work, int vocab,
+			const struct cuda_sample_row *rows, const int32_t *seen,
+			const uint32_t *generated, int n_rows, cudaStream_t s);
 
 #ifdef __cplusplus
 }

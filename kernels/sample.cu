@@ -495,11 +495,12 @@ extern "C" size_t cuda_sample_work(int rows, int vocab)
 	return (size_t)rows * 2 * (size_t)vocab;
 }
 
-extern "C" void cuda_sample(struct sampler_result *out, const float *logits, float *work, int vocab,
-			    const struct cuda_sample_row *rows, const int32_t *seen,
-			    const uint32_t *generated, int n_rows, cudaStream_t s)
+extern "C" cudaError_t cuda_sample(struct sampler_result *out, const float *logits, float *work,
+				   int vocab, const struct cuda_sample_row *rows, const int32_t *seen,
+				   const uint32_t *generated, int n_rows, cudaStream_t s)
 {
 	if (n_rows > 0)
 		sample_kernel<<<n_rows, SAMPLE_THREADS, 0, s>>>(out, logits, work, vocab, rows, seen,
 								 generated);
+	return cudaGetLastError();
 }
