@@ -3,6 +3,7 @@
  * worker's request threads. */
 #include "api.h"
 #include "../engine/common.h"
+#include "../engine/tokenizer.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -472,4 +473,204 @@ void api_request_free(struct api_request *r)
 	free(r->prompt_ids);
 	json_decref(r->root);
 	memset(r, 0, sizeof *r);
+}
+
+/* --- responses -------------------------------------------------------------- */
+
+const char *api_finish_name(enum finish_reason r)
+{
+	return r == FINISH_STOP ? "stop" : r == FINISH_LENGTH ? "length" : NULL;
+}
+
+/* -9999 stands for a log-probability of minus infinity, as in OpenAI's API. */
+static double lp_value(float lp)
+{
+	return isfinite(lp) ? lp : -9999.0;
+}
+
+static void token_text(struct sbuf *b, const struct tokenizer *tok, int32_t id)
+{
+	size_t n = 0;
+	const char *p = tok_piece(tok, id, &n);
+	sbuf_json_str(b, p ? p : "", p ? n : 0);
+}
+
+static void token_bytes(struct sbuf *b, const struct tokenizer *tok, int32_t id)
+{
+	size_t n = 0;
+	const char *p = tok_piece(tok, id, &n);
+	sbuf_put(b, "[", 1);
+	for (size_t i = 0; p && i < n; i++)
+		sbuf_printf(b, "%s%u", i ? "," : "", (unsigned char)p[i]);
+	sbuf_put(b, "]", 1);
+}
+
+/* One entry of chat logprobs.content. */
+static void chat_lp_entry(struct sbuf *b, const struct tokenizer *tok, const struct sampler_result *r)
+{
+	sbuf_puts(b, "{\"token\":");
+	token_text(b, tok, r->token);
+	sbuf_printf(b, ",\"logprob\":%.6g,\"bytes\":", lp_value(r->logprob));
+	token_bytes(b, tok, r->token);
+	sbuf_puts(b, ",\"top_logprobs\":[");
+	for (int k = 0; k < r->n_top; k++) {
+		sbuf_puts(b, k ? ",{\"token\":" : "{\"token\":");
+		token_text(b, tok, r->top_token[k]);
+		sbuf_printf(b, ",\"logprob\":%.6g,\"bytes\":", lp_value(r->top_logprob[k]));
+		token_bytes(b, tok, r->top_token[k]);
+		sbuf_puts(b, "}");
+	}
+	sbuf_puts(b, "]}");
+}
+
+/* The legacy completions logprobs object over events [from, to) of a
+ * completion (text_offset counts from its start). */
+static void text_lp(struct sbuf *b, const struct tokenizer *tok, const struct api_token *ev,
+		    size_t from, size_t to)
+{
+	sbuf_puts(b, "{\"tokens\":[");
+	for (size_t i = from; i < to; i++) {
+		if (i > from)
+			sbuf_put(b, ",", 1);
+		token_text(b, tok, ev[i].r.token);
+	}
+	sbuf_puts(b, "],\"token_logprobs\":[");
+	for (size_t i = from; i < to; i++)
+		sbuf_printf(b, "%s%.6g", i > from ? "," : "", lp_value(ev[i].r.logprob));
+	sbuf_puts(b, "],\"top_logprobs\":[");
+	for (size_t i = from; i < to; i++) {
+		sbuf_puts(b, i > from ? ",{" : "{");
+		for (int k = 0; k < ev[i].r.n_top; k++) {
+			if (k)
+				sbuf_put(b, ",", 1);
+			token_text(b, tok, ev[i].r.top_token[k]);
+			sbuf_printf(b, ":%.6g", lp_value(ev[i].r.top_logprob[k]));
+		}
+		sbuf_puts(b, "}");
+	}
+	sbuf_puts(b, "],\"text_offset\":[");
+	for (size_t i = from; i < to; i++)
+		sbuf_printf(b, "%s%zu", i > from ? "," : "", i > 0 ? ev[i - 1].text_end : 0);
+	sbuf_puts(b, "]}");
+}
+
+static void chunk_open(struct sbuf *b, const struct api_answer *a)
+{
+	sbuf_printf(b, "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", a->id,
+		    a->kind == API_CHAT ? "chat.completion.chunk" : "text_completion", a->created);
+	sbuf_json_str(b, a->model, strlen(a->model));
+	sbuf_puts(b, a->kind == API_CHAT ? ",\"system_fingerprint\":null,\"choices\":[" : ",\"choices\":[");
+}
+
+static void chunk_close(struct sbuf *b, const struct api_answer *a)
+{
+	sbuf_puts(b, a->usage_null ? "],\"usage\":null}\n\n" : "]}\n\n");
+}
+
+void api_chunk_text(struct sbuf *b, const struct api_answer *a, const char *text, size_t n,
+		    const struct api_token *ev, size_t i)
+{
+	const struct tokenizer *tok = a->tok;
+	chunk_open(b, a);
+	if (a->kind == API_CHAT) {
+		sbuf_puts(b, "{\"index\":0,\"delta\":{\"content\":");
+		sbuf_json_str(b, text, n);
+		sbuf_puts(b, "},\"logprobs\":");
+		if (ev) {
+			sbuf_puts(b, "{\"content\":[");
+			chat_lp_entry(b, tok, &ev[i].r);
+			sbuf_puts(b, "]}");
+		} else {
+			sbuf_puts(b, "null");
+		}
+	} else {
+		sbuf_puts(b, "{\"index\":0,\"text\":");
+		sbuf_json_str(b, text, n);
+		sbuf_puts(b, ",\"logprobs\":");
+		if (ev)
+			text_lp(b, tok, ev, i, i + 1);
+		else
+			sbuf_puts(b, "null");
+	}
+	sbuf_puts(b, ",\"finish_reason\":null}");
+	chunk_close(b, a);
+}
+
+static void usage_json(struct sbuf *b, int prompt, int completion)
+{
+	sbuf_printf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}", prompt,
+		    completion, prompt + completion);
+}
+
+void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *text, size_t len,
+		     const struct api_token *ev, size_t n_ev, const char *reason, int n_prompt,
+		     int n_completion)
+{
+	const struct tokenizer *tok = a->tok;
+	sbuf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", a->id,
+		    a->kind == API_CHAT ? "chat.completion" : "text_completion", a->created);
+	sbuf_json_str(b, a->model, strlen(a->model));
+	if (a->kind == API_CHAT) {
+		sbuf_puts(b, ",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"message\":"
+			     "{\"role\":\"assistant\",\"content\":");
+		sbuf_json_str(b, text ? text : "", len);
+		sbuf_puts(b, "},\"logprobs\":");
+		if (a->logprobs) {
+			sbuf_puts(b, "{\"content\":[");
+			for (size_t i = 0; i < n_ev; i++) {
+				if (i)
+					sbuf_put(b, ",", 1);
+				chat_lp_entry(b, tok, &ev[i].r);
+			}
+			sbuf_puts(b, "]}");
+		} else {
+			sbuf_puts(b, "null");
+		}
+	} else {
+		sbuf_puts(b, ",\"choices\":[{\"index\":0,\"text\":");
+		sbuf_json_str(b, text ? text : "", len);
+		sbuf_puts(b, ",\"logprobs\":");
+		if (a->logprobs)
+			text_lp(b, tok, ev, 0, n_ev);
+		else
+			sbuf_puts(b, "null");
+	}
+	sbuf_printf(b, ",\"finish_reason\":\"%s\"}],\"usage\":", reason);
+	usage_json(b, n_prompt, n_completion);
+	sbuf_puts(b, "}\n");
+}
+
+void api_chunk_role(struct sbuf *b, const struct api_answer *a)
+{
+	chunk_open(b, a);
+	sbuf_puts(b, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+		     "\"logprobs\":null,\"finish_reason\":null}");
+	chunk_close(b, a);
+}
+
+void api_chunk_finish(struct sbuf *b, const struct api_answer *a, const char *reason,
+		      bool include_usage, int n_prompt, int n_completion)
+{
+	chunk_open(b, a);
+	if (a->kind == API_CHAT)
+		sbuf_printf(b, "{\"index\":0,\"delta\":{},\"logprobs\":null,"
+			       "\"finish_reason\":\"%s\"}", reason);
+	else
+		sbuf_printf(b, "{\"index\":0,\"text\":\"\",\"logprobs\":null,"
+			       "\"finish_reason\":\"%s\"}", reason);
+	chunk_close(b, a);
+	if (include_usage) {
+		chunk_open(b, a);
+		sbuf_puts(b, "],\"usage\":");
+		usage_json(b, n_prompt, n_completion);
+		sbuf_puts(b, "}\n\n");
+	}
+	sbuf_puts(b, "data: [DONE]\n\n");
+}
+
+void api_chunk_error(struct sbuf *b, const struct api_error *e)
+{
+	sbuf_puts(b, "data: ");
+	api_error_json(b, e);
+	sbuf_puts(b, "\n\n");
 }

@@ -8,6 +8,7 @@
 
 #include "../engine/chat.h"
 #include "../engine/sampler.h"
+#include "../engine/sched.h"
 #include "../engine/stop.h"
 
 #include <jansson.h>
@@ -67,5 +68,47 @@ struct api_request {
 int api_parse(enum api_kind kind, const char *body, size_t len, struct api_request *r,
 	      struct api_error *e);
 void api_request_free(struct api_request *r);
+
+/* --- responses: chat.completion / text_completion, whole or as chunks --- */
+
+/* What every chunk and answer of one response repeats. */
+struct api_answer {
+	enum api_kind kind;
+	char id[40];                /* "chatcmpl-..." or "cmpl-..." */
+	long long created;          /* Unix seconds */
+	const char *model;
+	bool usage_null;            /* stream with include_usage: "usage": null in chunks */
+	bool logprobs;
+	const struct tokenizer *tok; /* the tokens' texts and bytes in logprobs */
+};
+
+/* A generated token as logprobs need it: the sampler's result and the
+ * completion's text length once it is out. */
+struct api_token {
+	struct sampler_result r;
+	size_t text_end;
+};
+
+/* "stop" or "length"; NULL for an end that is not an answer (a deadline,
+ * a cancel, the engine's failure). */
+const char *api_finish_name(enum finish_reason r);
+
+/* Server-Sent Events of a stream, appended to b: the chat's first chunk
+ * (the assistant's role); a chunk of text[0..n) and, when ev is given,
+ * the logprobs of token ev[i]; the last chunk with the finish reason, then
+ * the usage chunk when include_usage, then [DONE]; or instead an error
+ * event (a stream that did not end well has no [DONE]). */
+void api_chunk_role(struct sbuf *b, const struct api_answer *a);
+void api_chunk_text(struct sbuf *b, const struct api_answer *a, const char *text, size_t n,
+		    const struct api_token *ev, size_t i);
+void api_chunk_finish(struct sbuf *b, const struct api_answer *a, const char *reason,
+		      bool include_usage, int n_prompt, int n_completion);
+void api_chunk_error(struct sbuf *b, const struct api_error *e);
+
+/* The whole answer of a request that did not stream: text[0..len), the
+ * logprobs of ev[0..n_ev) when a->logprobs, the reason and the usage. */
+void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *text, size_t len,
+		     const struct api_token *ev, size_t n_ev, const char *reason, int n_prompt,
+		     int n_completion);
 
 #endif

@@ -148,16 +148,11 @@ static void slot_release(struct comp_env *env)
 
 /* --- a job: one sequence's output as the engine thread hands it over ------- */
 
-struct job_ev {
-	struct sampler_result r;
-	size_t text_end;            /* the job's text length after this token */
-};
-
 struct job {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	struct sbuf text;           /* everything released so far */
-	struct job_ev *ev;          /* (cap_ev) per token, when logprobs are wanted */
+	struct api_token *ev;       /* (cap_ev) per token, when logprobs are wanted */
 	size_t n_ev, cap_ev;
 	int n_tokens;
 	bool done;
@@ -257,180 +252,6 @@ static int build_prompt(struct comp_env *env, struct comp_thread *t, const struc
 	return 0;
 }
 
-/* --- answers --------------------------------------------------------------- */
-
-static const char *finish_name(enum finish_reason r)
-{
-	return r == FINISH_STOP ? "stop" : r == FINISH_LENGTH ? "length" : NULL;
-}
-
-/* -9999 stands for a log-probability of minus infinity, as in OpenAI's API. */
-static double lp_value(float lp)
-{
-	return isfinite(lp) ? lp : -9999.0;
-}
-
-static void token_text(struct sbuf *b, const struct tokenizer *tok, int32_t id)
-{
-	size_t n = 0;
-	const char *p = tok_piece(tok, id, &n);
-	sbuf_json_str(b, p ? p : "", p ? n : 0);
-}
-
-static void token_bytes(struct sbuf *b, const struct tokenizer *tok, int32_t id)
-{
-	size_t n = 0;
-	const char *p = tok_piece(tok, id, &n);
-	sbuf_put(b, "[", 1);
-	for (size_t i = 0; p && i < n; i++)
-		sbuf_printf(b, "%s%u", i ? "," : "", (unsigned char)p[i]);
-	sbuf_put(b, "]", 1);
-}
-
-/* One entry of chat logprobs.content. */
-static void chat_lp_entry(struct sbuf *b, const struct tokenizer *tok, const struct sampler_result *r)
-{
-	sbuf_puts(b, "{\"token\":");
-	token_text(b, tok, r->token);
-	sbuf_printf(b, ",\"logprob\":%.6g,\"bytes\":", lp_value(r->logprob));
-	token_bytes(b, tok, r->token);
-	sbuf_puts(b, ",\"top_logprobs\":[");
-	for (int k = 0; k < r->n_top; k++) {
-		sbuf_puts(b, k ? ",{\"token\":" : "{\"token\":");
-		token_text(b, tok, r->top_token[k]);
-		sbuf_printf(b, ",\"logprob\":%.6g,\"bytes\":", lp_value(r->top_logprob[k]));
-		token_bytes(b, tok, r->top_token[k]);
-		sbuf_puts(b, "}");
-	}
-	sbuf_puts(b, "]}");
-}
-
-/* The legacy completions logprobs object over events [from, to), whose text
- * starts at offset base of the completion. */
-static void text_lp(struct sbuf *b, const struct tokenizer *tok, const struct job_ev *ev,
-		    size_t from, size_t to, size_t base)
-{
-	sbuf_puts(b, "{\"tokens\":[");
-	for (size_t i = from; i < to; i++) {
-		if (i > from)
-			sbuf_put(b, ",", 1);
-		token_text(b, tok, ev[i].r.token);
-	}
-	sbuf_puts(b, "],\"token_logprobs\":[");
-	for (size_t i = from; i < to; i++)
-		sbuf_printf(b, "%s%.6g", i > from ? "," : "", lp_value(ev[i].r.logprob));
-	sbuf_puts(b, "],\"top_logprobs\":[");
-	for (size_t i = from; i < to; i++) {
-		sbuf_puts(b, i > from ? ",{" : "{");
-		for (int k = 0; k < ev[i].r.n_top; k++) {
-			if (k)
-				sbuf_put(b, ",", 1);
-			token_text(b, tok, ev[i].r.top_token[k]);
-			sbuf_printf(b, ":%.6g", lp_value(ev[i].r.top_logprob[k]));
-		}
-		sbuf_puts(b, "}");
-	}
-	sbuf_puts(b, "],\"text_offset\":[");
-	for (size_t i = from; i < to; i++)
-		sbuf_printf(b, "%s%zu", i > from ? "," : "", base + (i > 0 ? ev[i - 1].text_end : 0));
-	sbuf_puts(b, "]}");
-}
-
-struct answer {
-	enum api_kind kind;
-	char id[40];
-	long long created;
-	const char *model;
-	bool usage_null;            /* stream with include_usage: "usage": null in chunks */
-	bool logprobs;
-};
-
-static void chunk_open(struct sbuf *b, const struct answer *a)
-{
-	sbuf_printf(b, "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", a->id,
-		    a->kind == API_CHAT ? "chat.completion.chunk" : "text_completion", a->created);
-	sbuf_json_str(b, a->model, strlen(a->model));
-	sbuf_puts(b, a->kind == API_CHAT ? ",\"system_fingerprint\":null,\"choices\":[" : ",\"choices\":[");
-}
-
-static void chunk_close(struct sbuf *b, const struct answer *a)
-{
-	sbuf_puts(b, a->usage_null ? "],\"usage\":null}\n\n" : "]}\n\n");
-}
-
-/* A chunk carrying text[0..n) and, when ev is given, that token's logprobs
- * (ev_from..ev_to of all events, for completions' offsets). */
-static void chunk_text(struct sbuf *b, const struct answer *a, const struct tokenizer *tok,
-		       const char *text, size_t n, const struct job_ev *ev, size_t i, size_t base)
-{
-	chunk_open(b, a);
-	if (a->kind == API_CHAT) {
-		sbuf_puts(b, "{\"index\":0,\"delta\":{\"content\":");
-		sbuf_json_str(b, text, n);
-		sbuf_puts(b, "},\"logprobs\":");
-		if (ev) {
-			sbuf_puts(b, "{\"content\":[");
-			chat_lp_entry(b, tok, &ev[i].r);
-			sbuf_puts(b, "]}");
-		} else {
-			sbuf_puts(b, "null");
-		}
-	} else {
-		sbuf_puts(b, "{\"index\":0,\"text\":");
-		sbuf_json_str(b, text, n);
-		sbuf_puts(b, ",\"logprobs\":");
-		if (ev)
-			text_lp(b, tok, ev, i, i + 1, base);
-		else
-			sbuf_puts(b, "null");
-	}
-	sbuf_puts(b, ",\"finish_reason\":null}");
-	chunk_close(b, a);
-}
-
-static void usage_json(struct sbuf *b, int prompt, int completion)
-{
-	sbuf_printf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}", prompt,
-		    completion, prompt + completion);
-}
-
-/* The whole answer of a request that did not stream. */
-static void whole_answer(struct sbuf *b, const struct answer *a, const struct tokenizer *tok,
-			 const struct job *j, const char *reason, int n_prompt)
-{
-	sbuf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", a->id,
-		    a->kind == API_CHAT ? "chat.completion" : "text_completion", a->created);
-	sbuf_json_str(b, a->model, strlen(a->model));
-	if (a->kind == API_CHAT) {
-		sbuf_puts(b, ",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"message\":"
-			     "{\"role\":\"assistant\",\"content\":");
-		sbuf_json_str(b, j->text.p ? j->text.p : "", j->text.len);
-		sbuf_puts(b, "},\"logprobs\":");
-		if (a->logprobs) {
-			sbuf_puts(b, "{\"content\":[");
-			for (size_t i = 0; i < j->n_ev; i++) {
-				if (i)
-					sbuf_put(b, ",", 1);
-				chat_lp_entry(b, tok, &j->ev[i].r);
-			}
-			sbuf_puts(b, "]}");
-		} else {
-			sbuf_puts(b, "null");
-		}
-	} else {
-		sbuf_puts(b, ",\"choices\":[{\"index\":0,\"text\":");
-		sbuf_json_str(b, j->text.p ? j->text.p : "", j->text.len);
-		sbuf_puts(b, ",\"logprobs\":");
-		if (a->logprobs)
-			text_lp(b, tok, j->ev, 0, j->n_ev, 0);
-		else
-			sbuf_puts(b, "null");
-	}
-	sbuf_printf(b, ",\"finish_reason\":\"%s\"}],\"usage\":", reason);
-	usage_json(b, n_prompt, j->n_tokens);
-	sbuf_puts(b, "}\n");
-}
-
 /* --- one request ----------------------------------------------------------- */
 
 /* Cancels sequence seq and waits until the engine thread is done with j.
@@ -477,18 +298,14 @@ static bool wait_done(struct comp_env *env, struct conn *c, struct job *j, uint6
 /* Streams the job's output as Server-Sent Events until it is done or the
  * client is gone (then the sequence is cancelled and waited for). */
 static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn *c,
-		       const struct answer *a, struct job *j, uint64_t seq, int n_prompt,
+		       const struct api_answer *a, struct job *j, uint64_t seq, int n_prompt,
 		       bool include_usage)
 {
 	struct sbuf *o = &t->out;
 	size_t sent_text = 0, sent_ev = 0;
 	o->len = 0;
-	if (a->kind == API_CHAT) { /* the role first, as OpenAI does */
-		chunk_open(o, a);
-		sbuf_puts(o, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
-			     "\"logprobs\":null,\"finish_reason\":null}");
-		chunk_close(o, a);
-	}
+	if (a->kind == API_CHAT) /* the role first, as OpenAI does */
+		api_chunk_role(o, a);
 	if (conn_write(c, o->p, o->len) < 0 || conn_flush(c) < 0)
 		goto gone;
 	for (;;) {
@@ -514,36 +331,22 @@ static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn 
 				size_t to = j->ev[i].text_end;
 				if (from < sent_text) /* never: text comes with its event */
 					from = sent_text;
-				chunk_text(o, a, env->tok, t->tmp.p + (from - sent_text), to - from, j->ev, i, 0);
+				api_chunk_text(o, a, t->tmp.p + (from - sent_text), to - from, j->ev, i);
 			}
 			size_t end = j->ev[n_ev - 1].text_end;
 			if (text_len > end)
-				chunk_text(o, a, env->tok, t->tmp.p + (end - sent_text), text_len - end, NULL, 0, 0);
+				api_chunk_text(o, a, t->tmp.p + (end - sent_text), text_len - end, NULL, 0);
 		} else if (text_len > sent_text) {
-			chunk_text(o, a, env->tok, t->tmp.p, text_len - sent_text, NULL, 0, 0);
+			api_chunk_text(o, a, t->tmp.p, text_len - sent_text, NULL, 0);
 		} else if (timed_out && !done) {
 			sbuf_puts(o, ": keep-alive\n\n");
 		}
 		sent_text = text_len;
 		sent_ev = n_ev;
 		if (done) {
-			const char *reason = finish_name(j->why);
+			const char *reason = api_finish_name(j->why);
 			if (reason) {
-				chunk_open(o, a);
-				if (a->kind == API_CHAT)
-					sbuf_printf(o, "{\"index\":0,\"delta\":{},\"logprobs\":null,"
-						       "\"finish_reason\":\"%s\"}", reason);
-				else
-					sbuf_printf(o, "{\"index\":0,\"text\":\"\",\"logprobs\":null,"
-						       "\"finish_reason\":\"%s\"}", reason);
-				chunk_close(o, a);
-				if (include_usage) {
-					chunk_open(o, a);
-					sbuf_puts(o, "],\"usage\":");
-					usage_json(o, n_prompt, j->n_tokens);
-					sbuf_puts(o, "}\n\n");
-				}
-				sbuf_puts(o, "data: [DONE]\n\n");
+				api_chunk_finish(o, a, reason, include_usage, n_prompt, j->n_tokens);
 			} else {
 				/* No [DONE]: the stream did not end well, and an error
 				 * event says why (OpenAI's clients raise it). */
@@ -554,9 +357,7 @@ static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn 
 				else
 					api_fail(&e, 500, "server_error", "engine_error",
 						 NULL, "the engine failed; see the server's log");
-				sbuf_puts(o, "data: ");
-				api_error_json(o, &e);
-				sbuf_puts(o, "\n\n");
+				api_chunk_error(o, &e);
 			}
 		}
 		if (o->failed) /* a chunk half built: end the stream rather than send it */
@@ -677,8 +478,9 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 	atomic_fetch_add(&env->met->c->prompt_tokens, (uint64_t)n_prompt);
 	engine_wake(env);
 
-	struct answer a = {.kind = kind, .created = (long long)time(NULL), .model = env->model_name,
-			   .usage_null = ar.stream && ar.include_usage, .logprobs = ar.logprobs};
+	struct api_answer a = {.kind = kind, .created = (long long)time(NULL),
+			       .model = env->model_name, .usage_null = ar.stream && ar.include_usage,
+			       .logprobs = ar.logprobs, .tok = env->tok};
 	char rid[25];
 	http_random_id(rid, sizeof rid,
 		       "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
@@ -692,13 +494,14 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 		stream_out(env, t, c, &a, &j, seq, n_prompt, ar.include_usage);
 	} else {
 		bool here = wait_done(env, c, &j, seq);
-		const char *reason = finish_name(j.why);
+		const char *reason = api_finish_name(j.why);
 		if (!here) {
 			c->broken = true; /* nobody to answer */
 			c->status = 499;
 		} else if (reason) {
 			t->out.len = 0;
-			whole_answer(&t->out, &a, env->tok, &j, reason, n_prompt);
+			api_answer_json(&t->out, &a, j.text.p, j.text.len, j.ev, j.n_ev, reason, n_prompt,
+					j.n_tokens);
 			if (t->out.failed)
 				api_fail(&e, 503, "server_error", "out_of_memory", NULL, "out of memory");
 			else
@@ -723,7 +526,7 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 	atomic_fetch_add(&env->met->c->finished[mf], 1);
 	log->completion_tokens = j.n_tokens;
 	log->finish_reason = c->broken || j.why == FINISH_CANCELLED ? "client_gone"
-			     : finish_name(j.why) ? finish_name(j.why) : finish_reason_name(j.why);
+			     : api_finish_name(j.why) ? api_finish_name(j.why) : finish_reason_name(j.why);
 	log->ttft_ms = j.n_tokens ? (j.t_first - t_arrive) * 1e3 : 0;
 	goto done_job;
 
