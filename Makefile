@@ -40,10 +40,11 @@ ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/we
               engine/chat.c engine/sampler.c engine/stop.c engine/sched.c
 ENGINE_HDR := $(wildcard engine/*.h) $(wildcard engine/arch/*.h) $(wildcard worker/*.h) $(wildcard supervisor/*.h) \
               $(wildcard kernels/*.h)
-WORKER_SRC := worker/main.c worker/cli.c worker/server.c worker/complete.c worker/conn.c \
+WORKER_SRC := worker/main.c worker/cli.c worker/server.c worker/routes.c worker/load.c \
+              worker/complete.c worker/conn.c \
               worker/api.c worker/http.c worker/metrics.c worker/wlog.c
 WORKER_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(WORKER_SRC))
-SUPERVISOR_SRC := supervisor/wstore.c supervisor/scoreboard.c
+SUPERVISOR_SRC := supervisor/wstore.c supervisor/scoreboard.c supervisor/listen.c
 SUPERVISOR_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(SUPERVISOR_SRC))
 SUPERVISOR_LIBS := -luring
 
@@ -94,7 +95,8 @@ $(BUILD)/libember-cuda.a: $(KERNEL_OBJ)
 DEVICE_LIBS = $(CUDA_LIB) $(BUILD)/libember-engine.a
 DEVICE_LINK = $(filter-out %.a,$^) -Wl,--start-group $(DEVICE_LIBS) -Wl,--end-group $(CUDA_LIBS)
 
-$(BUILD)/ember-worker: $(WORKER_OBJ) $(BUILD)/supervisor/scoreboard.o $(DEVICE_LIBS)
+$(BUILD)/ember-worker: $(WORKER_OBJ) $(BUILD)/supervisor/scoreboard.o $(BUILD)/supervisor/listen.o \
+                      $(DEVICE_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $(DEVICE_LINK) $(WORKER_LIBS) $(LDLIBS)
 
 $(BUILD)/make-model: $(BUILD)/scripts/make_model.o $(BUILD)/engine/common.o

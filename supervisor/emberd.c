@@ -3,6 +3,7 @@
  * stops ember-worker processes that inherit the socket, the weights and the
  * scoreboard; it never accepts a connection and never runs the model. One
  * heartbeat makes every spawn and stop decision. Runs as its own process. */
+#include "listen.h"
 #include "scoreboard.h"
 #include "wstore.h"
 #include "../engine/common.h"
@@ -21,7 +22,6 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -546,23 +546,11 @@ static void load_progress(void *arg, const char *what, size_t done, size_t total
 static int take_socket(struct pool *p, char *err)
 {
 	if (p->o->listen) {
-		int fd;
-		if (p->o->listen[0] == '/' || p->o->listen[0] == '.') {
-			struct sockaddr_un un = {.sun_family = AF_UNIX};
-			if (strlen(p->o->listen) >= sizeof un.sun_path)
-				return ember_err(err, -EINVAL, "--listen %s: path too long", p->o->listen);
-			strcpy(un.sun_path, p->o->listen);
-			struct stat st;
-			if (lstat(p->o->listen, &st) == 0 && S_ISSOCK(st.st_mode))
-				unlink(p->o->listen);
-			fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-			if (fd < 0 || bind(fd, (struct sockaddr *)&un, sizeof un) < 0 ||
-			    chmod(p->o->listen, 0666) < 0 || listen(fd, SOMAXCONN) < 0)
-				return ember_err(err, -errno, "--listen %s: %s", p->o->listen, strerror(errno));
-		} else {
-			return ember_err(err, -EINVAL, "--listen takes a unix socket path here; for "
-						       "TCP use systemd's ListenStream=");
-		}
+		/* A unix socket for the front end's user, whoever that is (the
+		 * directory it is in decides who reaches it). */
+		int fd = listen_open(p->o->listen, 0666, err);
+		if (fd < 0)
+			return fd;
 		p->listen_fd = fd;
 		return 0;
 	}

@@ -54,12 +54,13 @@ export async function waitFor(what, fn, ms = 15000) {
 	throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
 }
 
-// Caddy in front of sock; with ask, waits for /health through it, else
-// only for its port (a request would start a worker of an idle pool).
+// Caddy in front of sock (a unix socket path, or HOST:PORT); with ask,
+// waits for /health through it, else only for its port (a request would
+// start a worker of an idle pool).
 export async function startCaddy(name, sock, ask = true) {
 	const port = await freePort();
 	start(name, 'caddy', ['run', '--config', path.join(units, 'Caddyfile'), '--adapter', 'caddyfile'], {
-		EMBER_SITE: `http://127.0.0.1:${port}`, EMBER_UPSTREAM: `unix/${sock}`, CADDY_ADMIN: 'off',
+		EMBER_SITE: `http://127.0.0.1:${port}`, EMBER_UPSTREAM: sock.startsWith('/') ? `unix/${sock}` : sock, CADDY_ADMIN: 'off',
 		XDG_DATA_HOME: ctx.dir, XDG_CONFIG_HOME: ctx.dir, HOME: ctx.dir,
 	});
 	const base = `http://127.0.0.1:${port}`;

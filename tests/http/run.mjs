@@ -746,6 +746,37 @@ test('pool_max_requests_recycles', async () => {
 	p.kill('SIGTERM');
 });
 
+// --listen HOST:PORT, the same code in the worker and in emberd: FastCGI
+// over TCP from Caddy to each; a bad address is refused, saying why.
+test('listen_tcp_worker_and_pool', async () => {
+	const listening = (port) => () => new Promise((resolve) => {
+		const c = net.createConnection(port, '127.0.0.1', () => { c.end(); resolve(true); });
+		c.on('error', () => resolve(false));
+	});
+	const wport = await freePort();
+	const w = start('tcp-worker', worker, ['--model', path.join(models, model), '--listen', `127.0.0.1:${wport}`, '--threads', '1']);
+	await waitFor('the worker on its TCP port', listening(wport));
+	const wbase = await startCaddy('caddy-tcp-worker', `127.0.0.1:${wport}`);
+	const a = curl(`${wbase}/v1/completions`, { method: 'POST', body: textBody({ max_tokens: 4 }) });
+	eq(a.status, 200, 'the worker over TCP');
+	const pport = await freePort();
+	const p = start('tcp-pool', emberd(), ['--model', path.join(models, model), '--worker', worker,
+		'--listen', `127.0.0.1:${pport}`, '--max-workers', '1', '--', '--threads', '1']);
+	await waitFor('emberd ready', () => fs.readFileSync(path.join(dir, 'tcp-pool.log'), 'utf8').includes(`ready: 127.0.0.1:${pport}`));
+	const pbase = await startCaddy('caddy-tcp-pool', `127.0.0.1:${pport}`, false);
+	const b = curl(`${pbase}/v1/completions`, { method: 'POST', body: textBody({ max_tokens: 4 }) });
+	eq(b.status, 200, 'the pool over TCP');
+	eq(JSON.parse(b.body).choices[0].text, JSON.parse(a.body).choices[0].text, 'the same answer from both');
+	for (const [prog, addr, want] of [[emberd(), '127.0.0.1:', /want a socket path or HOST:PORT/],
+		[worker, 'no-such-host.invalid:9000', /--listen no-such-host\.invalid:9000: /],
+		[emberd(), `127.0.0.1:${wport}`, /bind: Address already in use/]]) {
+		const r = spawnSync(prog, ['--model', path.join(models, model), '--listen', addr], { timeout: 20000 });
+		assert(r.status !== 0 && want.test(r.stderr.toString()), `${path.basename(prog)} --listen ${addr}: status ${r.status}, ${r.stderr}`);
+	}
+	w.kill('SIGTERM');
+	p.kill('SIGTERM');
+});
+
 test('pool_verify_refuses_changed_file', async () => {
 	const m = path.join(dir, 'verified');
 	fs.cpSync(path.join(models, model), m, { recursive: true });
