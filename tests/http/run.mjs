@@ -510,7 +510,7 @@ test('sigterm_drains', async () => {
 	// SIGTERM while four streams run and two more wait for a slot: all six
 	// finish with [DONE], then the worker exits 0 and new connections wait
 	// in the backlog for whoever listens next.
-	const w = await startWorker('drain', ['--slots', '4', '--queue-timeout', '300']);
+	const w = await startWorker('drain', ['--slots', '4', '--queue-timeout', '300', '--drain-timeout', '300']);
 	const base = await startCaddy('caddy-drain', w.sock);
 	const go = (i) => fetch(`${base}/v1/completions`, {
 		method: 'POST', headers: { 'Content-Type': 'application/json' },
