@@ -878,5 +878,7 @@ int cuda_device_create(const struct model *m, const struct device_opts *o, struc
 
 } // namespace
 
+// The engine's registry names it (engine/device.c); device.h declares it
+// extern "C".
 const struct device cuda_device = {"cuda", cuda_device_count, cuda_kv_block_bytes,
-					      cuda_device_create};
+				   cuda_device_create};
