@@ -1,29 +1,23 @@
-// The CUDA backend (cuda.h): the CUDA table of the program's operations
-// (program.h) and the step that walks it: the body for every entry, then
+// The CUDA backend (cuda.h): the step that walks the program's operations
+// (program.h, their table in optable.cu): the body for every entry, then
 // the head for the logits rows, then the sampling kernel (sample.cu) when
 // the step is sampled, so that only the chosen ids cross to the host.
-// Buffers that a gemm reads are BF16, the others FP32; matrix products go
-// through cublasLt (gemm.h), biases in its epilogue. Decode steps replay
-// CUDA graphs captured at creation, one per batch bucket. The weights go up
-// through upload.h.
-#include "cuda.h"
+// Buffers that a gemm reads are BF16, the others FP32; matrix products of
+// steps up to dgemm_rows go through cuda_dgemm (dgemm.cu), larger ones
+// through cublasLt (gemm.h). Decode steps replay CUDA graphs captured at
+// creation, one per batch bucket. The weights go up through upload.h.
+#include "backend.h"
 
 #include "../engine/device.h"
 
 #include "check.h"
-#include "gemm.h"
-#include "ops.h"
 #include "upload.h"
-
-#include <cuda_runtime.h>
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-typedef uint16_t bf16_t;
 
 int cuda_check(char *err, cudaError_t e, const char *expr, const char *file, int line)
 {
@@ -41,7 +35,7 @@ int cuda_check(char *err, cublasStatus_t s, const char *expr, const char *file, 
 			 file, line, expr, (int)s);
 }
 
-namespace {
+namespace cuda_be {
 
 double now_s()
 {
@@ -50,67 +44,7 @@ double now_s()
 	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-// A gemm's matrix on the device: its parts stacked by rows as BF16, and
-// their biases side by side (zero where a part has none).
-struct dweight {
-	bf16_t *w;    // (rows, cols)
-	float *bias;  // (rows) or NULL
-	bool alias;   // another weight's memory (a tied LM head): not freed
-};
-
-#define MAX_GRAPHS 16
-
-// A decode step captured for batches of up to `size` entries.
-struct graph {
-	int size;
-	cudaGraphExec_t exec;
-};
-
-struct cuda_backend {
-	struct backend base;
-	const struct program *p;
-	int kv_dim, max_blocks;
-	int dev;        // the CUDA device, made current in the thread that steps
-	cudaStream_t st;
-	struct gemm_plans gemm;
-	// the program's weights, norm vectors and buffers
-	struct dweight *w; // (n_weights)
-	float **vec;    // (n_vecs) (width) the norms' vectors; NULL where no norm reads one
-	void **buf;     // (n_bufs) (max_tokens, width): bf16 where a gemm reads it, else f32
-	float *cos, *sin; // (max_ctx, head_dim / 2)
-	// the cache: (n_layers, kv_blocks + 1, KV_BLOCK, kv_dim) each
-	bf16_t *kc, *vc;
-	float *logits;  // (logit_cap, vocab)
-	float *work;    // attention's split partials: cuda_attention_work floats
-	int splits;
-	// a step's entries and block tables: built in pinned memory, one upload
-	void *h_step, *d_step;
-	size_t step_bytes;
-	float *h_logits;
-	int logit_cap;
-	struct kv_tables kv; // the sequences' block tables (before the KV cache is sized: none)
-	int *seq_row; // (max_seqs) a sequence's row in this step's tables, or -1
-	int pad_block; // a block of no sequence's: padded entries write there
-	int n_dec, n_tiles; // this step's attention plan (step_upload)
-	// sampling: (max_seqs) rows, then their penalty lists (seen_cap each
-	// of tokens and counts), one upload; results (max_seqs) back
-	void *h_samp, *d_samp;
-	size_t seen_cap;
-	struct sampler_result *h_out, *d_out;
-	float *samp_work;  // (max_seqs, 2 * vocab)
-	struct graph graphs[MAX_GRAPHS];
-	int n_graphs;
-};
-
 // ---- the step ----------------------------------------------------------------
-
-// The step's device arrays, in d_step as step_upload lays them out.
-struct step_dev {
-	struct be_entry *e;   // (max_tokens)
-	int32_t *tab, *rows;  // (max_tokens) each entry's table row; each logits row's entry
-	int32_t *dec, *tiles; // (max_tokens), (max_tokens, 2): cuda_attention_plan's
-	int32_t *tables;      // (max_seqs + 1, max_blocks), the last for padding
-};
 
 struct step_dev step_arrays(struct cuda_backend *cb, void *base)
 {
@@ -192,144 +126,11 @@ int step_upload(struct cuda_backend *cb, const struct be_entry *e, int n, int pa
 	return max_pos;
 }
 
-// ---- the program's operations ----------------------------------------------
-
-// What every operation gets: how many rows it runs on (the entries in the
-// body, the logits rows in the head), the step's device arrays and, in
-// the head, each row's entry.
-struct cuda_step {
-	int n;
-	int max_pos;
-	const int32_t *rows; // (n) in the head; NULL in the body
-	struct step_dev d;
-};
-
-float *f32_buf(struct cuda_backend *cb, int b)
-{
-	return (float *)cb->buf[b];
-}
-
-bf16_t *bf16_buf(struct cuda_backend *cb, int b)
-{
-	return (bf16_t *)cb->buf[b];
-}
-
-struct cuda_kv layer_kv(struct cuda_backend *cb, int layer, const struct cuda_step *s)
-{
-	size_t layer_cache = (size_t)(cb->pad_block + 1) * KV_BLOCK * cb->kv_dim;
-	return {cb->kc + layer * layer_cache, cb->vc + layer * layer_cache, s->d.tables, s->d.tab,
-		cb->max_blocks};
-}
-
-// 0, or -EIO with err naming the kernel whose launch failed.
-int launched(cudaError_t ce, const char *kernel, char *err)
-{
-	if (ce == cudaSuccess)
-		return 0;
-	return ember_err(err, -EIO, "launching %s: %s", kernel, cudaGetErrorString(ce));
-}
-
-int op_embed(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
-{
-	return launched(cuda_embed(f32_buf(cb, o->out), cb->w[o->w].w, cb->p->bufs[o->out].width,
-				   s->d.e, s->n, cb->st),
-			"cuda_embed", err);
-}
-
-int op_rmsnorm(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
-{
-	return launched(cuda_add_rmsnorm(f32_buf(cb, o->x),
-					 o->add == OP_NONE ? nullptr : f32_buf(cb, o->add),
-					 bf16_buf(cb, o->out), cb->vec[o->w], cb->p->bufs[o->x].width,
-					 cb->p->eps, s->rows, s->n, cb->st),
-			"cuda_add_rmsnorm", err);
-}
-
-int op_gemm(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
-{
-	const struct weight *w = &cb->p->weights[o->w];
-	float *y = o->out == OP_LOGITS ? cb->logits : f32_buf(cb, o->out);
-	return gemm_run(&cb->gemm, y, bf16_buf(cb, o->in), cb->w[o->w].w, cb->w[o->w].bias, w->rows,
-			w->cols, s->n, err);
-}
-
-int op_rope_kv(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
-{
-	const struct attn_shape *a = &cb->p->attn;
-	struct cuda_kv kv = layer_kv(cb, o->layer, s);
-	return launched(cuda_rope_kv(f32_buf(cb, o->x), a->n_heads, a->n_kv_heads, a->head_dim,
-				     cb->cos, cb->sin, s->d.e, s->n, &kv, cb->st),
-			"cuda_rope_kv", err);
-}
-
-int op_attention(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
-{
-	const struct attn_shape *a = &cb->p->attn;
-	struct cuda_kv kv = layer_kv(cb, o->layer, s);
-	return launched(cuda_attention(bf16_buf(cb, o->out), f32_buf(cb, o->x), a->n_heads,
-				       a->n_kv_heads, a->head_dim, s->d.e, s->d.dec, cb->n_dec,
-				       s->d.tiles, cb->n_tiles, s->max_pos, &kv, cb->work,
-				       cb->splits, cb->st),
-			"cuda_attention", err);
-}
-
-int op_swiglu(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
-{
-	return launched(cuda_swiglu(bf16_buf(cb, o->out), f32_buf(cb, o->in),
-				    cb->p->bufs[o->out].width, s->n, cb->st),
-			"cuda_swiglu", err);
-}
-
-// The CUDA table of operations, by kind.
-typedef int (*cuda_op_fn)(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s,
-			  char *err);
-const cuda_op_fn cuda_op_table[OP_KINDS] = {op_embed,     op_rmsnorm,   op_gemm,
-					     op_rope_kv,   op_attention, op_swiglu};
-const char *const op_names[OP_KINDS] = {"embed", "rmsnorm", "gemm", "rope_kv", "attention",
-					"swiglu"};
-
-// Whether the kernels of op take its buffers' dtypes: BF16 where a gemm
-// reads (the outputs of the norms, attention and SwiGLU), FP32 elsewhere.
-bool op_fits(const struct program *p, const struct op *o)
-{
-	auto bf16 = [p](int b) { return b >= 0 && p->bufs[b].gemm_in; };
-	switch (o->kind) {
-	case OP_EMBED:
-	case OP_GEMM:
-		return !bf16(o->out);
-	case OP_RMSNORM:
-		return bf16(o->out) && !bf16(o->x) && !bf16(o->add);
-	case OP_ROPE_KV:
-		return !bf16(o->x);
-	case OP_ATTENTION:
-		return bf16(o->out) && !bf16(o->x);
-	case OP_SWIGLU:
-		return bf16(o->out) && !bf16(o->in);
-	default:
-		return false;
-	}
-}
-
-// Queues ops [from, to) of the program; each op checks its launches.
-int run_ops(struct cuda_backend *cb, int from, int to, const struct cuda_step *s, char *err)
-{
-	for (int i = from; i < to; i++) {
-		const struct op *o = &cb->p->ops[i];
-		int rc = cuda_op_table[o->kind](cb, o, s, err);
-		if (rc < 0) {
-			char why[EMBER_ERR_LEN];
-			snprintf(why, sizeof why, "%s", err);
-			return ember_err(err, rc, "op %d (%s) of the program: %s", i,
-					 op_names[o->kind], why);
-		}
-	}
-	return 0;
-}
-
 // Queues the body for the n entries in d_step, as step_upload planned them.
 int step_layers(struct cuda_backend *cb, int n, int max_pos, char *err)
 {
 	struct cuda_step s = {n, max_pos, nullptr, step_arrays(cb, cb->d_step)};
+	cb->small = n <= cb->dgemm_rows; // the head follows the body's choice
 	return run_ops(cb, 0, cb->p->n_body, &s, err);
 }
 
@@ -352,6 +153,7 @@ int step_run(struct cuda_backend *cb, const struct be_entry *e, int n, int rows,
 	int max_pos = step_upload(cb, e, n, g ? g->size : n, g != nullptr, err);
 	if (max_pos < 0)
 		return max_pos;
+	cb->small = (g ? g->size : n) <= cb->dgemm_rows;
 	if (g) {
 		CUDA_CHECK(cudaGraphLaunch(g->exec, cb->st));
 		return 0;
@@ -455,7 +257,7 @@ int cuda_sample_step(struct backend *b, const struct be_entry *e, int n,
 			rc = sample_upload(cb, rows, r0, r1, err);
 		if (rc == 0) {
 			CUDA_CHECK(cuda_sample(cb->d_out + r0, cb->logits + r0 * V,
-					       cb->samp_work + r0 * 2 * V, (int)V, dr, seen,
+					       cb->samp_work + cuda_sample_work(r0, (int)V), (int)V, dr, seen,
 					       (const uint32_t *)(seen + cb->seen_cap), r1 - r0,
 					       cb->st));
 		}
@@ -545,12 +347,13 @@ void cuda_destroy(struct backend *b)
 	for (int i = 0; cb->buf && i < p->n_bufs; i++)
 		(void)cudaFree(cb->buf[i]);
 	free(cb->w);
+	free(cb->fused);
 	free(cb->vec);
 	free(cb->buf);
 	for (int i = 0; i < cb->n_graphs; i++)
 		(void)cudaGraphExecDestroy(cb->graphs[i].exec);
 	void *d[] = {cb->cos,    cb->sin,   cb->kc,    cb->vc,        cb->logits, cb->work,
-		     cb->d_step, cb->d_samp, cb->d_out, cb->samp_work};
+		     cb->d_step, cb->d_samp, cb->d_out, cb->samp_work, cb->dg_work};
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		(void)cudaFree(d[i]);
 	(void)cudaFreeHost(cb->h_step);
@@ -567,7 +370,9 @@ void cuda_destroy(struct backend *b)
 
 const struct backend_ops cuda_ops = {cuda_forward, cuda_sample_step, cuda_bind, cuda_destroy};
 
-} // namespace
+} // namespace cuda_be
+
+using namespace cuda_be;
 
 extern "C" int cuda_device_count(void)
 {
@@ -603,19 +408,27 @@ extern "C" size_t cuda_kv_block_bytes(const struct model *m)
 		}                                                                                 \
 	} while (0)
 
-namespace {
+namespace cuda_be {
 
 // What the CUDA kernels cannot run of program p, into err: -EINVAL, or 0.
 int cuda_supports(const struct program *p, const struct model_config *c, char *err)
 {
 	const struct attn_shape *a = &p->attn;
-	if (a->n_heads / a->n_kv_heads > 8 || a->head_dim > 256 || a->head_dim % 2)
-		return ember_err(err, -EINVAL, "the CUDA backend needs head_dim <= 256 and at most 8 "
-					       "query heads per KV head (this model: %d and %d)",
+	if (a->n_heads / a->n_kv_heads > 8 || !cuda_head_dim_ok(a->head_dim))
+		return ember_err(err, -EINVAL, "the CUDA backend needs a head_dim of 8, 16, 32, 64, "
+					       "128 or 256 and at most 8 query heads per KV head (this "
+					       "model: %d and %d)",
 				 a->head_dim, a->n_heads / a->n_kv_heads);
 	if (!prog_kv_per_head(p))
 		return ember_err(err, -EINVAL, "%s: the CUDA backend keeps K and V per KV head; this "
 					       "model's KV layout is another", c->arch_name);
+	for (int i = 0; i < p->n_bufs; i++)
+		if (p->bufs[i].width > CUDA_NORM_MAX && p->bufs[i].gemm_in)
+			for (int k = 0; k < p->n_ops; k++)
+				if (p->ops[k].kind == OP_RMSNORM && p->ops[k].out == i)
+					return ember_err(err, -EINVAL, "the CUDA backend's RMSNorm takes "
+								       "rows of at most %d (this model: %d)",
+							 CUDA_NORM_MAX, p->bufs[i].width);
 	if (c->vocab > CUDA_SAMPLE_MAX_VOCAB)
 		return ember_err(err, -EINVAL, "the CUDA backend samples from at most %d ids (this "
 					       "model: %d)", CUDA_SAMPLE_MAX_VOCAB, c->vocab);
@@ -679,7 +492,7 @@ fail:
 	return rc;
 }
 
-} // namespace
+} // namespace cuda_be
 
 extern "C" int cuda_backend_create(const struct model *m, const struct cuda_opts *o,
 				   struct backend **out, struct cuda_load_stats *stats, char *err)
@@ -709,19 +522,23 @@ extern "C" int cuda_backend_create(const struct model *m, const struct cuda_opts
 	cb->kv_dim = p->kv.width[0];
 	cb->max_blocks = kv_blocks_for(cb->base.max_ctx);
 	cb->splits = 16;
+	cb->dgemm_rows = o->dgemm_rows < 0 ? 0 : o->dgemm_rows == 0 || o->dgemm_rows > CUDA_DGEMM_ROWS
+							? CUDA_DGEMM_ROWS : o->dgemm_rows;
 	cb->logit_cap = cb->base.max_seqs > 16 ? cb->base.max_seqs : 16;
 	if (cb->logit_cap > cb->base.max_tokens)
 		cb->logit_cap = cb->base.max_tokens;
 	cb->seq_row = (int *)malloc((size_t)cb->base.max_seqs * sizeof *cb->seq_row);
 	cb->w = (struct dweight *)calloc((size_t)p->n_weights, sizeof *cb->w);
+	cb->fused = (struct fusion *)calloc((size_t)p->n_ops, sizeof *cb->fused);
 	cb->vec = (float **)calloc((size_t)p->n_vecs, sizeof *cb->vec);
 	cb->buf = (void **)calloc((size_t)p->n_bufs, sizeof *cb->buf);
-	if (!cb->seq_row || !cb->w || !cb->vec || !cb->buf) {
+	if (!cb->seq_row || !cb->w || !cb->fused || !cb->vec || !cb->buf) {
 		rc = ember_err(err, -ENOMEM, "out of memory");
 		goto fail;
 	}
 	for (int i = 0; i < cb->base.max_seqs; i++)
 		cb->seq_row[i] = -1;
+	fuse_plan(p, cb->fused);
 	CUDA_CHECK_GOTO(cudaSetDevice(o->device));
 	CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&cb->st, cudaStreamNonBlocking));
 	if ((rc = gemm_create(&cb->gemm, cb->st, err)) < 0)
@@ -766,6 +583,15 @@ extern "C" int cuda_backend_create(const struct model *m, const struct cuda_opts
 		DALLOC(cb->logits, (size_t)cb->logit_cap * V * 4);
 		DALLOC(cb->work, cuda_attention_work((int)T, p->attn.n_heads, p->attn.head_dim,
 						     cb->splits) * 4);
+		int dg_t = (int)T < cb->dgemm_rows ? (int)T : cb->dgemm_rows;
+		for (int i = 0; i < p->n_weights; i++)
+			for (int e = DGEMM_PLAIN; e <= DGEMM_SWIGLU; e++) {
+				size_t need = cuda_dgemm_work(p->weights[i].rows, p->weights[i].cols,
+							      dg_t, e);
+				cb->dg_work_n = need > cb->dg_work_n ? need : cb->dg_work_n;
+			}
+		if (cb->dg_work_n)
+			DALLOC(cb->dg_work, cb->dg_work_n * 4);
 		// the tables of the step's sequences, and one for padding
 		cb->step_bytes = T * (sizeof(struct be_entry) + 5 * 4) +
 				 ((size_t)cb->base.max_seqs + 1) * cb->max_blocks * 4;
@@ -851,7 +677,7 @@ fail:
 	return rc;
 }
 
-namespace {
+namespace cuda_be {
 
 int cuda_device_create(const struct model *m, const struct device_opts *o, struct backend **out,
 		       char *err)
@@ -876,7 +702,7 @@ int cuda_device_create(const struct model *m, const struct device_opts *o, struc
 	return rc;
 }
 
-} // namespace
+} // namespace cuda_be
 
 // The engine's registry names it (engine/device.c); device.h declares it
 // extern "C".

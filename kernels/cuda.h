@@ -27,6 +27,10 @@ struct cuda_opts {
 	double gpu_memory_fraction; /* of the memory free once the model is in (0: 0.9) */
 	bool eager;          /* no CUDA graphs: every step launched kernel by kernel
 	                      * (for tests and benchmarks that compare the two) */
+	int dgemm_rows;      /* steps of at most this many entries run their products
+	                      * through cuda_dgemm, larger ones through cublasLt; 0:
+	                      * CUDA_DGEMM_ROWS, < 0: never (for the benchmark that
+	                      * measures where the two cross) */
 };
 
 /* How the weights went up; for logs and benchmarks. */
@@ -60,6 +64,30 @@ size_t cuda_kv_block_bytes(const struct model *m);
  * how much it needs and how much is free). stats may be NULL. */
 int cuda_backend_create(const struct model *m, const struct cuda_opts *o, struct backend **out,
 			struct cuda_load_stats *stats, char *err);
+
+/* Where a decode step's time goes: the GPU time of each class of its
+ * kernels and the fewest bytes each moves (weights, activations read and
+ * written once, the keys and values attention reads). */
+enum { CUDA_SPLIT_PRODUCTS, CUDA_SPLIT_ATTENTION, CUDA_SPLIT_REST, CUDA_SPLITS };
+#define CUDA_SPLIT_PARTS 16
+struct cuda_split {
+	double s[CUDA_SPLITS], bytes[CUDA_SPLITS];
+	/* the same by op kind, and a product by its shape ("gemm 1536x8960"),
+	 * in the order they first run; the sampling kernel last */
+	int n_parts;
+	struct cuda_split_part {
+		char what[32];
+		int count;
+		double s, bytes;
+	} part[CUDA_SPLIT_PARTS];
+};
+
+/* Runs the step of n entries as be_sample would with greedy rows, kernel by
+ * kernel (the ops a graph holds, the same fusions) behind a 20 ms hold, so
+ * that they run back to back as from a graph, with an event after each op:
+ * the tokens go nowhere. Returns as be_sample. */
+int cuda_step_split(struct backend *b, const struct be_entry *e, int n, struct cuda_split *out,
+		    char *err);
 
 #ifdef __cplusplus
 }

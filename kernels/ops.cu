@@ -3,6 +3,7 @@
 // are summed (the residual stream, projections' outputs, attention's
 // scores), bf16 where a matrix product reads them, as the weights are.
 #include "ops.h"
+#include "launch.h"
 
 #include <cuda_bf16.h>
 #include <math.h>
@@ -31,6 +32,8 @@ static __device__ __forceinline__ float warp_sum(float v)
 
 __global__ void embed_kernel(float *x, const uint16_t *embed, int h, const struct be_entry *e)
 {
+	pdl_start();
+	pdl_wait();
 	int t = blockIdx.x;
 	size_t base = (size_t)e[t].token * (size_t)h;
 	for (int i = threadIdx.x; i < h; i += blockDim.x)
@@ -40,69 +43,106 @@ __global__ void embed_kernel(float *x, const uint16_t *embed, int h, const struc
 extern "C" cudaError_t cuda_embed(float *x, const uint16_t *embed, int h, const struct be_entry *e,
 				  int n, cudaStream_t s)
 {
-	if (n > 0)
-		embed_kernel<<<n, 256, 0, s>>>(x, embed, h, e);
-	return cudaGetLastError();
+	return n > 0 ? launch(embed_kernel, n, 256, 0, s, x, embed, h, e) : cudaSuccess;
 }
 
 // ---- RMSNorm after the residual add -------------------------------------------
 
-__global__ void add_rmsnorm_kernel(float *x, const float *add, uint16_t *out, const float *w, int h,
-				   float eps, const int32_t *rows)
+// One block a row, each thread holding PER of its values (every
+// blockDim-th) from the one read to the write: blockDim depends on h
+// alone, and so does the order of the sum of squares.
+template <int PER>
+__global__ void __launch_bounds__(1024)
+	add_rmsnorm_kernel(float *x, const float *add, uint16_t *out, const float *w, int h,
+			   float eps, const int32_t *rows)
 {
+	pdl_start();
 	__shared__ float part[32];
 	int r = blockIdx.x, src = rows ? rows[r] : r;
+	float wv[PER]; // the norm's weights, while the kernel before ends
+#pragma unroll
+	for (int j = 0; j < PER; j++) {
+		int i = threadIdx.x + j * blockDim.x;
+		wv[j] = i < h ? w[i] : 0.0f;
+	}
+	pdl_wait();
 	float *xr = x + (size_t)src * h;
 	const float *ar = add ? add + (size_t)src * h : nullptr;
-	float ss = 0;
-	for (int i = threadIdx.x; i < h; i += blockDim.x) {
-		float v = xr[i] + (ar ? ar[i] : 0.0f);
-		if (!rows)
-			xr[i] = v;
-		ss += v * v;
+	float v[PER], ss = 0;
+#pragma unroll
+	for (int j = 0; j < PER; j++) {
+		int i = threadIdx.x + j * blockDim.x;
+		v[j] = i < h ? xr[i] + (ar ? ar[i] : 0.0f) : 0.0f;
+		ss += v[j] * v[j];
+	}
+	if (!rows) {
+#pragma unroll
+		for (int j = 0; j < PER; j++) {
+			int i = threadIdx.x + j * blockDim.x;
+			if (i < h)
+				xr[i] = v[j];
+		}
 	}
 	ss = warp_sum(ss);
 	if ((threadIdx.x & 31) == 0)
 		part[threadIdx.x >> 5] = ss;
 	__syncthreads();
 	if (threadIdx.x < 32) {
-		float v = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.0f;
-		v = warp_sum(v);
+		float p = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.0f;
+		p = warp_sum(p);
 		if (threadIdx.x == 0)
-			part[0] = v;
+			part[0] = p;
 	}
 	__syncthreads();
 	float inv = 1.0f / sqrtf(part[0] / (float)h + eps);
-	for (int i = threadIdx.x; i < h; i += blockDim.x) {
-		float v = rows ? xr[i] + (ar ? ar[i] : 0.0f) : xr[i];
-		st_bf16(out, (size_t)r * h + i, w[i] * (v * inv));
+#pragma unroll
+	for (int j = 0; j < PER; j++) {
+		int i = threadIdx.x + j * blockDim.x;
+		if (i < h)
+			st_bf16(out, (size_t)r * h + i, wv[j] * (v[j] * inv));
 	}
 }
 
 extern "C" cudaError_t cuda_add_rmsnorm(float *x, const float *add, uint16_t *out, const float *w,
 					int h, float eps, const int32_t *rows, int n, cudaStream_t s)
 {
-	if (n > 0)
-		add_rmsnorm_kernel<<<n, h >= 4096 ? 1024 : 256, 0, s>>>(x, add, out, w, h, eps, rows);
-	return cudaGetLastError();
+	if (h <= 0 || h > CUDA_NORM_MAX)
+		return cudaErrorInvalidValue;
+	if (n <= 0)
+		return cudaSuccess;
+	int per = h <= 4096 ? 4 : h <= 8192 ? 8 : 16;
+	int threads = ((h + per - 1) / per + 31) / 32 * 32;
+	if (per == 4)
+		return launch(add_rmsnorm_kernel<4>, n, threads, 0, s, x, add, out, w, h, eps, rows);
+	if (per == 8)
+		return launch(add_rmsnorm_kernel<8>, n, threads, 0, s, x, add, out, w, h, eps, rows);
+	return launch(add_rmsnorm_kernel<16>, n, threads, 0, s, x, add, out, w, h, eps, rows);
 }
 
 // ---- rotary embedding and the KV-cache write -----------------------------------
 
-static __device__ __forceinline__ size_t cache_row(const struct cuda_kv &kv, int t, int pos, int kv_dim)
+// The cache row of entry t's position pos: its block's, from the entry's table.
+static __device__ __forceinline__ int cache_pos(const struct cuda_kv &kv, int t, int pos)
 {
 	int32_t block = kv.tables[(size_t)kv.tab[t] * kv.max_blocks + pos / KV_BLOCK];
-	return ((size_t)block * KV_BLOCK + pos % KV_BLOCK) * (size_t)kv_dim;
+	return block * KV_BLOCK + pos % KV_BLOCK;
+}
+
+static __device__ __forceinline__ size_t cache_row(const struct cuda_kv &kv, int t, int pos, int kv_dim)
+{
+	return (size_t)cache_pos(kv, t, pos) * (size_t)kv_dim;
 }
 
 __global__ void rope_kv_kernel(float *qkv, int n_heads, int n_kv_heads, int hd, const float *cosv,
 			       const float *sinv, const struct be_entry *e, struct cuda_kv kv)
 {
+	pdl_start();
 	int t = blockIdx.x, half = hd / 2, pos = e[t].pos;
 	int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd;
 	float *row = qkv + (size_t)t * (q_dim + 2 * kv_dim);
 	const float *cs = cosv + (size_t)pos * half, *sn = sinv + (size_t)pos * half;
 	size_t at = cache_row(kv, t, pos, kv_dim);
+	pdl_wait(); // the step's tables were there before it: only qkv waits
 	// q and k heads: one thread per rotated pair (v[i], v[i + half])
 	int pairs = (n_heads + n_kv_heads) * half;
 	for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
@@ -128,15 +168,17 @@ extern "C" cudaError_t cuda_rope_kv(float *qkv, int n_heads, int n_kv_heads, int
 				    const float *cos, const float *sin, const struct be_entry *e,
 				    int n, const struct cuda_kv *kv, cudaStream_t s)
 {
-	if (n > 0)
-		rope_kv_kernel<<<n, 256, 0, s>>>(qkv, n_heads, n_kv_heads, head_dim, cos, sin, e, *kv);
-	return cudaGetLastError();
+	return n > 0 ? launch(rope_kv_kernel, n, 256, 0, s, qkv, n_heads, n_kv_heads, head_dim, cos,
+			      sin, e, *kv)
+		     : cudaSuccess;
 }
 
 // ---- SwiGLU --------------------------------------------------------------------
 
 __global__ void swiglu_kernel(uint16_t *out, const float *gu, int inter, size_t total)
 {
+	pdl_start();
+	pdl_wait();
 	for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total;
 	     k += (size_t)gridDim.x * blockDim.x) {
 		size_t t = k / inter, i = k % inter;
@@ -151,15 +193,18 @@ extern "C" cudaError_t cuda_swiglu(uint16_t *out, const float *gu, int inter, in
 	if (total == 0)
 		return cudaSuccess;
 	size_t blocks = (total + 255) / 256;
-	swiglu_kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, s>>>(out, gu, inter, total);
-	return cudaGetLastError();
+	return launch(swiglu_kernel, (unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, s, out, gu,
+		      inter, total);
 }
 
 // ---- attention -----------------------------------------------------------------
 
-#define ATT_WARPS 4
+#define ATT_WARPS 8
+#define ATT_THREADS (ATT_WARPS * 32)
 #define ATT_GROUP 8 // most query heads per KV head
-#define ATT_SPLIT_MIN 128 // positions a split reads at least
+#define ATT_SPLIT_MIN 256 // positions a split reads at least
+#define ATT_AHEAD 8 // values each thread loads before it uses them
+#define ATT_STATS 32 // floats of shared memory before the queries: 3 per head, aligned
 
 // The splits of an entry attending to len positions: a function of its own
 // length alone, so that its result does not depend on the batch it is in
@@ -170,105 +215,225 @@ static __device__ __forceinline__ int entry_splits(int len, int most)
 	return want < 1 ? 1 : want < most ? want : most;
 }
 
-// One block per (entry, KV head, split): each warp takes every ATT_WARPS-th
-// position of the split's range; a lane holds EPL dimensions of the group's
-// queries and of each key and value, so that a key is read once for all
-// heads that share it. Online softmax per warp, merged through shared memory.
-template <int EPL>
-__global__ void __launch_bounds__(ATT_WARPS * 32)
-	attention_kernel(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads, int hd,
+static __device__ __forceinline__ uint4 ld16(const uint16_t *p)
+{
+	return __ldg(reinterpret_cast<const uint4 *>(p));
+}
+
+// 8 bf16 as floats, in order
+static __device__ __forceinline__ void unpack8(uint4 v, float f[8])
+{
+	uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		f[2 * i] = __uint_as_float(u[i] << 16);
+		f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+	}
+}
+
+// One block per (entry, KV head, split), the split's positions a tile at a
+// time. Scores: KS threads take a position's key, 8 pieces of 16 bytes
+// each (its value's are fetched into L2 meanwhile), for every query head
+// that shares the KV head (the queries in shared memory), and add their
+// parts by a fixed butterfly. Each head's softmax over the tile runs in a
+// warp; then each thread adds up 8 dimensions of the values of every
+// 32 / (HD / 8)-th position. Running max and sum across tiles (online
+// softmax); the threads' sums are added in a fixed order at the end.
+// Every order depends on the entry's own length alone. The entry's table
+// is read before the kernel before ends (pdl_wait): only the queries and
+// the cache wait.
+template <int HD>
+__global__ void __launch_bounds__(ATT_THREADS, 2)
+	attention_kernel(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
 			 const struct be_entry *e, const int32_t *dec, struct cuda_kv kv, float *work,
 			 int most)
 {
+	constexpr int Q8 = HD / 8, KS = Q8 > 8 ? Q8 / 8 : 1, KP = Q8 / KS; // pieces a thread scores
+	constexpr int TILE = ATT_THREADS / KS, PPW = 32 / Q8, STRIDE = ATT_WARPS * PPW;
+	pdl_start();
 	int t = dec[blockIdx.x], kvh = blockIdx.y, sp = blockIdx.z;
 	int group = n_heads / n_kv_heads, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd;
+	int q_dim = n_heads * HD, kv_dim = n_kv_heads * HD;
 	int len = e[t].pos + 1;
 	int splits = entry_splits(len, most);
 	if (sp >= splits)
 		return; // the whole block: this entry needs fewer splits
 	int chunk = (len + splits - 1) / splits;
 	int start = sp * chunk, end = min(len, start + chunk);
-	float scale = rsqrtf((float)hd);
-	const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim);
-
-	float q[ATT_GROUP][EPL], acc[ATT_GROUP][EPL], m[ATT_GROUP], l[ATT_GROUP];
+	int me = threadIdx.x / KS, part = threadIdx.x % KS; // the score pass's position and part
+	int row = start + me < end ? cache_pos(kv, t, start + me) : 0; // the first tile's
+	extern __shared__ __align__(16) float sm[];
+	float *run_m = sm;                // (group) running max
+	float *run_l = sm + ATT_GROUP;    // (group) running sum
+	float *corr = sm + 2 * ATT_GROUP; // (group) this tile's rescale of the sums
+	float *sq = sm + ATT_STATS;       // (group, HD) the queries, scaled
+	float *sc = sq + ATT_GROUP * HD;  // (group, TILE) scores, then weights
+	int *rows = (int *)(sc + ATT_GROUP * TILE); // (TILE) the tile's cache rows
+	pdl_wait();
+	const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)kvh * group * HD;
+	float scale = rsqrtf((float)HD);
+	for (int i = threadIdx.x; i < group * HD; i += blockDim.x)
+		sq[i] = qrow[i] * scale;
+	if (threadIdx.x < ATT_GROUP)
+		run_m[threadIdx.x] = -INFINITY, run_l[threadIdx.x] = 0;
+	int pq = lane % Q8, pp = warp * PPW + lane / Q8; // the value pass's piece and position
+	size_t head_off = (size_t)kvh * HD;
+	float acc[ATT_GROUP][8];
 #pragma unroll
-	for (int g = 0; g < ATT_GROUP; g++) {
-		m[g] = -INFINITY;
-		l[g] = 0;
+	for (int g = 0; g < ATT_GROUP; g++)
 #pragma unroll
-		for (int j = 0; j < EPL; j++) {
-			int d = lane * EPL + j;
-			q[g][j] = g < group && d < hd ? qrow[(size_t)(kvh * group + g) * hd + d] * scale : 0;
+		for (int j = 0; j < 8; j++)
 			acc[g][j] = 0;
-		}
-	}
-	for (int p = start + warp; p < end; p += ATT_WARPS) {
-		size_t at = cache_row(kv, t, p, kv_dim) + (size_t)kvh * hd;
-		float k[EPL], v[EPL];
+	__syncthreads();
+	for (int base = start; base < end; base += TILE) {
+		int p = base + me;
+		if (base != start && p < end)
+			row = cache_pos(kv, t, p);
+		float s[ATT_GROUP];
 #pragma unroll
-		for (int j = 0; j < EPL; j++) {
-			int d = lane * EPL + j;
-			k[j] = d < hd ? ld_bf16(kv.k, at + d) : 0;
-			v[j] = d < hd ? ld_bf16(kv.v, at + d) : 0;
+		for (int g = 0; g < ATT_GROUP; g++)
+			s[g] = 0;
+		if (p < end) {
+			size_t off = (size_t)row * kv_dim + head_off + part * KP * 8;
+			const uint16_t *kr = kv.k + off;
+			uint4 kk[KP];
+#pragma unroll
+			for (int i = 0; i < KP; i++)
+				kk[i] = ld16(kr + i * 8);
+			asm volatile("prefetch.global.L2 [%0];" ::"l"(kv.v + off));
+			if (part == 0)
+				rows[me] = row;
+#pragma unroll
+			for (int i = 0; i < KP; i++) {
+				float kf[8];
+				unpack8(kk[i], kf);
+#pragma unroll
+				for (int g = 0; g < ATT_GROUP; g++) {
+					if (g >= group)
+						break;
+					const float *qg = sq + g * HD + (part * KP + i) * 8;
+#pragma unroll
+					for (int j = 0; j < 8; j++)
+						s[g] += qg[j] * kf[j];
+				}
+			}
 		}
 #pragma unroll
 		for (int g = 0; g < ATT_GROUP; g++) {
-			if (g >= group)
-				break;
-			float sc = 0;
 #pragma unroll
-			for (int j = 0; j < EPL; j++)
-				sc += q[g][j] * k[j];
-			sc = warp_sum(sc);
-			float mn = fmaxf(m[g], sc), corr = __expf(m[g] - mn), w = __expf(sc - mn);
-			l[g] = l[g] * corr + w;
-#pragma unroll
-			for (int j = 0; j < EPL; j++)
-				acc[g][j] = acc[g][j] * corr + w * v[j];
-			m[g] = mn;
+			for (int o = 1; o < KS; o <<= 1)
+				s[g] += __shfl_xor_sync(0xffffffffu, s[g], o);
+			if (g < group && part == 0)
+				sc[g * TILE + me] = p < end ? s[g] : -INFINITY;
 		}
+		__syncthreads();
+		if (warp < group) { // head `warp`: the tile's max, its weights and their sum
+			float *sr = sc + warp * TILE, mx = -INFINITY, sum = 0;
+			for (int i = lane; i < TILE; i += 32)
+				mx = fmaxf(mx, sr[i]);
+#pragma unroll
+			for (int o = 16; o > 0; o >>= 1)
+				mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+			float mo = run_m[warp], mn = fmaxf(mo, mx);
+			for (int i = lane; i < TILE; i += 32) {
+				float w = sr[i] == -INFINITY ? 0 : __expf(sr[i] - mn);
+				sr[i] = w;
+				sum += w;
+			}
+			sum = warp_sum(sum);
+			if (lane == 0) {
+				float c = mo == -INFINITY ? 0 : __expf(mo - mn);
+				corr[warp] = c;
+				run_l[warp] = run_l[warp] * c + sum;
+				run_m[warp] = mn;
+			}
+		}
+		__syncthreads();
+#pragma unroll
+		for (int g = 0; g < ATT_GROUP; g++) {
+			float c = g < group ? corr[g] : 0;
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				acc[g][j] *= c;
+		}
+		int here = min(TILE, end - base);
+		for (int i0 = pp; i0 < here; i0 += ATT_AHEAD * STRIDE) {
+			uint4 vv[ATT_AHEAD];
+#pragma unroll
+			for (int u = 0; u < ATT_AHEAD; u++) {
+				int i = i0 + u * STRIDE;
+				vv[u] = i < here ? ld16(kv.v + (size_t)rows[i] * kv_dim + head_off + pq * 8)
+						 : make_uint4(0, 0, 0, 0);
+			}
+#pragma unroll
+			for (int u = 0; u < ATT_AHEAD; u++) {
+				int i = i0 + u * STRIDE;
+				if (i >= here)
+					break;
+				float vf[8];
+				unpack8(vv[u], vf);
+#pragma unroll
+				for (int g = 0; g < ATT_GROUP; g++) {
+					if (g >= group)
+						break;
+					float w = sc[g * TILE + i];
+#pragma unroll
+					for (int j = 0; j < 8; j++)
+						acc[g][j] += w * vf[j];
+				}
+			}
+		}
+		__syncthreads(); // the weights are read before the next tile's scores
 	}
-	// Merge the warps: each leaves (m, l, acc) per head in shared memory.
-	extern __shared__ float sm[]; // (ATT_WARPS, group, 2 + 32 * EPL)
-	int stride = 2 + 32 * EPL;
+	// The sums: a warp's lanes of one piece by a fixed butterfly, then the
+	// warps pairwise (w += w + half for half = 4, 2, 1) through shared memory.
+#pragma unroll
+	for (int g = 0; g < ATT_GROUP; g++)
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+#pragma unroll
+			for (int o = Q8; o < 32; o <<= 1)
+				acc[g][j] += __shfl_xor_sync(0xffffffffu, acc[g][j], o);
+	float *red = sq; // (ATT_WARPS / 2, group, HD), over the queries and scores
+	for (int half = ATT_WARPS / 2; half > 0; half >>= 1) {
+		if (warp >= half && warp < 2 * half && lane < Q8)
+#pragma unroll
+			for (int g = 0; g < ATT_GROUP; g++)
+				if (g < group)
+#pragma unroll
+					for (int j = 0; j < 8; j++)
+						red[((size_t)(warp - half) * group + g) * HD + pq * 8 + j] =
+							acc[g][j];
+		__syncthreads();
+		if (warp < half)
+#pragma unroll
+			for (int g = 0; g < ATT_GROUP; g++)
+				if (g < group)
+#pragma unroll
+					for (int j = 0; j < 8; j++)
+						acc[g][j] += red[((size_t)warp * group + g) * HD + pq * 8 + j];
+		__syncthreads();
+	}
+	if (warp != 0 || lane >= Q8)
+		return;
 #pragma unroll
 	for (int g = 0; g < ATT_GROUP; g++) {
 		if (g >= group)
 			break;
-		float *slot = sm + ((size_t)warp * group + g) * stride;
-		if (lane == 0) {
-			slot[0] = m[g];
-			slot[1] = l[g];
-		}
-#pragma unroll
-		for (int j = 0; j < EPL; j++)
-			slot[2 + lane * EPL + j] = acc[g][j];
-	}
-	__syncthreads();
-	for (int k = threadIdx.x; k < group * hd; k += blockDim.x) {
-		int g = k / hd, d = k % hd;
-		float mx = -INFINITY;
-		for (int w = 0; w < ATT_WARPS; w++)
-			mx = fmaxf(mx, sm[((size_t)w * group + g) * stride]);
-		float sum = 0, a = 0;
-		for (int w = 0; w < ATT_WARPS; w++) {
-			const float *slot = sm + ((size_t)w * group + g) * stride;
-			float f = slot[0] == -INFINITY ? 0 : __expf(slot[0] - mx);
-			sum += slot[1] * f;
-			a += slot[2 + d] * f;
-		}
 		int head = kvh * group + g;
 		if (splits == 1) {
-			st_bf16(out, (size_t)t * q_dim + (size_t)head * hd + d, a / sum);
-		} else { // (entry, head, split): m, l, acc[hd]
-			float *wk = work + (((size_t)t * n_heads + head) * most + sp) * (2 + hd);
-			if (d == 0) {
-				wk[0] = mx;
-				wk[1] = sum;
-			}
-			wk[2 + d] = a;
+			float inv = 1.0f / run_l[g];
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				st_bf16(out, (size_t)t * q_dim + (size_t)head * HD + pq * 8 + j,
+					acc[g][j] * inv);
+		} else { // (entry, head, split): m, l, acc[HD]
+			float *wk = work + (((size_t)t * n_heads + head) * most + sp) * (2 + HD);
+			if (pq == 0)
+				wk[0] = run_m[g], wk[1] = run_l[g];
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				wk[2 + pq * 8 + j] = acc[g][j];
 		}
 	}
 }
@@ -277,6 +442,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 __global__ void attention_merge_kernel(uint16_t *out, const float *work, int n_heads, int hd,
 				       const struct be_entry *e, const int32_t *dec, int most)
 {
+	pdl_start();
+	pdl_wait();
 	int t = dec[blockIdx.x], head = blockIdx.y;
 	const float *wk = work + ((size_t)t * n_heads + head) * most * (2 + hd);
 	int splits = entry_splits(e[t].pos + 1, most);
@@ -300,6 +467,11 @@ __global__ void attention_merge_kernel(uint16_t *out, const float *work, int n_h
 	}
 }
 
+extern "C" bool cuda_head_dim_ok(int hd)
+{
+	return hd >= 8 && hd <= 256 && (hd & (hd - 1)) == 0;
+}
+
 extern "C" size_t cuda_attention_work(int n, int n_heads, int head_dim, int splits)
 {
 	return (size_t)n * n_heads * splits * (2 + head_dim);
@@ -319,6 +491,8 @@ __global__ void __launch_bounds__(CUDA_TILE_Q * TILE_LANES)
 	prefill_attention_kernel(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads, int hd,
 				 const struct be_entry *e, const int32_t *tiles, struct cuda_kv kv)
 {
+	pdl_start();
+	pdl_wait();
 	__shared__ uint16_t ks[CUDA_TILE_K * 256], vs[CUDA_TILE_K * 256]; // (TILE_K, hd) bf16
 	int first = tiles[2 * blockIdx.x], count = tiles[2 * blockIdx.x + 1], head = blockIdx.y;
 	int kvh = head / (n_heads / n_kv_heads), q_dim = n_heads * hd, kv_dim = n_kv_heads * hd;
@@ -410,23 +584,23 @@ extern "C" cudaError_t cuda_attention(uint16_t *out, const float *qkv, int n_hea
 				      const struct cuda_kv *kv, float *work, int splits, cudaStream_t s)
 {
 	int group = n_heads / n_kv_heads;
-	if (group > ATT_GROUP || head_dim > 256 || head_dim % 2)
+	if (group > ATT_GROUP || !cuda_head_dim_ok(head_dim))
 		return cudaErrorInvalidValue;
 	cudaError_t ce;
 	if (n_tiles > 0) {
 		dim3 grid(n_tiles, n_heads);
 		int epl = (head_dim + TILE_LANES - 1) / TILE_LANES;
 		if (epl <= 4)
-			prefill_attention_kernel<4><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+			ce = launch(prefill_attention_kernel<4>, grid, CUDA_TILE_Q * TILE_LANES, 0, s, out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
 		else if (epl <= 8)
-			prefill_attention_kernel<8><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+			ce = launch(prefill_attention_kernel<8>, grid, CUDA_TILE_Q * TILE_LANES, 0, s, out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
 		else if (epl <= 16)
-			prefill_attention_kernel<16><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+			ce = launch(prefill_attention_kernel<16>, grid, CUDA_TILE_Q * TILE_LANES, 0, s, out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
 		else if (epl <= 32)
-			prefill_attention_kernel<32><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+			ce = launch(prefill_attention_kernel<32>, grid, CUDA_TILE_Q * TILE_LANES, 0, s, out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
 		else
-			prefill_attention_kernel<64><<<grid, CUDA_TILE_Q * TILE_LANES, 0, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
-		if ((ce = cudaGetLastError()) != cudaSuccess)
+			ce = launch(prefill_attention_kernel<64>, grid, CUDA_TILE_Q * TILE_LANES, 0, s, out, qkv, n_heads, n_kv_heads, head_dim, e, tiles, *kv);
+		if (ce != cudaSuccess)
 			return ce;
 	}
 	if (n_dec <= 0)
@@ -440,18 +614,21 @@ extern "C" cudaError_t cuda_attention(uint16_t *out, const float *qkv, int n_hea
 	if (splits > 1 && !work)
 		splits = 1;
 	dim3 grid(n_dec, n_kv_heads, splits);
-	int epl = (head_dim + 31) / 32;
-	size_t smem = (size_t)ATT_WARPS * group * (2 + 32 * (epl <= 1 ? 1 : epl <= 2 ? 2 : epl <= 4 ? 4 : 8)) * sizeof(float);
-	if (epl <= 1)
-		attention_kernel<1><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, dec, *kv, work, splits);
-	else if (epl <= 2)
-		attention_kernel<2><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, dec, *kv, work, splits);
-	else if (epl <= 4)
-		attention_kernel<4><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, dec, *kv, work, splits);
-	else
-		attention_kernel<8><<<grid, ATT_WARPS * 32, smem, s>>>(out, qkv, n_heads, n_kv_heads, head_dim, e, dec, *kv, work, splits);
-	if ((ce = cudaGetLastError()) != cudaSuccess || splits == 1)
+	int tile = ATT_THREADS / (head_dim > 64 ? head_dim / 64 : 1); // the kernel's TILE
+	size_t smem = (size_t)ATT_GROUP * (head_dim + tile) + tile,
+	       red = (size_t)ATT_WARPS / 2 * group * head_dim;
+	smem = (ATT_STATS + (red > smem ? red : smem)) * sizeof(float);
+	void (*kernel)(uint16_t *, const float *, int, int, const struct be_entry *, const int32_t *,
+		       struct cuda_kv, float *, int) = head_dim == 8    ? attention_kernel<8>
+						       : head_dim == 16  ? attention_kernel<16>
+						       : head_dim == 32  ? attention_kernel<32>
+						       : head_dim == 64  ? attention_kernel<64>
+						       : head_dim == 128 ? attention_kernel<128>
+									 : attention_kernel<256>;
+	ce = launch(kernel, grid, ATT_THREADS, smem, s, out, qkv, n_heads, n_kv_heads, e, dec, *kv,
+		    work, splits);
+	if (ce != cudaSuccess || splits == 1)
 		return ce;
-	attention_merge_kernel<<<dim3(n_dec, n_heads), head_dim < 128 ? 64 : 128, 0, s>>>(out, work, n_heads, head_dim, e, dec, splits);
-	return cudaGetLastError();
+	return launch(attention_merge_kernel, dim3(n_dec, n_heads), head_dim < 128 ? 64 : 128, 0, s,
+		      out, work, n_heads, head_dim, e, dec, splits);
 }

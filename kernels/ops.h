@@ -34,9 +34,30 @@ cudaError_t cuda_embed(float *x, const uint16_t *embed, int h, const struct be_e
 /* For each of n output rows r, with src = rows ? rows[r] : r:
  * v = x[src] + add[src] (add may be NULL); x[src] = v when rows is NULL;
  * out[r] = bf16(v / sqrt(mean(v^2) + eps) * w). cpu_rmsnorm after the
- * residual add. */
+ * residual add. h at most CUDA_NORM_MAX (cudaErrorInvalidValue beyond). */
+#define CUDA_NORM_MAX 16384
 cudaError_t cuda_add_rmsnorm(float *x, const float *add, uint16_t *out, const float *w, int h,
 			     float eps, const int32_t *rows, int n, cudaStream_t s);
+
+/* The decode matrix product (dgemm.cu): y(t, n) = x(t, k) . w(n, k)^T +
+ * bias (bf16 x and w, f32 bias or NULL, FP32 accumulation) on the tensor
+ * cores for t up to CUDA_DGEMM_ROWS, with an epilogue: DGEMM_PLAIN writes
+ * y; DGEMM_RESID adds to y, the residual stream (y += x . w^T + bias, as
+ * cuda_add_rmsnorm would add it); DGEMM_SWIGLU takes w's first n / 2 rows
+ * as the gate and the others as the up projection and writes act(t, n / 2)
+ * = bf16(silu(gate) * up), as cuda_swiglu would. A row's result does not
+ * depend on t nor on the other rows: the order of every sum is fixed by
+ * (n, k). Some shapes at some t need `work`, cuda_dgemm_work(n, k, t, epi)
+ * floats of it (0: none). cuda_dgemm_fits says whether a shape has a
+ * kernel (k a multiple of 8; n even for SwiGLU); cudaErrorInvalidValue
+ * otherwise, or when work is short. */
+#define CUDA_DGEMM_ROWS 512
+enum { DGEMM_PLAIN, DGEMM_RESID, DGEMM_SWIGLU };
+bool cuda_dgemm_fits(int n, int k, int epi);
+size_t cuda_dgemm_work(int n, int k, int t, int epi);
+cudaError_t cuda_dgemm(float *y, uint16_t *act, const uint16_t *x, const uint16_t *w,
+		       const float *bias, int n, int k, int t, int epi, float *work, size_t work_n,
+		       cudaStream_t s);
 
 /* Rotates the q and k heads of each entry's row of qkv (q_dim, then
  * kv_dim of k, then of v; f32) by its position (rotate_half pairs, tables
@@ -71,8 +92,11 @@ cudaError_t cuda_swiglu(uint16_t *out, const float *gu, int inter, int n, cudaSt
 int cuda_attention_plan(const struct be_entry *e, int n, bool tiles_ok, int32_t *dec, int *n_dec,
 			int32_t *tiles);
 size_t cuda_attention_work(int n, int n_heads, int head_dim, int splits);
+/* Whether attention has kernels for heads of hd dimensions: a power of two
+ * from 8 to 256. */
+bool cuda_head_dim_ok(int hd);
 /* cudaErrorInvalidValue for a head shape it has no kernel for (more than 8
- * query heads per KV head, head_dim over 256 or odd). */
+ * query heads per KV head, or !cuda_head_dim_ok(head_dim)). */
 cudaError_t cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
 			   int head_dim, const struct be_entry *e, const int32_t *dec, int n_dec,
 			   const int32_t *tiles, int n_tiles, int max_pos, const struct cuda_kv *kv,

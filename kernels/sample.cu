@@ -1,6 +1,8 @@
 // Sampling on the GPU: sampler_sample_row (engine/sampler.c) for every
-// logits row of a step, one block a row, so that only the chosen ids and
-// log-probabilities cross to the host. The order of operations, the
+// logits row of a step, so that only the chosen ids and log-probabilities
+// cross to the host. A first pass over the vocabulary runs in many blocks a
+// row (scan_kernel: each chunk's max, arg-max and what the walks need);
+// then one block a row finishes (greedy from the chunks' arg-maxes alone). The order of operations, the
 // ranking (higher value, then lower id) and the draw are the CPU's, which
 // also weighs the probabilities in 32.32 fixed point: every sum is exact in
 // any order, so a row's token does not depend on how its threads were
@@ -9,6 +11,7 @@
 // nothing uses atomics. Runs in the worker's engine thread (and in the GPU
 // tests).
 #include "ops.h"
+#include "launch.h"
 
 #include <limits.h>
 #include <math.h>
@@ -404,25 +407,86 @@ __device__ int draw(const struct cuda_sample_row &p, const float *w, float inv_t
 	return walk_select(kept, V, t < mass ? t : mass - 1, sm);
 }
 
+// The rows' raw logits in chunks of SCAN_CHUNK, many blocks a row: each
+// chunk's best (argmax's order) and its sum of exp(logit - that best),
+// which sample_kernel combines in chunk order. The chunks depend on V
+// alone, so a row's log-probabilities do not depend on the batch.
+#define SCAN_CHUNK 4096
+
+struct scan_part {
+	float v;
+	int i;       // NONE: no usable logit in the chunk
+	double sum;
+};
+
+__host__ __device__ __forceinline__ int scan_chunks(int V)
+{
+	return (V + SCAN_CHUNK - 1) / SCAN_CHUNK;
+}
+
+// A row's floats of work: the penalised copy (V), the probabilities (V),
+// then the scan's parts (4 floats each, 8-byte aligned).
+__host__ __device__ __forceinline__ size_t row_work(int V)
+{
+	return 2 * (size_t)V + 4 * (size_t)scan_chunks(V) + 2;
+}
+
+__device__ __forceinline__ scan_part *row_parts(float *work, int r, int V)
+{
+	return reinterpret_cast<scan_part *>(work + (size_t)r * row_work(V) + 2 * (size_t)V);
+}
+
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+	scan_kernel(const float *logits, float *work, int V)
+{
+	pdl_start();
+	pdl_wait();
+	__shared__ reduce_smem sm;
+	int c = blockIdx.x, r = blockIdx.y;
+	const float *raw = logits + (size_t)r * V;
+	int from = c * SCAN_CHUNK, to = min(V, from + SCAN_CHUNK);
+	amax b = {0, NONE};
+	for (int i = from + threadIdx.x; i < to; i += blockDim.x)
+		if (usable(raw[i]) && better(amax{raw[i], i}, b))
+			b = amax{raw[i], i};
+	b = block_amax(b, sm);
+	double part = 0;
+	for (int i = from + threadIdx.x; b.i != NONE && i < to; i += blockDim.x)
+		if (usable(raw[i]))
+			part += expf(raw[i] - b.v);
+	double sum = block_sum(part, sm.d);
+	if (threadIdx.x == 0)
+		row_parts(work, r, V)[c] = scan_part{b.v, b.i, sum};
+}
+
 __global__ void __launch_bounds__(SAMPLE_THREADS)
 	sample_kernel(struct sampler_result *out, const float *logits, float *work, int V,
 		      const struct cuda_sample_row *rows, const int32_t *seen,
 		      const uint32_t *generated)
 {
+	pdl_start();
+	pdl_wait();
 	__shared__ reduce_smem sm;
 	int r = blockIdx.x;
 	const struct cuda_sample_row p = rows[r];
 	const float *raw = logits + (size_t)r * V;
-	float *copy = work + (size_t)r * 2 * V, *prob = copy + V;
+	float *copy = work + (size_t)r * row_work(V), *prob = copy + V;
 	struct sampler_result *o = &out[r];
 
-	// The model's own log-probabilities, before anything changes the logits.
-	amax best = argmax(raw, V, sm);
+	// The model's own log-probabilities, before anything changes the
+	// logits: the best of the chunks' bests, and their sums scaled to it.
+	const scan_part *parts = row_parts(work, r, V);
+	int n_parts = scan_chunks(V);
+	amax best = {0, NONE};
+	for (int c = threadIdx.x; c < n_parts; c += blockDim.x)
+		if (better(amax{parts[c].v, parts[c].i}, best))
+			best = amax{parts[c].v, parts[c].i};
+	best = block_amax(best, sm);
 	float mx = raw[best.i == NONE ? 0 : best.i];
 	double part = 0;
-	for (int i = threadIdx.x; i < V; i += blockDim.x)
-		if (usable(raw[i]))
-			part += expf(raw[i] - mx);
+	for (int c = threadIdx.x; c < n_parts; c += blockDim.x)
+		if (parts[c].i != NONE)
+			part += parts[c].sum * exp((double)parts[c].v - (double)mx);
 	double sum = block_sum(part, sm.d);
 	float lse = mx + (float)log(sum > 0 ? sum : 1);
 	int n_top = 0;
@@ -492,15 +556,19 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
 
 extern "C" size_t cuda_sample_work(int rows, int vocab)
 {
-	return (size_t)rows * 2 * (size_t)vocab;
+	return (size_t)rows * row_work(vocab);
 }
 
 extern "C" cudaError_t cuda_sample(struct sampler_result *out, const float *logits, float *work,
 				   int vocab, const struct cuda_sample_row *rows, const int32_t *seen,
 				   const uint32_t *generated, int n_rows, cudaStream_t s)
 {
-	if (n_rows > 0)
-		sample_kernel<<<n_rows, SAMPLE_THREADS, 0, s>>>(out, logits, work, vocab, rows, seen,
-								 generated);
-	return cudaGetLastError();
+	if (n_rows <= 0)
+		return cudaSuccess;
+	cudaError_t ce = launch(scan_kernel, dim3(scan_chunks(vocab), n_rows), SAMPLE_THREADS, 0, s,
+				logits, work, vocab);
+	if (ce != cudaSuccess)
+		return ce;
+	return launch(sample_kernel, n_rows, SAMPLE_THREADS, 0, s, out, logits, work, vocab, rows,
+		      seen, generated);
 }

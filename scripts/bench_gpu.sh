@@ -26,5 +26,15 @@ for n, v in ours["decode_batched_tps"].items():
     row(f"decode, {n} sequences", v, theirs["decode_batched_tps"][n])
 row("prefill, 512 tokens", ours["prefill_512_tps"], theirs["prefill_512_tps"])
 row("prefill, 2048 tokens", ours["prefill_2048_tps"], theirs["prefill_2048_tps"])
+print(f"   decode, batch 1, context 4096: {ours['decode_batch1_ctx4096_tps']:.1f} tokens/s, "
+      f"{100 * ours['ctx4096_fraction_of_limit']:.1f}% of its limit ({ours['ctx4096_limit_tps']:.0f})")
+for k, v in ours.items():
+    if k.startswith("step_split_"):
+        print(f"   step {k[11:]:<18} {v['step_us']:7.1f} us: " + ", ".join(
+            f"{c} {v[c]['us']:.1f} us at {v[c]['gbs']:.0f} GB/s" for c in ("products", "attention", "rest")))
+        print("      " + ", ".join(f"{q['what']} x{q['count']} {q['us']:.0f} us {q['gbs']:.0f} GB/s"
+                                   for q in v["parts"]))
+print("   step, n sequences, kernel by kernel: our products vs cublasLt (us): " + ", ".join(
+    f"{n}: {a:.0f}/{b:.0f}" for n, (a, b) in ours["step_us_dgemm_cublaslt"].items()))
 PY
 done
