@@ -117,7 +117,17 @@ $(BUILD)/fuzz-replay-%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.
 
 # --- models ---------------------------------------------------------------
 
-models: deps $(MODEL_STAMPS) $(BUILD)/tokenizers/llama3/.done
+models: deps $(MODEL_STAMPS) $(BUILD)/tokenizers/llama3/.done $(BUILD)/templates/.done
+
+# Chat templates as the models ship them, out of llama.cpp's models/templates/
+# (scripts/fetch-template.sh): R1-Distill's (the Llama-8B copy: the Qwen-32B
+# copy carries llama.cpp's own edits), Qwen2.5's and DeepSeek-V3.1's.
+$(BUILD)/templates/.done: scripts/fetch-template.sh
+	@mkdir -p $(dir $@)
+	scripts/fetch-template.sh deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja $(dir $@)deepseek-r1.jinja
+	scripts/fetch-template.sh Qwen-Qwen2.5-7B-Instruct.jinja $(dir $@)qwen2.5.jinja
+	scripts/fetch-template.sh deepseek-ai-DeepSeek-V3.1.jinja $(dir $@)deepseek-v3.1.jinja
+	@touch $@
 
 # A tokenizer without a model: Llama-3's, for the tokenizer and chat tests.
 $(BUILD)/tokenizers/llama3/.done: scripts/fetch-tokenizer.sh

@@ -11,6 +11,9 @@ static const char *family_names[CHAT_FAMILIES] = {
 	[CHAT_DEEPSEEK_V3] = "deepseek-v3",
 	[CHAT_QWEN3] = "qwen3",
 	[CHAT_LLAMA3] = "llama3",
+	[CHAT_DEEPSEEK_R1] = "deepseek-r1",
+	[CHAT_QWEN25] = "qwen2.5",
+	[CHAT_DEEPSEEK_V31] = "deepseek-v3.1",
 };
 
 int chat_family_from_name(const char *name)
@@ -30,6 +33,18 @@ int chat_detect(const char *t, char *err)
 {
 	if (t && strstr(t, "<｜User｜>") && strstr(t, "<｜Assistant｜>") && !strstr(t, "think>"))
 		return CHAT_DEEPSEEK_V3;
+	/* R1's prompt opens the thinking; a copy with an enable_thinking switch
+	 * (llama.cpp's edit, which closes it by default) is not the model's. */
+	if (t && strstr(t, "<｜User｜>") && strstr(t, "'<｜Assistant｜><think>\\n'") &&
+	    strstr(t, "content.split('</think>')[-1]") && !strstr(t, "thinking"))
+		return CHAT_DEEPSEEK_R1;
+	if (t && strstr(t, "<｜User｜>") && strstr(t, "{{'<think></think>'}}") &&
+	    strstr(t, "content.split('</think>', 1)[1]") && strstr(t, "thinking"))
+		return CHAT_DEEPSEEK_V31;
+	if (t && strstr(t, "<|im_start|>") &&
+	    strstr(t, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.") &&
+	    !strstr(t, "reasoning_content"))
+		return CHAT_QWEN25;
 	if (t && strstr(t, "<|im_start|>") && strstr(t, "reasoning_content") &&
 	    strstr(t, "enable_thinking") && strstr(t, "last_query_index"))
 		return CHAT_QWEN3;
@@ -38,7 +53,7 @@ int chat_detect(const char *t, char *err)
 	    !strstr(t, "tools") && !strstr(t, "Knowledge"))
 		return CHAT_LLAMA3;
 	return ember_err(err, -ENOENT,
-			 "%s; name one with --chat-template (deepseek-v3, qwen3, llama3)",
+			 "%s; name one with --chat-template (" CHAT_FAMILY_NAMES ")",
 			 t ? "the model's chat template is not one ember knows"
 			   : "the model has no chat template");
 }
@@ -161,6 +176,104 @@ static void render_deepseek_v3(struct sbuf *b, const struct chat_msg *m, size_t 
 		sbuf_puts(b, "<｜Assistant｜>");
 }
 
+/* ---- DeepSeek-R1 (the R1-Distill models) ------------------------------------ */
+
+/* {{bos_token}}{{ns.system_prompt}}, the last system message's content;
+ * '<｜User｜>' + content for a user; for an assistant
+ * content.split('</think>')[-1] (the reasoning left out of the history)
+ * between '<｜Assistant｜>' and '<｜end▁of▁sentence｜>'; the reply prompted
+ * with '<｜Assistant｜><think>\n'. */
+static void render_deepseek_r1(struct sbuf *b, const struct chat_msg *m, size_t n, bool gen,
+			       const char *bos)
+{
+	const char *system = "";
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(m[i].role, "system") == 0)
+			system = m[i].content;
+	sbuf_puts(b, bos);
+	sbuf_puts(b, system);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(m[i].role, "user") == 0) {
+			sbuf_puts(b, "<｜User｜>");
+			sbuf_puts(b, m[i].content);
+		} else if (strcmp(m[i].role, "assistant") == 0) {
+			struct view c = after_last(view_of(m[i].content), "</think>");
+			sbuf_puts(b, "<｜Assistant｜>");
+			sbuf_put(b, c.p, c.n);
+			sbuf_puts(b, "<｜end▁of▁sentence｜>");
+		}
+	}
+	if (gen)
+		sbuf_puts(b, "<｜Assistant｜><think>\n");
+}
+
+/* ---- DeepSeek-V3.1 ------------------------------------------------------------ */
+
+/* The system messages joined by "\n\n" after bos_token; '<｜User｜>' +
+ * content for a user; an assistant right after a user opens with
+ * '<｜Assistant｜><think></think>', and its content after the first
+ * '</think>' (content.split('</think>', 1)[1]) ends with
+ * '<｜end▁of▁sentence｜>'. After a user, the reply is prompted with
+ * '<｜Assistant｜>' and '<think>' when thinking, else '<think></think>'. */
+static void render_deepseek_v31(struct sbuf *b, const struct chat_msg *m, size_t n, bool gen,
+				bool thinking, const char *bos)
+{
+	sbuf_puts(b, bos);
+	bool first = true, last_user = false;
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(m[i].role, "system") != 0)
+			continue;
+		if (!first)
+			sbuf_puts(b, "\n\n");
+		sbuf_puts(b, m[i].content);
+		first = false;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(m[i].role, "user") == 0) {
+			last_user = true;
+			sbuf_puts(b, "<｜User｜>");
+			sbuf_puts(b, m[i].content);
+		} else if (strcmp(m[i].role, "assistant") == 0) {
+			if (last_user)
+				sbuf_puts(b, "<｜Assistant｜><think></think>");
+			last_user = false;
+			const char *c = m[i].content, *end = strstr(c, "</think>");
+			sbuf_puts(b, end ? end + strlen("</think>") : c);
+			sbuf_puts(b, "<｜end▁of▁sentence｜>");
+		}
+	}
+	if (gen && last_user)
+		sbuf_puts(b, thinking ? "<｜Assistant｜><think>" : "<｜Assistant｜><think></think>");
+}
+
+/* ---- Qwen2.5 ------------------------------------------------------------------ */
+
+/* ChatML: messages[0] as the system turn when it is one, else Qwen's
+ * default system prompt; then '<|im_start|>' + role + '\n' + content +
+ * '<|im_end|>\n' for every other message; '<|im_start|>assistant\n' to
+ * prompt a reply. */
+static void render_qwen25(struct sbuf *b, const struct chat_msg *m, size_t n, bool gen)
+{
+	size_t from = 0;
+	sbuf_puts(b, "<|im_start|>system\n");
+	if (strcmp(m[0].role, "system") == 0) {
+		sbuf_puts(b, m[0].content);
+		from = 1;
+	} else {
+		sbuf_puts(b, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+	}
+	sbuf_puts(b, "<|im_end|>\n");
+	for (size_t i = from; i < n; i++) {
+		sbuf_puts(b, "<|im_start|>");
+		sbuf_puts(b, m[i].role);
+		sbuf_puts(b, "\n");
+		sbuf_puts(b, m[i].content);
+		sbuf_puts(b, "<|im_end|>\n");
+	}
+	if (gen)
+		sbuf_puts(b, "<|im_start|>assistant\n");
+}
+
 /* ---- Qwen3 ---------------------------------------------------------------- */
 
 static void render_qwen3(struct sbuf *b, const struct chat_msg *m, size_t n, bool gen)
@@ -239,8 +352,8 @@ static void render_llama3(struct sbuf *b, const struct chat_msg *m, size_t n, bo
 		sbuf_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
-int chat_render(enum chat_family f, const struct chat_msg *m, size_t n, bool gen, const char *bos,
-		char **out, char *err)
+int chat_render(enum chat_family f, const struct chat_msg *m, size_t n, bool gen, bool thinking,
+		const char *bos, char **out, char *err)
 {
 	*out = NULL;
 	if (n == 0)
@@ -264,6 +377,15 @@ int chat_render(enum chat_family f, const struct chat_msg *m, size_t n, bool gen
 		break;
 	case CHAT_LLAMA3:
 		render_llama3(&b, m, n, gen, bos ? bos : "");
+		break;
+	case CHAT_DEEPSEEK_R1:
+		render_deepseek_r1(&b, m, n, gen, bos ? bos : "");
+		break;
+	case CHAT_QWEN25:
+		render_qwen25(&b, m, n, gen);
+		break;
+	case CHAT_DEEPSEEK_V31:
+		render_deepseek_v31(&b, m, n, gen, thinking, bos ? bos : "");
 		break;
 	default:
 		return ember_err(err, -EINVAL, "unknown chat template family %d", (int)f);

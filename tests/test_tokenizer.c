@@ -9,10 +9,12 @@
  */
 #include "../engine/chat.h"
 #include "../engine/modelfiles.h"
+#include "../engine/sha256.h"
 #include "../engine/tokenizer.h"
 #include "../engine/tokjson.h"
 #include "runner.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -543,7 +545,7 @@ static int check_chat(const char *family)
 		char *out;
 		const char *want = json_string_value(json_object_get(c, "rendered"));
 		if (chat_render((enum chat_family)f, m, n, json_is_true(json_object_get(c, "add_generation_prompt")),
-				bos, &out, err) < 0) {
+				json_is_true(json_object_get(c, "thinking")), bos, &out, err) < 0) {
 			bad += fail("case %zu: %s", i, err);
 			continue;
 		}
@@ -573,10 +575,139 @@ static int test_chat_llama3(void)
 	return check_chat("llama3");
 }
 
+static int test_chat_deepseek_r1(void)
+{
+	return check_chat("deepseek-r1");
+}
+
+static int test_chat_qwen25(void)
+{
+	return check_chat("qwen2.5");
+}
+
+static int test_chat_deepseek_v31(void)
+{
+	return check_chat("deepseek-v3.1");
+}
+
+/* The template file build/templates/NAME.jinja (make models fetches it) is
+ * recognised as family f, and is the text its fixture was rendered from. */
+static int detect_file(const char *name, int f)
+{
+	char path[512], err[EMBER_ERR_LEN];
+	snprintf(path, sizeof path, "%s/../templates/%s.jinja", models_dir, name);
+	FILE *fp = fopen(path, "rb");
+	CHECK(fp, "%s: %s", path, strerror(errno));
+	static char text[1 << 16];
+	size_t n = fread(text, 1, sizeof text - 1, fp);
+	fclose(fp);
+	text[n] = 0;
+	int got = chat_detect(text, err);
+	CHECK(got == f, "%s detected as %d (%s)", name, got, got < 0 ? err : chat_family_name(got));
+	char hex[65], fixture[256];
+	sha256_hex(text, n, hex);
+	snprintf(fixture, sizeof fixture, "tests/fixtures/chat/%s.json", name);
+	json_error_t je;
+	json_t *root = json_load_file(fixture, 0, &je);
+	CHECK(root, "%s: %s", fixture, je.text);
+	const char *want = json_string_value(json_object_get(root, "template_sha256"));
+	bool same = want && strcmp(want, hex) == 0;
+	json_decref(root);
+	CHECK(same, "%s is not the template %s was rendered from (sha256 %s)", path, fixture, hex);
+	return 0;
+}
+
+/* --chat on a model directory whose tokenizer_config.json carries the
+ * template build/templates/NAME.jinja (a copy of model's directory, its
+ * other files linked): the worker recognises it and prompts with the ids
+ * of chat_render's text. */
+static int chat_cli(const char *model, const char *name, int family)
+{
+	char src[512], dir[] = "/tmp/ember-chat-XXXXXX", path[1024], err[EMBER_ERR_LEN];
+	snprintf(src, sizeof src, "%s/%s", models_dir, model);
+	CHECK(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	CHECK(realpath(src, path), "%s: %s", src, strerror(errno));
+	DIR *d = opendir(path);
+	CHECK(d, "%s: %s", path, strerror(errno));
+	struct dirent *de;
+	int linked = 0;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.' || strcmp(de->d_name, "tokenizer_config.json") == 0)
+			continue;
+		char from[2048], to[1024];
+		snprintf(from, sizeof from, "%s/%s", path, de->d_name);
+		snprintf(to, sizeof to, "%s/%s", dir, de->d_name);
+		linked += symlink(from, to) == 0;
+	}
+	closedir(d);
+	CHECK(linked >= 3, "linked %d files of %s", linked, path);
+	snprintf(path, sizeof path, "%s/../templates/%s.jinja", models_dir, name);
+	json_error_t je;
+	FILE *fp = fopen(path, "rb");
+	CHECK(fp, "%s: %s", path, strerror(errno));
+	static char text[1 << 16];
+	size_t n = fread(text, 1, sizeof text - 1, fp);
+	fclose(fp);
+	text[n] = 0;
+	snprintf(path, sizeof path, "%s/tokenizer_config.json", src);
+	json_t *cfg = json_load_file(path, 0, &je);
+	CHECK(cfg, "%s: %s", path, je.text);
+	json_object_set_new(cfg, "chat_template", json_string(text));
+	snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+	CHECK(json_dump_file(cfg, path, 0) == 0, "writing %s", path);
+	json_decref(cfg);
+	/* what the worker should prompt with */
+	struct mfiles *mf;
+	struct tokenizer *t;
+	CHECK(mf_open_dir(dir, &mf, err) == 0, "%s", err);
+	CHECK(tok_load(mf, &t, err) == 0, "%s", err);
+	mf_close(mf);
+	CHECK(chat_detect(tok_chat_template(t), err) == family, "%s: %s", name, err);
+	size_t blen = 0;
+	const char *bos = tok_bos(t) >= 0 ? tok_piece(t, tok_bos(t), &blen) : "";
+	char bos_text[256], *rendered;
+	snprintf(bos_text, sizeof bos_text, "%.*s", (int)blen, bos ? bos : "");
+	struct chat_msg m = {"user", "Hello, world!"};
+	CHECK(chat_render((enum chat_family)family, &m, 1, true, false, bos_text, &rendered, err) == 0,
+	      "%s", err);
+	struct tok_ctx *ctx = tok_ctx_create(t);
+	int32_t *ids = NULL;
+	size_t nn = 0, cap = 0;
+	int rc = tok_encode(t, ctx, rendered, strlen(rendered), false, &ids, &nn, &cap, err);
+	free(rendered);
+	tok_ctx_destroy(ctx);
+	tok_free(t);
+	CHECK(rc == 0, "%s", err);
+	static char want[8192], out[65536];
+	size_t w = (size_t)snprintf(want, sizeof want, "prompt ids:");
+	for (size_t i = 0; i < nn && w < sizeof want - 16; i++)
+		w += (size_t)snprintf(want + w, sizeof want - w, "%s%d", i ? "," : " ", ids[i]);
+	snprintf(want + w, sizeof want - w, "\n");
+	free(ids);
+	char cmd[2048];
+	snprintf(cmd, sizeof cmd, "%s --model %s --chat 'Hello, world!' --print-ids --max-tokens 1 2>&1",
+		 worker_path, dir);
+	int st = run_capture(cmd, out, sizeof out);
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	CHECK(system(cmd) == 0, "%s", cmd);
+	CHECK(st == 0 && strstr(out, want), "%s: --chat printed %s, not %s", name, out, want);
+	return 0;
+}
+
+static int test_chat_cli_templates(void)
+{
+	return chat_cli("tiny-llama", "deepseek-r1", CHAT_DEEPSEEK_R1) ||
+	       chat_cli("tiny-llama", "deepseek-v3.1", CHAT_DEEPSEEK_V31) ||
+	       chat_cli("tiny-qwen2", "qwen2.5", CHAT_QWEN25);
+}
+
 /* The models' own templates are recognised; anything else is an error that
  * names the flag; bad conversations are refused. */
 static int test_chat_detect(void)
 {
+	if (detect_file("deepseek-r1", CHAT_DEEPSEEK_R1) || detect_file("qwen2.5", CHAT_QWEN25) ||
+	    detect_file("deepseek-v3.1", CHAT_DEEPSEEK_V31))
+		return 1;
 	struct tokenizer *t;
 	char err[EMBER_ERR_LEN];
 	if (open_tok("tiny-qwen2", &t))
@@ -597,14 +728,19 @@ static int test_chat_detect(void)
 	CHECK(chat_detect("{{ messages }}", err) == -ENOENT && strstr(err, "--chat-template"),
 	      "an unknown template: %s", err);
 	CHECK(chat_detect(NULL, err) == -ENOENT && strstr(err, "no chat template"), "no template: %s", err);
-	/* R1's template prompts with <think>: not taken for V3's. */
+	/* R1's template prompts with <think>: not taken for V3's. llama.cpp's
+	 * copy with an enable_thinking switch is not the model's: refused. */
 	CHECK(chat_detect("<｜User｜>{{c}}<｜Assistant｜><think>\n", err) == -ENOENT, "R1 taken for V3");
+	CHECK(chat_detect("<｜User｜>{% set content = content.split('</think>')[-1] %}"
+			  "{{'<｜Assistant｜><think>\\n'}}{% if not enable_thinking %}</think>{% endif %}",
+			  err) == -ENOENT,
+	      "R1 with llama.cpp's enable_thinking taken");
 	char *out;
 	struct chat_msg tool = {"tool", "x"}, none = {"user", NULL};
-	CHECK(chat_render(CHAT_QWEN3, &tool, 1, true, "", &out, err) == -EINVAL && strstr(err, "'tool'"),
+	CHECK(chat_render(CHAT_QWEN3, &tool, 1, true, false, "", &out, err) == -EINVAL && strstr(err, "'tool'"),
 	      "role tool: %s", err);
-	CHECK(chat_render(CHAT_QWEN3, &none, 1, true, "", &out, err) == -EINVAL, "no content accepted");
-	CHECK(chat_render(CHAT_DEEPSEEK_V3, &tool, 0, true, "", &out, err) == -EINVAL, "no messages accepted");
+	CHECK(chat_render(CHAT_QWEN3, &none, 1, true, false, "", &out, err) == -EINVAL, "no content accepted");
+	CHECK(chat_render(CHAT_DEEPSEEK_V3, &tool, 0, true, false, "", &out, err) == -EINVAL, "no messages accepted");
 	CHECK(chat_family_from_name("qwen3") == CHAT_QWEN3 && chat_family_from_name("llama2") == -1,
 	      "family names");
 	return 0;
@@ -629,7 +765,11 @@ static const struct test tests[] = {
 	{"chat_deepseek_v3", test_chat_deepseek_v3},
 	{"chat_qwen3", test_chat_qwen3},
 	{"chat_llama3", test_chat_llama3},
+	{"chat_deepseek_r1", test_chat_deepseek_r1},
+	{"chat_qwen25", test_chat_qwen25},
+	{"chat_deepseek_v31", test_chat_deepseek_v31},
 	{"chat_detect", test_chat_detect},
+	{"chat_cli_templates", test_chat_cli_templates},
 };
 
 int main(int argc, char **argv)

@@ -132,6 +132,20 @@ static int test_api_parse(void)
 	CHECK(r.stream && r.include_usage && r.logprobs && r.sampling.top_logprobs == 4, "flags");
 	api_request_free(&r);
 
+	CHECK(parse(API_CHAT,
+		    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+		    "\"chat_template_kwargs\":{\"thinking\":true}}",
+		    &r, &e) == 0,
+	      "chat_template_kwargs: %s", e.message);
+	CHECK(r.thinking, "thinking");
+	api_request_free(&r);
+	CHECK(parse(API_CHAT,
+		    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+		    "\"chat_template_kwargs\":{\"enable_thinking\":false}}",
+		    &r, &e) == 0 && !r.thinking,
+	      "enable_thinking: %s", e.message);
+	api_request_free(&r);
+
 	CHECK(parse(API_COMPLETION, "{\"prompt\":[1,2,3],\"logprobs\":2}", &r, &e) == 0, "ids");
 	CHECK(r.n_prompt_ids == 3 && r.prompt_ids[2] == 3 && r.logprobs &&
 		      r.sampling.top_logprobs == 2 && !r.temperature_set,
@@ -155,6 +169,21 @@ static int test_api_parse(void)
 		{API_COMPLETION, "{\"prompt\":\"a\",\"n\":3}", "n", "unsupported_parameter"},
 		{API_COMPLETION, "{\"prompt\":\"a\",\"logit_bias\":{\"1\":5}}", "logit_bias",
 		 "unsupported_parameter"},
+		{API_CHAT,
+		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":"
+		 "{\"thinking\":1}}",
+		 "chat_template_kwargs.thinking", "invalid_type"},
+		{API_CHAT,
+		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":"
+		 "{\"tools_in_system\":true}}",
+		 "chat_template_kwargs", "invalid_value"},
+		{API_CHAT,
+		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":[]}",
+		 "chat_template_kwargs", "invalid_type"},
+		{API_CHAT,
+		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":"
+		 "{\"type\":\"json_object\"}}",
+		 "response_format", "unsupported_parameter"},
 		{API_COMPLETION, "{\"prompt\":\"a\"", "", "invalid_json"},
 		{API_COMPLETION, "{\"prompt\":\"a\\u0000b\"}", "", "invalid_json"},
 	};

@@ -156,6 +156,37 @@ static int get_bool(json_t *root, const char *name, bool *out, struct api_error 
 	return 0;
 }
 
+/* chat_template_kwargs, as vLLM and SGLang take it: the variables a chat
+ * template reads beside the messages. ember's templates read one, the
+ * thinking switch of DeepSeek-V3.1 ("thinking", or "enable_thinking" as
+ * Qwen3's is called); any other is refused, since nothing would read it. */
+static int get_template_kwargs(json_t *root, struct api_request *r, struct api_error *e)
+{
+	json_t *kw = json_object_get(root, "chat_template_kwargs");
+	if (!kw || json_is_null(kw))
+		return 0;
+	if (!json_is_object(kw)) {
+		BAD_TYPE("chat_template_kwargs", "an object");
+		return -1;
+	}
+	const char *key;
+	json_t *v;
+	json_object_foreach(kw, key, v) {
+		if (strcmp(key, "thinking") != 0 && strcmp(key, "enable_thinking") != 0) {
+			BAD("chat_template_kwargs",
+			    "chat_template_kwargs: '%.64s' is not a variable of ember's chat templates "
+			    "(only 'thinking' or 'enable_thinking')",
+			    key);
+			return -1;
+		}
+		if (get_bool(kw, key, &r->thinking, e) < 0) {
+			snprintf(e->param, sizeof e->param, "chat_template_kwargs.%s", key);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /* Fields ember does not implement: an error when given with a value that
  * would change the answer, so that no client is silently misled. */
 static int refuse_unsupported(json_t *root, struct api_error *e)
@@ -174,7 +205,10 @@ static int refuse_unsupported(json_t *root, struct api_error *e)
 		if (!json_is_object(rf) || !json_is_string(t) ||
 		    strcmp(json_string_value(t), "text") != 0)
 			return api_fail(e, 400, "invalid_request_error", "unsupported_parameter",
-					"response_format", "only response_format {\"type\": \"text\"} is supported");
+					"response_format",
+					"only response_format {\"type\": \"text\"} is supported: "
+					"json_object and json_schema need constrained decoding, which "
+					"ember does not have yet");
 	}
 	json_t *n = json_object_get(root, "n");
 	if (n && !json_is_null(n)) {
@@ -433,6 +467,8 @@ int api_parse(enum api_kind kind, const char *body, size_t len, struct api_reque
 			goto fail;
 		}
 	}
+	if (kind == API_CHAT && get_template_kwargs(root, r, e) < 0)
+		goto fail;
 	if (kind == API_CHAT) {
 		if (get_bool(root, "logprobs", &r->logprobs, e) < 0 ||
 		    get_int(root, "top_logprobs", 0, SAMPLER_MAX_TOP_LOGPROBS, &x, NULL, e) < 0)

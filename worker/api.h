@@ -47,6 +47,7 @@ struct api_request {
 	struct chat_msg *messages;  /* (n_messages) */
 	size_t n_messages;
 	char **joined;              /* (n_messages) content parts joined, or NULL entries */
+	bool thinking;              /* chat_template_kwargs.thinking (or enable_thinking) */
 	/* completion: text, or token ids */
 	const char *prompt;
 	size_t prompt_len;

@@ -98,7 +98,7 @@ int cli_run(const struct cli_opts *co)
 				   .gpu_memory_fraction = co->gpu_memory_fraction};
 	int family = -1;
 	if (template_name && (family = chat_family_from_name(template_name)) < 0) {
-		fprintf(stderr, "ember-worker: --chat-template %s is not one of deepseek-v3, qwen3, llama3\n",
+		fprintf(stderr, "ember-worker: --chat-template %s is not one of " CHAT_FAMILY_NAMES "\n",
 			template_name);
 		return 2;
 	}
@@ -140,7 +140,7 @@ int cli_run(const struct cli_opts *co)
 				goto done;
 			}
 			if (chat_render((enum chat_family)family, system ? msgs : msgs + 1, system ? 2 : 1,
-					true, bos_text, &rendered, err) < 0) {
+					true, false, bos_text, &rendered, err) < 0) {
 				fprintf(stderr, "ember-worker: %s\n", err);
 				goto done;
 			}

@@ -228,7 +228,7 @@ static int build_prompt(struct comp_env *env, struct comp_thread *t, const struc
 			return api_fail(e, 400, "invalid_request_error", "chat_template_unsupported",
 					"messages", "%s", env->family_err);
 		int rc = chat_render((enum chat_family)env->family, ar->messages, ar->n_messages, true,
-				     env->bos, &rendered, err);
+				     ar->thinking, env->bos, &rendered, err);
 		if (rc < 0)
 			return rc == -ENOMEM ? api_fail(e, 503, "server_error", "out_of_memory", NULL,
 							"out of memory")

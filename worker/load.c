@@ -136,7 +136,7 @@ int server_load(struct server *s)
 	if (o->chat_template) {
 		env->family = chat_family_from_name(o->chat_template);
 		if (env->family < 0) {
-			wlog(3, "--chat-template %s is not one of deepseek-v3, qwen3, llama3",
+			wlog(3, "--chat-template %s is not one of " CHAT_FAMILY_NAMES,
 			     o->chat_template);
 			return -1;
 		}

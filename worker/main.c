@@ -3,6 +3,7 @@
  * mod_fcgid hand it over), as plain CGI, or prints one generation from the
  * command line. This file reads the flags and picks the mode. Runs as its
  * own process. */
+#include "../engine/chat.h"
 #include "cli.h"
 #include "server.h"
 
@@ -53,8 +54,8 @@ static void usage(FILE *f)
 		"Both:\n"
 		"  --model DIR             Hugging Face model directory (config.json, safetensors,\n"
 		"                          tokenizer.json)\n"
-		"  --chat-template NAME    use this template family (deepseek-v3, qwen3, llama3)\n"
-		"                          instead of recognising the model's\n"
+		"  --chat-template NAME    use this template family instead of recognising the\n"
+		"                          model's: " CHAT_FAMILY_NAMES "\n"
 		"  --device cpu|cuda|auto  where the model runs (default auto: a GPU when this build\n"
 		"                          has CUDA and one is visible, else the CPU)\n"
 		"  --gpu-memory-fraction F share of the GPU memory left once the model is in that\n"

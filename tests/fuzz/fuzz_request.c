@@ -35,7 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		char *out = NULL;
 		for (int f = 0; f < CHAT_FAMILIES; f++) {
-			if (chat_render((enum chat_family)f, r.messages, r.n_messages, true, "<s>", &out,
+			if (chat_render((enum chat_family)f, r.messages, r.n_messages, true, r.thinking, "<s>", &out,
 					err) == 0)
 				sbuf_json_str(&b, out, strlen(out));
 			free(out);
