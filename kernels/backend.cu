@@ -59,15 +59,29 @@ struct step_dev step_arrays(struct cuda_backend *cb, void *base)
 	return d;
 }
 
+// Whether the n entries are of n sequences (seq_row, all -1, is the scratch).
+static bool distinct_seqs(struct cuda_backend *cb, const struct be_entry *e, int n)
+{
+	int t = 0;
+	for (; t < n && cb->seq_row[e[t].seq] < 0; t++)
+		cb->seq_row[e[t].seq] = t;
+	for (int i = 0; i < t; i++)
+		cb->seq_row[e[i].seq] = -1;
+	return t == n;
+}
+
 // The graph for a step of n entries, or NULL: a decode step (each entry
-// a sequence's next token, with logits row t for entry t) that fits one.
-const struct graph *graph_for(const struct cuda_backend *cb, const struct be_entry *e, int n)
+// the next token of its own sequence, with logits row t for entry t) that
+// fits one. The graphs were captured with rope_in_attention.
+const struct graph *graph_for(struct cuda_backend *cb, const struct be_entry *e, int n)
 {
 	if (cb->n_graphs == 0 || n > cb->graphs[cb->n_graphs - 1].size)
 		return nullptr;
 	for (int t = 0; t < n; t++)
 		if (e[t].logits_row != t)
 			return nullptr;
+	if (!distinct_seqs(cb, e, n))
+		return nullptr;
 	for (int i = 0; i < cb->n_graphs; i++)
 		if (cb->graphs[i].size >= n)
 			return &cb->graphs[i];
@@ -119,8 +133,10 @@ int step_upload(struct cuda_backend *cb, const struct be_entry *e, int n, int pa
 		}
 		n_tab++;
 	}
+	bool distinct = n_tab == n; // before the padding's table
 	int total = pad > n ? pad : n;
 	cb->n_tiles = cuda_attention_plan(h.e, total, !graph, h.dec, &cb->n_dec, h.tiles);
+	cb->rope_in_attention = cb->n_tiles == 0 && distinct;
 	size_t bytes = (size_t)((char *)(h.tables + (size_t)n_tab * cb->max_blocks) - (char *)cb->h_step);
 	CUDA_CHECK(cudaMemcpyAsync(cb->d_step, cb->h_step, bytes, cudaMemcpyHostToDevice, cb->st));
 	return max_pos;

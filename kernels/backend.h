@@ -58,6 +58,7 @@ struct cuda_backend {
 	int *seq_row; // (max_seqs) a sequence's row in this step's tables, or -1
 	int pad_block; // a block of no sequence's: padded entries write there
 	int n_dec, n_tiles; // this step's attention plan (step_upload)
+	bool rope_in_attention; // this step's rope_kv is attention's (cuda_attention)
 	// sampling: (max_seqs) rows, then their penalty lists (seen_cap each
 	// of tokens and counts), one upload; results (max_seqs) back
 	void *h_samp, *d_samp;
@@ -79,12 +80,20 @@ struct cuda_backend {
 // What becomes of an op in a small step. A gemm whose output only the next
 // op reads, an RMSNorm's residual add (RESID: the product is added into
 // that norm's residual, and the norm adds nothing) or SwiGLU (SWIGLU: the
-// product writes the activation, and the SwiGLU op is skipped).
-enum fuse_how { FUSE_NONE, FUSE_RESID, FUSE_SWIGLU, FUSE_NO_ADD, FUSE_SKIP };
+// product writes the activation, and the SwiGLU op is skipped). And in a
+// step whose entries are distinct sequences one by one (rope_in_attention,
+// small or not), a rope_kv that the attention of its rows follows (ROPE,
+// both ops): the attention kernel rotates and writes the cache itself.
+enum fuse_how { FUSE_NONE, FUSE_RESID, FUSE_SWIGLU, FUSE_NO_ADD, FUSE_SKIP, FUSE_ROPE };
 
 struct fusion {
 	enum fuse_how how;
 	int buf; // RESID: the residual buffer; SWIGLU: the activation's
+	// An RMSNorm (with nothing to add) that only the gemm after it reads:
+	// in a step of few rows (norm_in_gemm) the gemm does it (cuda_dgemm_norm)
+	// and the norm is skipped. The gemm's norm: that op's index, or -1.
+	bool in_next;
+	int norm;
 };
 
 // The step's device arrays, in d_step as step_upload lays them out.

@@ -11,6 +11,10 @@
 // X, so that every load is 16 bytes wide and the dot products are
 // unchanged. Rows of X go 8 to an mma, 16 at most per weight read.
 //
+// A product that reads a norm's output can take the norm in (cuda_dgemm_norm,
+// one row): each block makes its X in shared memory from the residual
+// stream, as the norm kernel would (rownorm.h), and the norm's launch goes.
+//
 // More rows than that take the tiled kernel: a block stages 64 rows of W
 // and 64 or 128 rows of X in shared memory, chunk by chunk (cp.async, four
 // stages), and each warp does the same mma on the same 16-byte pieces for
@@ -29,6 +33,8 @@
 #include "launch.h"
 
 #include <cuda_bf16.h>
+
+#include "rownorm.h"
 
 namespace {
 
@@ -53,6 +59,10 @@ struct dg_args {
 	uint16_t *act;  // (t, n / 2) bf16 for DGEMM_SWIGLU
 	float *work;    // (split, t, n): the runs' sums, when the tiled kernel splits k
 	int n, k, t, split;
+	// cuda_dgemm_norm: X is RMSNorm(xf rows (xrows[r] or r), nw, eps)
+	const float *xf, *nw;
+	const int32_t *xrows;
+	float eps;
 };
 
 __device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -159,8 +169,10 @@ __device__ __forceinline__ void dg_finish(const dg_args &a, const tile_rows<EPI>
 	}
 }
 
-// NT mma columns (8 rows of X each) per weight read; EPI the epilogue.
-template <int NT, int EPI>
+// NT mma columns (8 rows of X each) per weight read; EPI the epilogue;
+// NORM (NT 1): the block first makes X, RMSNorm of a.xf's rows, in shared
+// memory, to the bits the norm kernel would write (rownorm.h).
+template <int NT, int EPI, bool NORM>
 __global__ void __launch_bounds__(DG_WARPS_MAX * 32) dgemm_kernel(dg_args a)
 {
 	constexpr int U = DG_U;
@@ -171,13 +183,16 @@ __global__ void __launch_bounds__(DG_WARPS_MAX * 32) dgemm_kernel(dg_args a)
 	const uint16_t *wl = a.w + (size_t)(tr.ok_lo ? tr.lo : 0) * a.k + q * 8;
 	const uint16_t *wh = a.w + (size_t)(tr.ok_hi ? tr.hi : 0) * a.k + q * 8;
 	int row0 = blockIdx.y * 8 * NT;
+	extern __shared__ __align__(16) uint16_t xs[]; // NORM: (t, k + 8) bf16
+	int xs_row = a.k + 8; // a row's 16 bytes further: fewer bank conflicts
 	const uint16_t *xr[NT];
 	bool okx[NT];
 #pragma unroll
 	for (int j = 0; j < NT; j++) {
 		int r = row0 + j * 8 + g;
 		okx[j] = r < a.t;
-		xr[j] = a.x + (size_t)(okx[j] ? r : 0) * a.k + q * 8;
+		xr[j] = NORM ? xs + (size_t)(okx[j] ? r : 0) * xs_row + q * 8
+			     : a.x + (size_t)(okx[j] ? r : 0) * a.k + q * 8;
 	}
 	float acc[NT][4];
 #pragma unroll
@@ -201,6 +216,32 @@ __global__ void __launch_bounds__(DG_WARPS_MAX * 32) dgemm_kernel(dg_args a)
 	pdl_start();
 	load_w(c_beg);
 	pdl_wait();
+	if (NORM) {
+		__shared__ float part[CUDA_DGEMM_NORM_ROWS][NORM_SEGS], inv[CUDA_DGEMM_NORM_ROWS];
+		int warps = blockDim.x >> 5;
+		for (int p = warp; p < a.t * NORM_SEGS; p += warps) { // (row, segment) a warp
+			int r = p / NORM_SEGS, sg = p % NORM_SEGS;
+			const float *xrow = a.xf + (size_t)(a.xrows ? a.xrows[r] : r) * a.k;
+			float ss = row_seg_sumsq(xrow, a.k, sg, lane);
+			if (lane == 0)
+				part[r][sg] = ss;
+		}
+		__syncthreads();
+		if (threadIdx.x < a.t)
+			inv[threadIdx.x] = row_inv_rms(row_seg_total(part[threadIdx.x]), a.k, a.eps);
+		__syncthreads();
+		int quads = a.k / 4;
+		for (int i = threadIdx.x; i < a.t * quads; i += blockDim.x) {
+			int r = i / quads, c = i % quads * 4;
+			const float *src = a.xf + (size_t)(a.xrows ? a.xrows[r] : r) * a.k;
+			float4 v = *reinterpret_cast<const float4 *>(src + c);
+			float4 w = *reinterpret_cast<const float4 *>(a.nw + c);
+			__nv_bfloat16 *d = reinterpret_cast<__nv_bfloat16 *>(xs) + (size_t)r * xs_row + c;
+			d[0] = row_normed(v.x, inv[r], w.x), d[1] = row_normed(v.y, inv[r], w.y);
+			d[2] = row_normed(v.z, inv[r], w.z), d[3] = row_normed(v.w, inv[r], w.w);
+		}
+		__syncthreads();
+	}
 	for (int c0 = c_beg; c0 < c_end; c0 += U) {
 		if (c0 != c_beg)
 			load_w(c0);
@@ -211,7 +252,9 @@ __global__ void __launch_bounds__(DG_WARPS_MAX * 32) dgemm_kernel(dg_args a)
 			bool in = c < c_end && c * 32 + q * 8 < a.k;
 #pragma unroll
 			for (int j = 0; j < NT; j++)
-				xb[u][j] = in && okx[j] ? ld_act(xr[j] + (size_t)c * 32) : zero;
+				xb[u][j] = !in || !okx[j] ? zero
+					   : NORM ? *reinterpret_cast<const uint4 *>(xr[j] + (size_t)c * 32)
+						  : ld_act(xr[j] + (size_t)c * 32);
 		}
 #pragma unroll
 		for (int u = 0; u < U; u++) {
@@ -403,8 +446,23 @@ template <int EPI> cudaError_t dg_launch(const dg_args &a, int tiles, cudaStream
 	// second wave of a few blocks); a tile's runs share one.
 	int warps = a.split > 4 ? a.split : 4, per = warps / a.split;
 	dim3 grid((unsigned)((tiles + per - 1) / per));
-	return a.t <= 8 ? launch(dgemm_kernel<1, EPI>, grid, warps * 32, 0, st, a)
-			: launch(dgemm_kernel<2, EPI>, grid, warps * 32, 0, st, a);
+	if (a.xf) // t <= CUDA_DGEMM_NORM_ROWS
+		return launch(dgemm_kernel<1, EPI, true>, grid, warps * 32, (size_t)a.t * (a.k + 8) * 2,
+			      st, a);
+	return a.t <= 8 ? launch(dgemm_kernel<1, EPI, false>, grid, warps * 32, 0, st, a)
+			: launch(dgemm_kernel<2, EPI, false>, grid, warps * 32, 0, st, a);
+}
+
+cudaError_t dg_run(const dg_args &a, int epi, int tiles, cudaStream_t s)
+{
+	switch (epi) {
+	case DGEMM_RESID:
+		return dg_launch<DGEMM_RESID>(a, tiles, s);
+	case DGEMM_SWIGLU:
+		return dg_launch<DGEMM_SWIGLU>(a, tiles, s);
+	default:
+		return dg_launch<DGEMM_PLAIN>(a, tiles, s);
+	}
 }
 
 } // namespace
@@ -433,13 +491,30 @@ extern "C" cudaError_t cuda_dgemm(float *y, uint16_t *act, const uint16_t *x, co
 	if (t == 0)
 		return cudaSuccess;
 	int tiles = dgemm_tiles(n, epi);
-	dg_args a = {w, x, bias, y, act, work, n, k, t, dgemm_split(tiles, k)};
-	switch (epi) {
-	case DGEMM_RESID:
-		return dg_launch<DGEMM_RESID>(a, tiles, s);
-	case DGEMM_SWIGLU:
-		return dg_launch<DGEMM_SWIGLU>(a, tiles, s);
-	default:
-		return dg_launch<DGEMM_PLAIN>(a, tiles, s);
-	}
+	dg_args a = {w, x, bias, y, act, work, n, k, t, dgemm_split(tiles, k), nullptr, nullptr,
+		     nullptr, 0};
+	return dg_run(a, epi, tiles, s);
+}
+
+extern "C" bool cuda_dgemm_norm_fits(int n, int k, int t, int epi)
+{
+	// the rows in shared memory beside the kernel's own 8 KB, within the 48 KB a launch has
+	return cuda_dgemm_fits(n, k, epi) && t <= CUDA_DGEMM_NORM_ROWS && k <= CUDA_NORM_MAX &&
+	       (size_t)t * (k + 8) * 2 <= 36 * 1024;
+}
+
+extern "C" cudaError_t cuda_dgemm_norm(float *y, uint16_t *act, const float *x,
+				       const int32_t *rows, const float *norm_w, float eps,
+				       const uint16_t *w, const float *bias, int n, int k, int t,
+				       int epi, cudaStream_t s)
+{
+	if (!cuda_dgemm_norm_fits(n, k, t, epi) || t < 0 || (epi == DGEMM_SWIGLU ? !act : !y) ||
+	    !x || !norm_w)
+		return cudaErrorInvalidValue;
+	if (t == 0)
+		return cudaSuccess;
+	int tiles = dgemm_tiles(n, epi);
+	dg_args a = {w, nullptr, bias, y, act, nullptr, n, k, t, dgemm_split(tiles, k), x, norm_w,
+		     rows, eps};
+	return dg_run(a, epi, tiles, s);
 }

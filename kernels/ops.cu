@@ -8,6 +8,8 @@
 #include <cuda_bf16.h>
 #include <math.h>
 
+#include "rownorm.h"
+
 typedef __nv_bfloat16 bf16;
 
 static __device__ __forceinline__ float ld_bf16(const uint16_t *p, size_t i)
@@ -18,14 +20,6 @@ static __device__ __forceinline__ float ld_bf16(const uint16_t *p, size_t i)
 static __device__ __forceinline__ void st_bf16(uint16_t *p, size_t i, float v)
 {
 	reinterpret_cast<bf16 *>(p)[i] = __float2bfloat16(v);
-}
-
-static __device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-	for (int o = 16; o > 0; o >>= 1)
-		v += __shfl_xor_sync(0xffffffffu, v, o);
-	return v;
 }
 
 // ---- embedding ---------------------------------------------------------------
@@ -48,58 +42,92 @@ extern "C" cudaError_t cuda_embed(float *x, const uint16_t *embed, int h, const 
 
 // ---- RMSNorm after the residual add -------------------------------------------
 
-// One block a row, each thread holding PER of its values (every
-// blockDim-th) from the one read to the write: blockDim depends on h
-// alone, and so does the order of the sum of squares.
-template <int PER>
-__global__ void __launch_bounds__(1024)
+// A block a row, a warp for each of its NORM_SEGS segments (rownorm.h).
+// Segments of up to 32 Q values are held in registers, Q / 4 units a lane,
+// from the one read (x += add, kept in x unless rows picks the rows) to the
+// write; Q 0 is a loop, for longer rows.
+template <int Q>
+__global__ void __launch_bounds__(NORM_SEGS * 32)
 	add_rmsnorm_kernel(float *x, const float *add, uint16_t *out, const float *w, int h,
 			   float eps, const int32_t *rows)
 {
 	pdl_start();
-	__shared__ float part[32];
-	int r = blockIdx.x, src = rows ? rows[r] : r;
-	float wv[PER]; // the norm's weights, while the kernel before ends
-#pragma unroll
-	for (int j = 0; j < PER; j++) {
-		int i = threadIdx.x + j * blockDim.x;
-		wv[j] = i < h ? w[i] : 0.0f;
-	}
 	pdl_wait();
+	__shared__ float part[NORM_SEGS];
+	int lane = threadIdx.x & 31, seg = threadIdx.x >> 5, r = blockIdx.x;
+	int src = rows ? rows[r] : r, lo, hi;
+	row_seg(h, seg, &lo, &hi);
 	float *xr = x + (size_t)src * h;
 	const float *ar = add ? add + (size_t)src * h : nullptr;
-	float v[PER], ss = 0;
-#pragma unroll
-	for (int j = 0; j < PER; j++) {
-		int i = threadIdx.x + j * blockDim.x;
-		v[j] = i < h ? xr[i] + (ar ? ar[i] : 0.0f) : 0.0f;
-		ss += v[j] * v[j];
+	bf16 *o = reinterpret_cast<bf16 *>(out) + (size_t)r * h;
+	bool quads = h % 4 == 0;
+	if (Q == 0 || !quads) {
+		float ss = 0;
+		for (int i = lo + lane; i < hi; i += 32) {
+			if (quads) {
+				float4 v = reinterpret_cast<float4 *>(xr)[i];
+				if (ar) {
+					float4 a = reinterpret_cast<const float4 *>(ar)[i];
+					v.x += a.x, v.y += a.y, v.z += a.z, v.w += a.w;
+					if (!rows)
+						reinterpret_cast<float4 *>(xr)[i] = v;
+				}
+				ss = sq_add4(ss, v);
+			} else {
+				float v = ar ? xr[i] + ar[i] : xr[i];
+				if (ar && !rows)
+					xr[i] = v;
+				ss = sq_add(ss, v);
+			}
+		}
+		ss = warp_sum(ss);
+		if (lane == 0)
+			part[seg] = ss;
+		__syncthreads(); // the sums the other warps kept in x, too
+		float inv = row_inv_rms(row_seg_total(part), h, eps);
+		for (int i = threadIdx.x; i < h; i += blockDim.x)
+			o[i] = row_normed(ar && rows ? xr[i] + ar[i] : xr[i], inv, w[i]);
+		return;
 	}
-	if (!rows) {
+	constexpr int M = Q > 0 ? Q / 4 : 1;
+	float4 *x4 = reinterpret_cast<float4 *>(xr);
+	const float4 *a4 = reinterpret_cast<const float4 *>(ar), *w4 = reinterpret_cast<const float4 *>(w);
+	float4 v[M];
 #pragma unroll
-		for (int j = 0; j < PER; j++) {
-			int i = threadIdx.x + j * blockDim.x;
-			if (i < h)
-				xr[i] = v[j];
+	for (int m = 0; m < M; m++) {
+		int i = lo + lane + 32 * m;
+		v[m] = i < hi ? x4[i] : make_float4(0, 0, 0, 0);
+	}
+	if (ar) {
+#pragma unroll
+		for (int m = 0; m < M; m++) {
+			int i = lo + lane + 32 * m;
+			if (i < hi) {
+				float4 a = a4[i];
+				v[m].x += a.x, v[m].y += a.y, v[m].z += a.z, v[m].w += a.w;
+				if (!rows)
+					x4[i] = v[m];
+			}
 		}
 	}
-	ss = warp_sum(ss);
-	if ((threadIdx.x & 31) == 0)
-		part[threadIdx.x >> 5] = ss;
-	__syncthreads();
-	if (threadIdx.x < 32) {
-		float p = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.0f;
-		p = warp_sum(p);
-		if (threadIdx.x == 0)
-			part[0] = p;
-	}
-	__syncthreads();
-	float inv = 1.0f / sqrtf(part[0] / (float)h + eps);
+	float ss = 0; // row_seg_sumsq's order
 #pragma unroll
-	for (int j = 0; j < PER; j++) {
-		int i = threadIdx.x + j * blockDim.x;
-		if (i < h)
-			st_bf16(out, (size_t)r * h + i, wv[j] * (v[j] * inv));
+	for (int m = 0; m < M; m++)
+		if (lo + lane + 32 * m < hi)
+			ss = sq_add4(ss, v[m]);
+	ss = warp_sum(ss);
+	if (lane == 0)
+		part[seg] = ss;
+	__syncthreads();
+	float inv = row_inv_rms(row_seg_total(part), h, eps);
+#pragma unroll
+	for (int m = 0; m < M; m++) {
+		int i = lo + lane + 32 * m;
+		if (i >= hi)
+			break;
+		float4 wq = w4[i];
+		o[4 * i] = row_normed(v[m].x, inv, wq.x), o[4 * i + 1] = row_normed(v[m].y, inv, wq.y);
+		o[4 * i + 2] = row_normed(v[m].z, inv, wq.z), o[4 * i + 3] = row_normed(v[m].w, inv, wq.w);
 	}
 }
 
@@ -110,13 +138,15 @@ extern "C" cudaError_t cuda_add_rmsnorm(float *x, const float *add, uint16_t *ou
 		return cudaErrorInvalidValue;
 	if (n <= 0)
 		return cudaSuccess;
-	int per = h <= 4096 ? 4 : h <= 8192 ? 8 : 16;
-	int threads = ((h + per - 1) / per + 31) / 32 * 32;
-	if (per == 4)
-		return launch(add_rmsnorm_kernel<4>, n, threads, 0, s, x, add, out, w, h, eps, rows);
-	if (per == 8)
-		return launch(add_rmsnorm_kernel<8>, n, threads, 0, s, x, add, out, w, h, eps, rows);
-	return launch(add_rmsnorm_kernel<16>, n, threads, 0, s, x, add, out, w, h, eps, rows);
+	// units a lane holds: a segment's quads / 32
+	int q = h % 4 ? 0 : (h / 4 + NORM_SEGS * 32 - 1) / (NORM_SEGS * 32);
+	void (*k)(float *, const float *, uint16_t *, const float *, int, float, const int32_t *) =
+		q == 0	 ? add_rmsnorm_kernel<0>
+		: q <= 2 ? add_rmsnorm_kernel<8>
+		: q <= 4 ? add_rmsnorm_kernel<16>
+		: q <= 8 ? add_rmsnorm_kernel<32>
+			 : add_rmsnorm_kernel<0>;
+	return launch(k, n, NORM_SEGS * 32, 0, s, x, add, out, w, h, eps, rows);
 }
 
 // ---- rotary embedding and the KV-cache write -----------------------------------
@@ -131,6 +161,28 @@ static __device__ __forceinline__ int cache_pos(const struct cuda_kv &kv, int t,
 static __device__ __forceinline__ size_t cache_row(const struct cuda_kv &kv, int t, int pos, int kv_dim)
 {
 	return (size_t)cache_pos(kv, t, pos) * (size_t)kv_dim;
+}
+
+// The rotation of the pair (a, b) = (v[i], v[i + half]) by (c, s), each
+// product rounded before the sum (no contraction), so that the attention
+// kernel that rotates its own queries and key gets the same bits as here.
+static __device__ __forceinline__ float rope_lo(float a, float b, float c, float s)
+{
+	return __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+}
+
+static __device__ __forceinline__ float rope_hi(float a, float b, float c, float s)
+{
+	return __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+}
+
+// Dimension d of head v (hd values) rotated by the position's cos and sin.
+static __device__ __forceinline__ float rope_at(const float *v, int d, int hd, const float *cs,
+						const float *sn)
+{
+	int half = hd / 2;
+	return d < half ? rope_lo(v[d], v[d + half], cs[d], sn[d])
+			: rope_hi(v[d - half], v[d], cs[d - half], sn[d - half]);
 }
 
 __global__ void rope_kv_kernel(float *qkv, int n_heads, int n_kv_heads, int hd, const float *cosv,
@@ -149,7 +201,7 @@ __global__ void rope_kv_kernel(float *qkv, int n_heads, int n_kv_heads, int hd, 
 		int head = p / half, i = p % half;
 		float *v = row + (size_t)head * hd; // k heads follow the q heads
 		float a = v[i], b = v[i + half];
-		float ra = a * cs[i] - b * sn[i], rb = b * cs[i] + a * sn[i];
+		float ra = rope_lo(a, b, cs[i], sn[i]), rb = rope_hi(a, b, cs[i], sn[i]);
 		if (head < n_heads) {
 			v[i] = ra;
 			v[i + half] = rb;
@@ -202,7 +254,7 @@ extern "C" cudaError_t cuda_swiglu(uint16_t *out, const float *gu, int inter, in
 #define ATT_WARPS 8
 #define ATT_THREADS (ATT_WARPS * 32)
 #define ATT_GROUP 8 // most query heads per KV head
-#define ATT_SPLIT_MIN 256 // positions a split reads at least
+#define ATT_SPLIT_MIN 128 // positions a split reads at least: a tile
 #define ATT_AHEAD 8 // values each thread loads before it uses them
 #define ATT_STATS 32 // floats of shared memory before the queries: 3 per head, aligned
 
@@ -231,28 +283,33 @@ static __device__ __forceinline__ void unpack8(uint4 v, float f[8])
 	}
 }
 
-// One block per (entry, KV head, split), the split's positions a tile at a
-// time. Scores: KS threads take a position's key, 8 pieces of 16 bytes
-// each (its value's are fetched into L2 meanwhile), for every query head
-// that shares the KV head (the queries in shared memory), and add their
+// One block per (entry, query heads, split), the split's positions a tile
+// at a time; the heads are hpb of those that share a KV head (all of them
+// in a large batch, where reading the KV head once matters; one in a small
+// one, for more blocks). Scores: KS threads take a position's key, 8
+// pieces of 16 bytes each (its value's are fetched into L2 meanwhile), for
+// each of the block's query heads (in shared memory), and add their
 // parts by a fixed butterfly. Each head's softmax over the tile runs in a
 // warp; then each thread adds up 8 dimensions of the values of every
 // 32 / (HD / 8)-th position. Running max and sum across tiles (online
 // softmax); the threads' sums are added in a fixed order at the end.
-// Every order depends on the entry's own length alone. The entry's table
+// Every order depends on the entry's own length alone (a head's sums do
+// not depend on the other heads of its block, so neither on hpb). The entry's table
 // is read before the kernel before ends (pdl_wait): only the queries and
 // the cache wait.
 template <int HD>
 __global__ void __launch_bounds__(ATT_THREADS, 2)
 	attention_kernel(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
 			 const struct be_entry *e, const int32_t *dec, struct cuda_kv kv, float *work,
-			 int most)
+			 int most, int hpb, const float *cosv, const float *sinv)
 {
 	constexpr int Q8 = HD / 8, KS = Q8 > 8 ? Q8 / 8 : 1, KP = Q8 / KS; // pieces a thread scores
 	constexpr int TILE = ATT_THREADS / KS, PPW = 32 / Q8, STRIDE = ATT_WARPS * PPW;
 	pdl_start();
-	int t = dec[blockIdx.x], kvh = blockIdx.y, sp = blockIdx.z;
-	int group = n_heads / n_kv_heads, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	int group = n_heads / n_kv_heads, parts = group / hpb;
+	int t = dec[blockIdx.x], kvh = blockIdx.y / parts, sp = blockIdx.z;
+	int head0 = kvh * group + blockIdx.y % parts * hpb; // the block's first query head
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	int q_dim = n_heads * HD, kv_dim = n_kv_heads * HD;
 	int len = e[t].pos + 1;
 	int splits = entry_splits(len, most);
@@ -263,17 +320,42 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 	int me = threadIdx.x / KS, part = threadIdx.x % KS; // the score pass's position and part
 	int row = start + me < end ? cache_pos(kv, t, start + me) : 0; // the first tile's
 	extern __shared__ __align__(16) float sm[];
-	float *run_m = sm;                // (group) running max
-	float *run_l = sm + ATT_GROUP;    // (group) running sum
-	float *corr = sm + 2 * ATT_GROUP; // (group) this tile's rescale of the sums
-	float *sq = sm + ATT_STATS;       // (group, HD) the queries, scaled
-	float *sc = sq + ATT_GROUP * HD;  // (group, TILE) scores, then weights
-	int *rows = (int *)(sc + ATT_GROUP * TILE); // (TILE) the tile's cache rows
+	float *run_m = sm;                // (hpb) running max
+	float *run_l = sm + ATT_GROUP;    // (hpb) running sum
+	float *corr = sm + 2 * ATT_GROUP; // (hpb) this tile's rescale of the sums
+	float *sq = sm + ATT_STATS;       // (hpb, HD) the queries, scaled
+	float *sc = sq + ATT_GROUP * HD;  // (hpb, TILE) scores, then weights
+	int *rows = (int *)(sc + ATT_GROUP * TILE); // (TILE) the tile's cache rows, -1: the new one
+	uint16_t *knew = (uint16_t *)(rows + TILE), *vnew = knew + HD; // (HD) bf16 each
+	// With cosv, the step's rotation and cache write are this kernel's: the
+	// queries are rotated here, and the entry's own key and value (its last
+	// position, in the last split) come from qkv, not the cache, which the
+	// first block of the KV head writes.
+	bool fresh = cosv && end == len;
+	const float *cs = nullptr, *sn = nullptr;
+	size_t new_at = 0;
+	if (cosv) {
+		cs = cosv + (size_t)(len - 1) * (HD / 2), sn = sinv + (size_t)(len - 1) * (HD / 2);
+		new_at = (size_t)cache_pos(kv, t, len - 1) * kv_dim + (size_t)kvh * HD;
+	}
 	pdl_wait();
-	const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)kvh * group * HD;
+	const float *qkv_t = qkv + (size_t)t * (q_dim + 2 * kv_dim);
+	const float *qrow = qkv_t + (size_t)head0 * HD;
 	float scale = rsqrtf((float)HD);
-	for (int i = threadIdx.x; i < group * HD; i += blockDim.x)
-		sq[i] = qrow[i] * scale;
+	for (int i = threadIdx.x; i < hpb * HD; i += blockDim.x)
+		sq[i] = (cosv ? rope_at(qrow + i / HD * HD, i % HD, HD, cs, sn) : qrow[i]) * scale;
+	if (fresh) {
+		const float *kr = qkv_t + q_dim + (size_t)kvh * HD, *vr = kr + kv_dim;
+		bool writer = blockIdx.y % parts == 0;
+		for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+			bf16 k = __float2bfloat16(rope_at(kr, d, HD, cs, sn)), v = __float2bfloat16(vr[d]);
+			knew[d] = reinterpret_cast<uint16_t &>(k), vnew[d] = reinterpret_cast<uint16_t &>(v);
+			if (writer) {
+				reinterpret_cast<bf16 *>(kv.k)[new_at + d] = k;
+				reinterpret_cast<bf16 *>(kv.v)[new_at + d] = v;
+			}
+		}
+	}
 	if (threadIdx.x < ATT_GROUP)
 		run_m[threadIdx.x] = -INFINITY, run_l[threadIdx.x] = 0;
 	int pq = lane % Q8, pp = warp * PPW + lane / Q8; // the value pass's piece and position
@@ -295,21 +377,23 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 			s[g] = 0;
 		if (p < end) {
 			size_t off = (size_t)row * kv_dim + head_off + part * KP * 8;
-			const uint16_t *kr = kv.k + off;
+			bool own = fresh && p == len - 1;
+			const uint16_t *kr = own ? knew + part * KP * 8 : kv.k + off;
 			uint4 kk[KP];
 #pragma unroll
 			for (int i = 0; i < KP; i++)
-				kk[i] = ld16(kr + i * 8);
-			asm volatile("prefetch.global.L2 [%0];" ::"l"(kv.v + off));
+				kk[i] = own ? *reinterpret_cast<const uint4 *>(kr + i * 8) : ld16(kr + i * 8);
+			if (!own)
+				asm volatile("prefetch.global.L2 [%0];" ::"l"(kv.v + off));
 			if (part == 0)
-				rows[me] = row;
+				rows[me] = own ? -1 : row;
 #pragma unroll
 			for (int i = 0; i < KP; i++) {
 				float kf[8];
 				unpack8(kk[i], kf);
 #pragma unroll
 				for (int g = 0; g < ATT_GROUP; g++) {
-					if (g >= group)
+					if (g >= hpb)
 						break;
 					const float *qg = sq + g * HD + (part * KP + i) * 8;
 #pragma unroll
@@ -323,11 +407,11 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 #pragma unroll
 			for (int o = 1; o < KS; o <<= 1)
 				s[g] += __shfl_xor_sync(0xffffffffu, s[g], o);
-			if (g < group && part == 0)
+			if (g < hpb && part == 0)
 				sc[g * TILE + me] = p < end ? s[g] : -INFINITY;
 		}
 		__syncthreads();
-		if (warp < group) { // head `warp`: the tile's max, its weights and their sum
+		if (warp < hpb) { // head `warp`: the tile's max, its weights and their sum
 			float *sr = sc + warp * TILE, mx = -INFINITY, sum = 0;
 			for (int i = lane; i < TILE; i += 32)
 				mx = fmaxf(mx, sr[i]);
@@ -351,7 +435,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 		__syncthreads();
 #pragma unroll
 		for (int g = 0; g < ATT_GROUP; g++) {
-			float c = g < group ? corr[g] : 0;
+			float c = g < hpb ? corr[g] : 0;
 #pragma unroll
 			for (int j = 0; j < 8; j++)
 				acc[g][j] *= c;
@@ -362,8 +446,10 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 #pragma unroll
 			for (int u = 0; u < ATT_AHEAD; u++) {
 				int i = i0 + u * STRIDE;
-				vv[u] = i < here ? ld16(kv.v + (size_t)rows[i] * kv_dim + head_off + pq * 8)
-						 : make_uint4(0, 0, 0, 0);
+				int r = i < here ? rows[i] : 0;
+				vv[u] = i >= here ? make_uint4(0, 0, 0, 0)
+					: r < 0	  ? *reinterpret_cast<const uint4 *>(vnew + pq * 8)
+						  : ld16(kv.v + (size_t)r * kv_dim + head_off + pq * 8);
 			}
 #pragma unroll
 			for (int u = 0; u < ATT_AHEAD; u++) {
@@ -374,7 +460,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 				unpack8(vv[u], vf);
 #pragma unroll
 				for (int g = 0; g < ATT_GROUP; g++) {
-					if (g >= group)
+					if (g >= hpb)
 						break;
 					float w = sc[g * TILE + i];
 #pragma unroll
@@ -394,33 +480,33 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 #pragma unroll
 			for (int o = Q8; o < 32; o <<= 1)
 				acc[g][j] += __shfl_xor_sync(0xffffffffu, acc[g][j], o);
-	float *red = sq; // (ATT_WARPS / 2, group, HD), over the queries and scores
+	float *red = sq; // (ATT_WARPS / 2, hpb, HD), over the queries and scores
 	for (int half = ATT_WARPS / 2; half > 0; half >>= 1) {
 		if (warp >= half && warp < 2 * half && lane < Q8)
 #pragma unroll
 			for (int g = 0; g < ATT_GROUP; g++)
-				if (g < group)
+				if (g < hpb)
 #pragma unroll
 					for (int j = 0; j < 8; j++)
-						red[((size_t)(warp - half) * group + g) * HD + pq * 8 + j] =
+						red[((size_t)(warp - half) * hpb + g) * HD + pq * 8 + j] =
 							acc[g][j];
 		__syncthreads();
 		if (warp < half)
 #pragma unroll
 			for (int g = 0; g < ATT_GROUP; g++)
-				if (g < group)
+				if (g < hpb)
 #pragma unroll
 					for (int j = 0; j < 8; j++)
-						acc[g][j] += red[((size_t)warp * group + g) * HD + pq * 8 + j];
+						acc[g][j] += red[((size_t)warp * hpb + g) * HD + pq * 8 + j];
 		__syncthreads();
 	}
 	if (warp != 0 || lane >= Q8)
 		return;
 #pragma unroll
 	for (int g = 0; g < ATT_GROUP; g++) {
-		if (g >= group)
+		if (g >= hpb)
 			break;
-		int head = kvh * group + g;
+		int head = head0 + g;
 		if (splits == 1) {
 			float inv = 1.0f / run_l[g];
 #pragma unroll
@@ -581,10 +667,11 @@ extern "C" int cuda_attention_plan(const struct be_entry *e, int n, bool tiles_o
 extern "C" cudaError_t cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
 				      int head_dim, const struct be_entry *e, const int32_t *dec,
 				      int n_dec, const int32_t *tiles, int n_tiles, int max_pos,
-				      const struct cuda_kv *kv, float *work, int splits, cudaStream_t s)
+				      const struct cuda_kv *kv, float *work, int splits, const float *cos,
+				      const float *sin, cudaStream_t s)
 {
 	int group = n_heads / n_kv_heads;
-	if (group > ATT_GROUP || !cuda_head_dim_ok(head_dim))
+	if (group > ATT_GROUP || !cuda_head_dim_ok(head_dim) || (cos && (n_tiles > 0 || !sin)))
 		return cudaErrorInvalidValue;
 	cudaError_t ce;
 	if (n_tiles > 0) {
@@ -613,20 +700,24 @@ extern "C" cudaError_t cuda_attention(uint16_t *out, const float *qkv, int n_hea
 		splits = want > 1 ? want : 1;
 	if (splits > 1 && !work)
 		splits = 1;
-	dim3 grid(n_dec, n_kv_heads, splits);
+	// The heads that share a KV head go to one block once there are
+	// blocks enough for the GPU; else one each.
+	int hpb = n_dec * n_kv_heads * splits >= sm_count() ? group : 1;
+	dim3 grid(n_dec, n_kv_heads * (group / hpb), splits);
 	int tile = ATT_THREADS / (head_dim > 64 ? head_dim / 64 : 1); // the kernel's TILE
-	size_t smem = (size_t)ATT_GROUP * (head_dim + tile) + tile,
-	       red = (size_t)ATT_WARPS / 2 * group * head_dim;
+	size_t smem = (size_t)ATT_GROUP * (head_dim + tile) + tile + head_dim, // + knew, vnew
+	       red = (size_t)ATT_WARPS / 2 * hpb * head_dim;
 	smem = (ATT_STATS + (red > smem ? red : smem)) * sizeof(float);
 	void (*kernel)(uint16_t *, const float *, int, int, const struct be_entry *, const int32_t *,
-		       struct cuda_kv, float *, int) = head_dim == 8    ? attention_kernel<8>
-						       : head_dim == 16  ? attention_kernel<16>
-						       : head_dim == 32  ? attention_kernel<32>
-						       : head_dim == 64  ? attention_kernel<64>
-						       : head_dim == 128 ? attention_kernel<128>
-									 : attention_kernel<256>;
+		       struct cuda_kv, float *, int, int, const float *, const float *) =
+		head_dim == 8	  ? attention_kernel<8>
+		: head_dim == 16  ? attention_kernel<16>
+		: head_dim == 32  ? attention_kernel<32>
+		: head_dim == 64  ? attention_kernel<64>
+		: head_dim == 128 ? attention_kernel<128>
+				  : attention_kernel<256>;
 	ce = launch(kernel, grid, ATT_THREADS, smem, s, out, qkv, n_heads, n_kv_heads, e, dec, *kv,
-		    work, splits);
+		    work, splits, hpb, cos, sin);
 	if (ce != cudaSuccess || splits == 1)
 		return ce;
 	return launch(attention_merge_kernel, dim3(n_dec, n_heads), head_dim < 128 ? 64 : 128, 0, s,

@@ -58,6 +58,15 @@ size_t cuda_dgemm_work(int n, int k, int t, int epi);
 cudaError_t cuda_dgemm(float *y, uint16_t *act, const uint16_t *x, const uint16_t *w,
 		       const float *bias, int n, int k, int t, int epi, float *work, size_t work_n,
 		       cudaStream_t s);
+/* cuda_dgemm of the RMSNorm of x (f32, rows rows[r] or r, k wide; weights
+ * norm_w) without its output: the product makes those bf16 rows itself,
+ * the same bits as cuda_add_rmsnorm without an add would write (so the
+ * same y), for t up to CUDA_DGEMM_NORM_ROWS where cuda_dgemm_norm_fits. */
+#define CUDA_DGEMM_NORM_ROWS 1
+bool cuda_dgemm_norm_fits(int n, int k, int t, int epi);
+cudaError_t cuda_dgemm_norm(float *y, uint16_t *act, const float *x, const int32_t *rows,
+			    const float *norm_w, float eps, const uint16_t *w, const float *bias,
+			    int n, int k, int t, int epi, cudaStream_t s);
 
 /* Rotates the q and k heads of each entry's row of qkv (q_dim, then
  * kv_dim of k, then of v; f32) by its position (rotate_half pairs, tables
@@ -95,12 +104,18 @@ size_t cuda_attention_work(int n, int n_heads, int head_dim, int splits);
 /* Whether attention has kernels for heads of hd dimensions: a power of two
  * from 8 to 256. */
 bool cuda_head_dim_ok(int hd);
-/* cudaErrorInvalidValue for a head shape it has no kernel for (more than 8
- * query heads per KV head, or !cuda_head_dim_ok(head_dim)). */
+/* With cos and sin (cuda_rope_kv's tables), a step of entries of distinct
+ * sequences all one by one does cuda_rope_kv's work itself, to the same
+ * bits: it rotates the queries as it reads them and writes each entry's
+ * key and value to the cache, using them from qkv meanwhile; qkv is left
+ * as it was. NULL: cuda_rope_kv has run. cudaErrorInvalidValue for a head
+ * shape it has no kernel for (more than 8 query heads per KV head, or
+ * !cuda_head_dim_ok(head_dim)), or cos with tiles. */
 cudaError_t cuda_attention(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
 			   int head_dim, const struct be_entry *e, const int32_t *dec, int n_dec,
 			   const int32_t *tiles, int n_tiles, int max_pos, const struct cuda_kv *kv,
-			   float *work, int splits, cudaStream_t s);
+			   float *work, int splits, const float *cos, const float *sin,
+			   cudaStream_t s);
 
 /* One row to sample: a sampler_row (engine/sampler.h) made flat for the
  * device, its penalty list at seen[seen_off ..] and generated[seen_off ..]. */

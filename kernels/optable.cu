@@ -47,8 +47,19 @@ int op_embed(struct cuda_backend *cb, const struct op *o, const struct cuda_step
 			"cuda_embed", err);
 }
 
+// Whether gemm g does its norm (fusion.norm) in a step of n rows.
+static bool norm_in_gemm(const struct cuda_backend *cb, const struct op *g, int n)
+{
+	const struct weight *w = &cb->p->weights[g->w];
+	const struct fusion *f = &cb->fused[g - cb->p->ops];
+	int epi = f->how == FUSE_RESID ? DGEMM_RESID : f->how == FUSE_SWIGLU ? DGEMM_SWIGLU : DGEMM_PLAIN;
+	return cb->small && f->norm >= 0 && cuda_dgemm_norm_fits(w->rows, w->cols, n, epi);
+}
+
 int op_rmsnorm(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
 {
+	if (cb->fused[o - cb->p->ops].in_next && norm_in_gemm(cb, o + 1, s->n))
+		return 0; // the gemm after it normalizes its rows itself
 	bool added = cb->small && cb->fused[o - cb->p->ops].how == FUSE_NO_ADD;
 	return launched(cuda_add_rmsnorm(f32_buf(cb, o->x),
 					 o->add == OP_NONE || added ? nullptr : f32_buf(cb, o->add),
@@ -67,6 +78,15 @@ int op_gemm(struct cuda_backend *cb, const struct op *o, const struct cuda_step 
 	if (!cb->small || !cuda_dgemm_fits(w->rows, w->cols, DGEMM_PLAIN))
 		return gemm_run(&cb->gemm, y, x, wt, bias, w->rows, w->cols, s->n, err);
 	cudaError_t ce;
+	int epi = f->how == FUSE_RESID ? DGEMM_RESID : f->how == FUSE_SWIGLU ? DGEMM_SWIGLU : DGEMM_PLAIN;
+	if (norm_in_gemm(cb, o, s->n)) {
+		const struct op *nm = &cb->p->ops[f->norm];
+		float *out = epi == DGEMM_RESID ? f32_buf(cb, f->buf) : epi == DGEMM_SWIGLU ? nullptr : y;
+		ce = cuda_dgemm_norm(out, epi == DGEMM_SWIGLU ? bf16_buf(cb, f->buf) : nullptr,
+				     f32_buf(cb, nm->x), s->rows, cb->vec[nm->w], cb->p->eps, wt, bias,
+				     w->rows, w->cols, s->n, epi, cb->st);
+		return launched(ce, "cuda_dgemm_norm", err);
+	}
 	if (f->how == FUSE_RESID)
 		ce = cuda_dgemm(f32_buf(cb, f->buf), nullptr, x, wt, bias, w->rows, w->cols, s->n,
 				DGEMM_RESID, cb->dg_work, cb->dg_work_n, cb->st);
@@ -82,6 +102,8 @@ int op_gemm(struct cuda_backend *cb, const struct op *o, const struct cuda_step 
 int op_rope_kv(struct cuda_backend *cb, const struct op *o, const struct cuda_step *s, char *err)
 {
 	const struct attn_shape *a = &cb->p->attn;
+	if (cb->rope_in_attention && cb->fused[o - cb->p->ops].how == FUSE_ROPE)
+		return 0; // the attention kernel rotates and writes the cache itself
 	struct cuda_kv kv = layer_kv(cb, o->layer, s);
 	return launched(cuda_rope_kv(f32_buf(cb, o->x), a->n_heads, a->n_kv_heads, a->head_dim,
 				     cb->cos, cb->sin, s->d.e, s->n, &kv, cb->st),
@@ -92,10 +114,12 @@ int op_attention(struct cuda_backend *cb, const struct op *o, const struct cuda_
 {
 	const struct attn_shape *a = &cb->p->attn;
 	struct cuda_kv kv = layer_kv(cb, o->layer, s);
+	bool rope = cb->rope_in_attention && cb->fused[o - cb->p->ops].how == FUSE_ROPE;
 	return launched(cuda_attention(bf16_buf(cb, o->out), f32_buf(cb, o->x), a->n_heads,
 				       a->n_kv_heads, a->head_dim, s->d.e, s->d.dec, cb->n_dec,
 				       s->d.tiles, cb->n_tiles, s->max_pos, &kv, cb->work,
-				       cb->splits, cb->st),
+				       cb->splits, rope ? cb->cos : nullptr, rope ? cb->sin : nullptr,
+				       cb->st),
 			"cuda_attention", err);
 }
 
@@ -142,35 +166,61 @@ bool op_reads(const struct op *o, int b)
 	return b >= 0 && (o->in == b || o->add == b || o->x == b);
 }
 
+// Whether no op after i reads buffer b before one writes it again.
+static bool unread_after(const struct program *p, int i, int b)
+{
+	for (int j = i + 1; j < p->n_ops; j++) {
+		if (op_reads(&p->ops[j], b))
+			return false;
+		if (p->ops[j].out == b)
+			break;
+	}
+	return true;
+}
+
 // Marks in f (n_ops) the gemms that take the next op into their epilogue
 // in a small step: those whose output nothing reads but that op before it
-// is written again (the head, which follows the body, included).
+// is written again (the head, which follows the body, included); and the
+// rope_kv ops that the attention of their rows can take in (the rotated
+// rows read by nothing else).
 void fuse_plan(const struct program *p, struct fusion *f)
 {
 	for (int i = 0; i < p->n_ops; i++)
-		f[i] = {FUSE_NONE, OP_NONE};
+		f[i] = {FUSE_NONE, OP_NONE, false, -1};
+	for (int i = 0; i + 1 < p->n_ops; i++) {
+		const struct op *r = &p->ops[i], *at = &p->ops[i + 1];
+		if (r->kind == OP_ROPE_KV && at->kind == OP_ATTENTION && at->x == r->x &&
+		    at->layer == r->layer && unread_after(p, i + 1, r->x))
+			f[i] = f[i + 1] = {FUSE_ROPE, OP_NONE, false, -1};
+	}
 	for (int i = 0; i + 1 < p->n_ops; i++) {
 		const struct op *g = &p->ops[i], *nx = &p->ops[i + 1];
 		if (g->kind != OP_GEMM || g->out < 0 || f[i + 1].how != FUSE_NONE)
 			continue;
-		bool alone = true; // no op after the next reads g's output before it is rewritten
-		for (int j = i + 2; j < p->n_ops && alone; j++) {
-			alone = !op_reads(&p->ops[j], g->out);
-			if (p->ops[j].out == g->out)
-				break;
-		}
 		const struct weight *w = &p->weights[g->w];
-		if (!alone)
+		if (!unread_after(p, i + 1, g->out)) // after the next op
 			continue;
 		if (nx->kind == OP_RMSNORM && nx->add == g->out && nx->x != g->in &&
 		    cuda_dgemm_fits(w->rows, w->cols, DGEMM_RESID)) {
-			f[i] = {FUSE_RESID, nx->x};
-			f[i + 1] = {FUSE_NO_ADD, OP_NONE};
+			f[i].how = FUSE_RESID, f[i].buf = nx->x;
+			f[i + 1].how = FUSE_NO_ADD;
 		} else if (nx->kind == OP_SWIGLU && nx->in == g->out &&
 			   w->rows == 2 * p->bufs[nx->out].width &&
 			   cuda_dgemm_fits(w->rows, w->cols, DGEMM_SWIGLU)) {
-			f[i] = {FUSE_SWIGLU, nx->out};
-			f[i + 1] = {FUSE_SKIP, OP_NONE};
+			f[i].how = FUSE_SWIGLU, f[i].buf = nx->out;
+			f[i + 1].how = FUSE_SKIP;
+		}
+	}
+	// Norms with nothing left to add that only the next op, a gemm, reads
+	// (both in the body or both in the head: a step of one row count).
+	for (int i = 0; i + 1 < p->n_ops; i++) {
+		const struct op *nm = &p->ops[i], *g = &p->ops[i + 1];
+		if (nm->kind == OP_RMSNORM && g->kind == OP_GEMM && g->in == nm->out &&
+		    (i < p->n_body) == (i + 1 < p->n_body) &&
+		    (nm->add == OP_NONE || f[i].how == FUSE_NO_ADD) && nm->x != g->out &&
+		    p->weights[g->w].cols == p->bufs[nm->x].width && unread_after(p, i + 1, nm->out)) {
+			f[i].in_next = true;
+			f[i + 1].norm = i;
 		}
 	}
 }
@@ -224,8 +274,9 @@ double op_bytes(const struct cuda_backend *cb, const struct op *o, const struct 
 			out = 2 * row(f->buf);
 		else if (cb->small && f->how == FUSE_SWIGLU)
 			out = row(f->buf);
+		double in = norm_in_gemm(cb, o, n) ? p->bufs[p->ops[f->norm].x].width * 4.0 : row(o->in);
 		return (double)w->rows * w->cols * 2 + (cb->w[o->w].bias ? w->rows * 4.0 : 0) +
-		       n * (row(o->in) + out);
+		       n * (in + out);
 	}
 	case OP_ATTENTION: {
 		double kv = 0;
@@ -234,6 +285,8 @@ double op_bytes(const struct cuda_backend *cb, const struct op *o, const struct 
 		return kv + n * (row(o->x) + row(o->out));
 	}
 	case OP_RMSNORM:
+		if (f->in_next && norm_in_gemm(cb, o + 1, n))
+			return 0; // the gemm's
 		return n * (row(o->x) * (o->add == OP_NONE ? 1 : 2) + row(o->out) +
 			    (o->add == OP_NONE || (cb->small && f->how == FUSE_NO_ADD) ? 0 : row(o->add)));
 	case OP_ROPE_KV:

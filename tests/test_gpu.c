@@ -327,6 +327,88 @@ static int test_dgemm(void)
 	return 0;
 }
 
+/* The product that normalizes its own rows (cuda_dgemm_norm) against the
+ * norm kernel then cuda_dgemm: the same bits in every output, for t = 1 to
+ * CUDA_DGEMM_NORM_ROWS, each epilogue, rows picked or not, outputs
+ * poisoned first; and what it refuses. */
+static int test_dgemm_norm(void)
+{
+	NEED_GPU();
+	struct {
+		int n, k, epi;
+	} cases[] = {{2048, 1536, DGEMM_PLAIN}, {1000, 1536, DGEMM_RESID},
+		     {17920, 1536, DGEMM_SWIGLU}, {512, 3584, DGEMM_PLAIN}};
+	int T = CUDA_DGEMM_NORM_ROWS, bad = 0, ran = 0;
+	for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+		int n = cases[c].n, k = cases[c].k, epi = cases[c].epi;
+		int on = epi == DGEMM_SWIGLU ? n / 2 : n, xrows = 2 * T;
+		uint16_t *w = malloc((size_t)n * k * 2);
+		float *x = malloc((size_t)xrows * k * 4), *nw = malloc((size_t)k * 4),
+		      *bias = malloc((size_t)n * 4), *y0 = malloc((size_t)T * on * 4);
+		int32_t pick[CUDA_DGEMM_NORM_ROWS];
+		for (size_t i = 0; i < (size_t)n * k; i++)
+			w[i] = bf16(frand() / 8);
+		for (size_t i = 0; i < (size_t)xrows * k; i++)
+			x[i] = 3 * frand();
+		for (int i = 0; i < k; i++)
+			nw[i] = 1 + frand() / 2;
+		for (int i = 0; i < n; i++)
+			bias[i] = frand();
+		for (size_t i = 0; i < (size_t)T * on; i++)
+			y0[i] = epi == DGEMM_RESID ? 4 * frand() : NAN;
+		for (int r = 0; r < T; r++)
+			pick[r] = (r * 5 + 3) % xrows;
+		uint16_t *dw = dev(w, (size_t)n * k * 2), *dxn = dev(NULL, (size_t)T * k * 2);
+		float *dx = dev(x, (size_t)xrows * k * 4), *dnw = dev(nw, (size_t)k * 4),
+		      *db = dev(bias, (size_t)n * 4);
+		int32_t *dpick = dev(pick, sizeof pick);
+		size_t ybytes = (size_t)T * on * 4, abytes = (size_t)T * on * 2;
+		float *got[2] = {malloc(ybytes), malloc(ybytes)};
+		uint16_t *act[2] = {malloc(abytes), malloc(abytes)};
+		for (int t = 1; t <= T; t++)
+			for (int picked = 0; picked < 2; picked++) {
+				if (!cuda_dgemm_norm_fits(n, k, t, epi))
+					continue;
+				ran++;
+				for (int f = 0; f < 2; f++) {
+					float *dy = dev(y0, ybytes);
+					uint16_t *da = dev(NULL, abytes);
+					cudaMemset(da, 0xff, abytes);
+					const int32_t *rows = picked ? dpick : NULL;
+					if (f)
+						bad += cuda_dgemm_norm(epi == DGEMM_SWIGLU ? NULL : dy, da, dx,
+								       rows, dnw, 1e-6f, dw, db, n, k, t,
+								       epi, 0) != cudaSuccess;
+					else
+						bad += cuda_add_rmsnorm(dx, NULL, dxn, dnw, k, 1e-6f, rows, t,
+									0) != cudaSuccess ||
+						       cuda_dgemm(epi == DGEMM_SWIGLU ? NULL : dy, da, dxn,
+								  dw, db, n, k, t, epi, NULL, 0, 0) !=
+							       cudaSuccess;
+					back(got[f], dy, ybytes);
+					back(act[f], da, abytes);
+					cudaFree(dy), cudaFree(da);
+				}
+				if (memcmp(got[0], got[1], ybytes) || memcmp(act[0], act[1], abytes)) {
+					printf("    n %d k %d t %d epi %d%s: outputs differ in their bits\n",
+					       n, k, t, epi, picked ? " (rows picked)" : "");
+					bad++;
+				}
+			}
+		cudaFree(dw), cudaFree(dxn), cudaFree(dx), cudaFree(dnw), cudaFree(db), cudaFree(dpick);
+		free(w), free(x), free(nw), free(bias), free(y0);
+		free(got[0]), free(got[1]), free(act[0]), free(act[1]);
+	}
+	printf("    %d cases the same bits as the norm kernel then the product\n", ran - bad);
+	CHECK(!cuda_dgemm_norm_fits(2048, 1536, CUDA_DGEMM_NORM_ROWS + 1, DGEMM_PLAIN),
+	      "more rows than CUDA_DGEMM_NORM_ROWS accepted");
+	CHECK(cuda_dgemm_norm(NULL, NULL, NULL, NULL, NULL, 1e-6f, NULL, NULL, 64, 64, 1,
+			      DGEMM_PLAIN, 0) == cudaErrorInvalidValue,
+	      "a product with no input accepted");
+	CHECK(!bad && ran > 0, "%d of %d cases differ", bad, ran);
+	return 0;
+}
+
 /* A paged cache of `blocks` blocks with tables that scatter each sequence
  * over them, for rope_kv and attention. */
 struct paged {
@@ -405,7 +487,7 @@ static int test_rope_kv(void)
 }
 
 /* Attention over a random paged cache against a float32 reference of
- * attn_worker's arithmetic, with splits 1 and 16: entries of their own
+ * attn_worker's arithmetic, with splits 1 and 32: entries of their own
  * sequences (one by one, long ones split), and a prompt's chunk of 75
  * entries at positions 1990.. of one sequence beside two others (tiles of
  * the prefill kernel, the last one partial, and one by one), and a
@@ -456,15 +538,15 @@ static int attention_check(int nh, int nkv, int hd, int n, const int *pos, const
 			     p.max_blocks};
 	struct be_entry *de = dev(p.e, (size_t)n * sizeof *p.e);
 	int32_t *ddec = dev(dec, (size_t)n * 4), *dtiles = dev(tiles, (size_t)n * 8);
-	float *work = dev(NULL, cuda_attention_work(n, nh, hd, 16) * 4);
+	float *work = dev(NULL, cuda_attention_work(n, nh, hd, 32) * 4);
 	int bad = 0, max_pos = 0;
 	for (int t = 0; t < n; t++)
 		max_pos = pos[t] > max_pos ? pos[t] : max_pos;
 	double worst = 0;
-	for (int splits = 1; splits <= 16; splits += 15) {
+	for (int splits = 1; splits <= 32; splits += 31) {
 		cudaMemset(dout, 0, (size_t)n * qd * 2);
 		bad += cuda_attention(dout, dqkv, nh, nkv, hd, de, ddec, n_dec, dtiles, n_tiles, max_pos,
-				      &kv, work, splits, 0) != 0;
+				      &kv, work, splits, NULL, NULL, 0) != 0;
 		back(out, dout, (size_t)n * qd * 2);
 		for (int i = 0; i < n * qd; i++) {
 			double d = fabs(from_bf16(out[i]) - want[i]);
@@ -483,8 +565,77 @@ static int attention_check(int nh, int nkv, int hd, int n, const int *pos, const
 	return bad;
 }
 
+/* The attention that rotates its queries and writes the cache itself (a
+ * step of distinct sequences) against cuda_rope_kv then attention: the
+ * same bits in the output and in the whole cache, with splits 1 and 32,
+ * in poisoned outputs; and refused beside tiles. */
+static int attention_rope_check(int nh, int nkv, int hd)
+{
+	int pos[7] = {0, 5, 130, 255, 700, 2049, 2099}, n = 7, half = hd / 2, ctx = 2100;
+	int qd = nh * hd, kvd = nkv * hd;
+	struct paged p;
+	paged_init(&p, n, pos, NULL, ctx);
+	size_t row = (size_t)qd + 2 * kvd, cache = (size_t)p.blocks * KV_BLOCK * kvd;
+	float *qkv = malloc(n * row * 4), *cs = malloc((size_t)ctx * half * 4),
+	      *sn = malloc((size_t)ctx * half * 4);
+	uint16_t *k = malloc(cache * 2), *v = malloc(cache * 2);
+	uint16_t *got[2][3]; /* (unfused, fused): out, k, v */
+	for (size_t i = 0; i < n * row; i++)
+		qkv[i] = frand();
+	for (size_t i = 0; i < cache; i++)
+		k[i] = bf16(2 * frand()), v[i] = bf16(frand());
+	struct model_config c = {.head_dim = hd, .rope_theta = 10000, .rope = ROPE_DEFAULT};
+	cfg_rope_tables(&c, ctx, cs, sn);
+	int32_t dec[7], tiles[14];
+	int n_dec, n_tiles = cuda_attention_plan(p.e, n, false, dec, &n_dec, tiles);
+	float *dcs = dev(cs, (size_t)ctx * half * 4), *dsn = dev(sn, (size_t)ctx * half * 4);
+	float *work = dev(NULL, cuda_attention_work(n, nh, hd, 32) * 4);
+	struct be_entry *de = dev(p.e, (size_t)n * sizeof *p.e);
+	int32_t *ddec = dev(dec, sizeof dec), *dtiles = dev(tiles, sizeof tiles);
+	int32_t *dtab = dev(p.tables, (size_t)p.blocks * 4), *dt = dev(p.tab, (size_t)n * 4);
+	int bad = 0, differ = 0;
+	for (int splits = 1; splits <= 32; splits += 31) {
+		for (int f = 0; f < 2; f++) {
+			float *dqkv = dev(qkv, n * row * 4);
+			uint16_t *dk = dev(k, cache * 2), *dv = dev(v, cache * 2);
+			uint16_t *dout = dev(NULL, (size_t)n * qd * 2);
+			cudaMemset(dout, 0xff, (size_t)n * qd * 2); /* NaN: what is not written shows */
+			struct cuda_kv kv = {dk, dv, dtab, dt, p.max_blocks};
+			if (!f)
+				bad += cuda_rope_kv(dqkv, nh, nkv, hd, dcs, dsn, de, n, &kv, 0) != 0;
+			bad += cuda_attention(dout, dqkv, nh, nkv, hd, de, ddec, n_dec, dtiles, n_tiles,
+					      2099, &kv, work, splits, f ? dcs : NULL, f ? dsn : NULL,
+					      0) != 0;
+			got[f][0] = malloc((size_t)n * qd * 2), got[f][1] = malloc(cache * 2),
+			got[f][2] = malloc(cache * 2);
+			back(got[f][0], dout, (size_t)n * qd * 2);
+			back(got[f][1], dk, cache * 2);
+			back(got[f][2], dv, cache * 2);
+			cudaFree(dqkv), cudaFree(dk), cudaFree(dv), cudaFree(dout);
+		}
+		differ += memcmp(got[0][0], got[1][0], (size_t)n * qd * 2) != 0;
+		differ += memcmp(got[0][1], got[1][1], cache * 2) != 0;
+		differ += memcmp(got[0][2], got[1][2], cache * 2) != 0;
+		for (int f = 0; f < 2; f++)
+			for (int i = 0; i < 3; i++)
+				free(got[f][i]);
+	}
+	/* beside a prompt's tiles it is refused: their keys are read from the cache */
+	struct cuda_kv kv = {NULL, NULL, dtab, dt, p.max_blocks};
+	bad += cuda_attention(NULL, NULL, nh, nkv, hd, de, ddec, 0, dtiles, 1, 2099, &kv, work, 1,
+			      dcs, dsn, 0) != cudaErrorInvalidValue;
+	cudaFree(dcs), cudaFree(dsn), cudaFree(work), cudaFree(de), cudaFree(ddec), cudaFree(dtiles);
+	cudaFree(dtab), cudaFree(dt);
+	free(qkv), free(cs), free(sn), free(k), free(v), free(p.tables), free(p.tab), free(p.e);
+	printf("    heads %d/%d of %d, rope inside: %d of 6 outputs or caches differ\n", nh, nkv, hd,
+	       differ);
+	return bad + differ;
+}
+
 static int attention_case(int nh, int nkv, int hd)
 {
+	if (attention_rope_check(nh, nkv, hd))
+		return 1;
 	int pos[6] = {0, 5, 130, 700, 2049, 2099};
 	int bad = attention_check(nh, nkv, hd, 6, pos, NULL);
 	/* a chunk of 75 positions of sequence 1 between sequences 0 and 2 */
@@ -819,6 +970,7 @@ static const struct test tests[] = {
 	{"dgemm", test_dgemm},
 	{"rope_kv", test_rope_kv},
 	{"attention_plan", test_attention_plan},
+	{"dgemm_norm", test_dgemm_norm},
 	{"attention", test_attention},
 	{"batch_invariance", test_batch_invariance},
 	{"sample", test_sample},
