@@ -38,20 +38,6 @@ static inline bool pdl_enabled()
 	return on;
 }
 
-// The current device's multiprocessors (132 on an H100 or H200), for
-// launchers that size grids to fill the GPU; never what a result depends on.
-static inline int sm_count()
-{
-	static const int n = [] {
-		int dev = 0, v = 0;
-		if (cudaGetDevice(&dev) != cudaSuccess ||
-		    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-			return 132;
-		return v > 0 ? v : 132;
-	}();
-	return n;
-}
-
 // kernel<<<grid, block, smem, s>>>(args...), returning the launch's result.
 template <typename... P, typename... A>
 cudaError_t launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,

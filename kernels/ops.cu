@@ -254,9 +254,13 @@ extern "C" cudaError_t cuda_swiglu(uint16_t *out, const float *gu, int inter, in
 #define ATT_WARPS 8
 #define ATT_THREADS (ATT_WARPS * 32)
 #define ATT_GROUP 8 // most query heads per KV head
+#ifndef ATT_SPLIT_MIN
 #define ATT_SPLIT_MIN 128 // positions a split reads at least: a tile
+#endif
 #define ATT_AHEAD 8 // values each thread loads before it uses them
 #define ATT_STATS 32 // floats of shared memory before the queries: 3 per head, aligned
+#define ATT_SPLITS_MAX 64 // splits an entry takes at most (the merge's threads)
+#define ATT_GROUP_BLOCKS 64 // blocks of whole groups from which a block takes its group
 
 // The splits of an entry attending to len positions: a function of its own
 // length alone, so that its result does not depend on the batch it is in
@@ -294,11 +298,12 @@ static __device__ __forceinline__ void unpack8(uint4 v, float f[8])
 // 32 / (HD / 8)-th position. Running max and sum across tiles (online
 // softmax); the threads' sums are added in a fixed order at the end.
 // Every order depends on the entry's own length alone (a head's sums do
-// not depend on the other heads of its block, so neither on hpb). The entry's table
+// not depend on the other heads of its block, so neither on hpb; G, the
+// most a block takes, 1 or ATT_GROUP, sizes its registers). The entry's table
 // is read before the kernel before ends (pdl_wait): only the queries and
 // the cache wait.
-template <int HD>
-__global__ void __launch_bounds__(ATT_THREADS, 2)
+template <int HD, int G>
+__global__ void __launch_bounds__(ATT_THREADS, G == 1 ? 3 : 2)
 	attention_kernel(uint16_t *out, const float *qkv, int n_heads, int n_kv_heads,
 			 const struct be_entry *e, const int32_t *dec, struct cuda_kv kv, float *work,
 			 int most, int hpb, const float *cosv, const float *sinv)
@@ -356,13 +361,13 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 			}
 		}
 	}
-	if (threadIdx.x < ATT_GROUP)
+	if (threadIdx.x < G)
 		run_m[threadIdx.x] = -INFINITY, run_l[threadIdx.x] = 0;
 	int pq = lane % Q8, pp = warp * PPW + lane / Q8; // the value pass's piece and position
 	size_t head_off = (size_t)kvh * HD;
-	float acc[ATT_GROUP][8];
+	float acc[G][8];
 #pragma unroll
-	for (int g = 0; g < ATT_GROUP; g++)
+	for (int g = 0; g < G; g++)
 #pragma unroll
 		for (int j = 0; j < 8; j++)
 			acc[g][j] = 0;
@@ -371,9 +376,9 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 		int p = base + me;
 		if (base != start && p < end)
 			row = cache_pos(kv, t, p);
-		float s[ATT_GROUP];
+		float s[G];
 #pragma unroll
-		for (int g = 0; g < ATT_GROUP; g++)
+		for (int g = 0; g < G; g++)
 			s[g] = 0;
 		if (p < end) {
 			size_t off = (size_t)row * kv_dim + head_off + part * KP * 8;
@@ -392,7 +397,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 				float kf[8];
 				unpack8(kk[i], kf);
 #pragma unroll
-				for (int g = 0; g < ATT_GROUP; g++) {
+				for (int g = 0; g < G; g++) {
 					if (g >= hpb)
 						break;
 					const float *qg = sq + g * HD + (part * KP + i) * 8;
@@ -403,7 +408,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 			}
 		}
 #pragma unroll
-		for (int g = 0; g < ATT_GROUP; g++) {
+		for (int g = 0; g < G; g++) {
 #pragma unroll
 			for (int o = 1; o < KS; o <<= 1)
 				s[g] += __shfl_xor_sync(0xffffffffu, s[g], o);
@@ -434,7 +439,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 		}
 		__syncthreads();
 #pragma unroll
-		for (int g = 0; g < ATT_GROUP; g++) {
+		for (int g = 0; g < G; g++) {
 			float c = g < hpb ? corr[g] : 0;
 #pragma unroll
 			for (int j = 0; j < 8; j++)
@@ -459,7 +464,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 				float vf[8];
 				unpack8(vv[u], vf);
 #pragma unroll
-				for (int g = 0; g < ATT_GROUP; g++) {
+				for (int g = 0; g < G; g++) {
 					if (g >= hpb)
 						break;
 					float w = sc[g * TILE + i];
@@ -474,7 +479,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 	// The sums: a warp's lanes of one piece by a fixed butterfly, then the
 	// warps pairwise (w += w + half for half = 4, 2, 1) through shared memory.
 #pragma unroll
-	for (int g = 0; g < ATT_GROUP; g++)
+	for (int g = 0; g < G; g++)
 #pragma unroll
 		for (int j = 0; j < 8; j++)
 #pragma unroll
@@ -484,7 +489,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 	for (int half = ATT_WARPS / 2; half > 0; half >>= 1) {
 		if (warp >= half && warp < 2 * half && lane < Q8)
 #pragma unroll
-			for (int g = 0; g < ATT_GROUP; g++)
+			for (int g = 0; g < G; g++)
 				if (g < hpb)
 #pragma unroll
 					for (int j = 0; j < 8; j++)
@@ -493,7 +498,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 		__syncthreads();
 		if (warp < half)
 #pragma unroll
-			for (int g = 0; g < ATT_GROUP; g++)
+			for (int g = 0; g < G; g++)
 				if (g < hpb)
 #pragma unroll
 					for (int j = 0; j < 8; j++)
@@ -503,7 +508,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 	if (warp != 0 || lane >= Q8)
 		return;
 #pragma unroll
-	for (int g = 0; g < ATT_GROUP; g++) {
+	for (int g = 0; g < G; g++) {
 		if (g >= hpb)
 			break;
 		int head = head0 + g;
@@ -524,31 +529,43 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 	}
 }
 
-// The splits of each (entry, head) into one output.
-__global__ void attention_merge_kernel(uint16_t *out, const float *work, int n_heads, int hd,
-				       const struct be_entry *e, const int32_t *dec, int most)
+// The splits of each (entry, head) into one output: the splits' maxima
+// and sums read at once (a thread a split), then each dimension's parts
+// loaded together and added in the splits' order.
+__global__ void __launch_bounds__(128)
+	attention_merge_kernel(uint16_t *out, const float *work, int n_heads, int hd,
+			       const struct be_entry *e, const int32_t *dec, int most)
 {
 	pdl_start();
-	pdl_wait();
+	__shared__ float m[ATT_SPLITS_MAX], l[ATT_SPLITS_MAX], f[ATT_SPLITS_MAX];
 	int t = dec[blockIdx.x], head = blockIdx.y;
-	const float *wk = work + ((size_t)t * n_heads + head) * most * (2 + hd);
 	int splits = entry_splits(e[t].pos + 1, most);
 	if (splits == 1)
 		return; // attention_kernel wrote this entry's output itself
+	pdl_wait();
+	const float *wk = work + ((size_t)t * n_heads + head) * most * (2 + hd);
+	int s = threadIdx.x;
+	float ls = 0;
+	if (s < splits) {
+		ls = wk[(size_t)s * (2 + hd) + 1];
+		m[s] = ls > 0 ? wk[(size_t)s * (2 + hd)] : -INFINITY; // an empty split: no part
+		l[s] = ls;
+	}
+	__syncthreads();
 	float mx = -INFINITY;
-	for (int s = 0; s < splits; s++)
-		if (wk[(size_t)s * (2 + hd) + 1] > 0)
-			mx = fmaxf(mx, wk[(size_t)s * (2 + hd)]);
+	for (int i = 0; i < splits; i++)
+		mx = fmaxf(mx, m[i]);
+	if (s < splits)
+		f[s] = ls > 0 ? __expf(m[s] - mx) : 0;
+	__syncthreads();
+	float sum = 0;
+	for (int i = 0; i < splits; i++) // the same in every thread
+		sum += l[i] * f[i];
 	for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-		float sum = 0, a = 0;
-		for (int s = 0; s < splits; s++) {
-			const float *p = wk + (size_t)s * (2 + hd);
-			if (p[1] <= 0)
-				continue; // an empty split
-			float f = __expf(p[0] - mx);
-			sum += p[1] * f;
-			a += p[2 + d] * f;
-		}
+		float a = 0;
+#pragma unroll 8
+		for (int i = 0; i < splits; i++)
+			a += wk[(size_t)i * (2 + hd) + 2 + d] * f[i];
 		st_bf16(out, ((size_t)t * n_heads + head) * hd + d, a / sum);
 	}
 }
@@ -700,9 +717,12 @@ extern "C" cudaError_t cuda_attention(uint16_t *out, const float *qkv, int n_hea
 		splits = want > 1 ? want : 1;
 	if (splits > 1 && !work)
 		splits = 1;
-	// The heads that share a KV head go to one block once there are
-	// blocks enough for the GPU; else one each.
-	int hpb = n_dec * n_kv_heads * splits >= sm_count() ? group : 1;
+	if (splits > ATT_SPLITS_MAX)
+		splits = ATT_SPLITS_MAX;
+	// The heads that share a KV head go to one block once there are enough
+	// such blocks (about half the multiprocessors of an H200: measured
+	// there, one head a block is faster below); else one each.
+	int hpb = n_dec * n_kv_heads * splits >= ATT_GROUP_BLOCKS ? group : 1;
 	dim3 grid(n_dec, n_kv_heads * (group / hpb), splits);
 	int tile = ATT_THREADS / (head_dim > 64 ? head_dim / 64 : 1); // the kernel's TILE
 	size_t smem = (size_t)ATT_GROUP * (head_dim + tile) + tile + head_dim, // + knew, vnew
@@ -710,16 +730,22 @@ extern "C" cudaError_t cuda_attention(uint16_t *out, const float *qkv, int n_hea
 	smem = (ATT_STATS + (red > smem ? red : smem)) * sizeof(float);
 	void (*kernel)(uint16_t *, const float *, int, int, const struct be_entry *, const int32_t *,
 		       struct cuda_kv, float *, int, int, const float *, const float *) =
-		head_dim == 8	  ? attention_kernel<8>
-		: head_dim == 16  ? attention_kernel<16>
-		: head_dim == 32  ? attention_kernel<32>
-		: head_dim == 64  ? attention_kernel<64>
-		: head_dim == 128 ? attention_kernel<128>
-				  : attention_kernel<256>;
+		hpb == 1 ? (head_dim == 8     ? attention_kernel<8, 1>
+			    : head_dim == 16  ? attention_kernel<16, 1>
+			    : head_dim == 32  ? attention_kernel<32, 1>
+			    : head_dim == 64  ? attention_kernel<64, 1>
+			    : head_dim == 128 ? attention_kernel<128, 1>
+					      : attention_kernel<256, 1>)
+			 : (head_dim == 8     ? attention_kernel<8, ATT_GROUP>
+			    : head_dim == 16  ? attention_kernel<16, ATT_GROUP>
+			    : head_dim == 32  ? attention_kernel<32, ATT_GROUP>
+			    : head_dim == 64  ? attention_kernel<64, ATT_GROUP>
+			    : head_dim == 128 ? attention_kernel<128, ATT_GROUP>
+					      : attention_kernel<256, ATT_GROUP>);
 	ce = launch(kernel, grid, ATT_THREADS, smem, s, out, qkv, n_heads, n_kv_heads, e, dec, *kv,
 		    work, splits, hpb, cos, sin);
 	if (ce != cudaSuccess || splits == 1)
 		return ce;
-	return launch(attention_merge_kernel, dim3(n_dec, n_heads), head_dim < 128 ? 64 : 128, 0, s,
+	return launch(attention_merge_kernel, dim3(n_dec, n_heads), head_dim < 64 ? 64 : 128, 0, s,
 		      out, work, n_heads, head_dim, e, dec, splits);
 }
