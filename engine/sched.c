@@ -42,6 +42,8 @@ struct sched {
 	struct sampler_row *rows; /* (max_seqs) how each logits row is sampled */
 	struct sampler_result *results; /* (max_seqs) what the backend chose */
 	const struct tokenizer *tok;
+	int32_t *forced;        /* (n_forced) sched_opts.forced, or NULL */
+	int n_forced;
 	char *piece;            /* (piece_cap) one token's text */
 	char *text;             /* (piece_cap + STOP_MAX_LEN) what it lets out */
 	size_t piece_cap;
@@ -88,8 +90,22 @@ int sched_create(struct backend *b, const struct sched_opts *o, struct sched **o
 	s->piece = malloc(s->piece_cap);
 	s->text = malloc(s->piece_cap + STOP_MAX_LEN);
 	pthread_mutex_init(&s->mu, NULL);
+	bool forced_ok = true;
+	if (o->forced && o->n_forced > 0) {
+		for (int i = 0; i < o->n_forced; i++)
+			forced_ok &= o->forced[i] >= 0 && o->forced[i] < b->vocab;
+		s->forced = malloc((size_t)o->n_forced * sizeof *s->forced);
+		if (s->forced) {
+			memcpy(s->forced, o->forced, (size_t)o->n_forced * sizeof *s->forced);
+			s->n_forced = o->n_forced;
+		}
+	}
+	if (!forced_ok) {
+		sched_destroy(s);
+		return ember_err(err, -EINVAL, "a forced token is outside the vocabulary");
+	}
 	if (!s->free_blocks || !s->free_slots || !s->entries || !s->rows || !s->results ||
-	    !s->piece || !s->text) {
+	    !s->piece || !s->text || (o->forced && o->n_forced > 0 && !s->forced)) {
 		sched_destroy(s);
 		return ember_err(err, -ENOMEM, "out of memory for the scheduler");
 	}
@@ -135,6 +151,7 @@ void sched_destroy(struct sched *s)
 	free(s->cancels);
 	free(s->piece);
 	free(s->text);
+	free(s->forced);
 	free(s);
 }
 
@@ -404,6 +421,16 @@ int sched_step(struct sched *s, char *err)
 			continue;
 		}
 		const struct sampler_result *r = &s->results[q->row];
+		struct sampler_result forced;
+		if (s->forced) { /* the tests' seam (sched_opts) */
+			if (q->n_generated >= s->n_forced) {
+				finish(s, l, FINISH_STOP);
+				continue;
+			}
+			forced = *r;
+			forced.token = s->forced[q->n_generated];
+			r = &forced;
+		}
 		sampler_accept(q->sampler, r->token);
 		bool stop = false;
 		for (int i = 0; i < q->req.n_stop_ids; i++)

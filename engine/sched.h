@@ -48,6 +48,12 @@ struct sched_request {
 struct sched_opts {
 	int max_batch_tokens;       /* entries per step; 0: the backend's max_tokens */
 	const struct tokenizer *tok; /* for text and stop strings; may be NULL */
+	/* A seam for tests of what is made of a model's output: every
+	 * sequence's i-th token is forced[i] (copied) instead of the sampler's
+	 * (whose log-probabilities it keeps), and after n_forced of them the
+	 * sequence ends as at an end-of-sequence token. NULL: none. */
+	const int32_t *forced;
+	int n_forced;
 };
 
 struct sched;

@@ -408,6 +408,47 @@ static int test_cancel(void)
 
 /* Stop strings on the decoded text, across token boundaries: the text ends
  * just before the first one, which is not emitted. */
+/* The tests' seam: forced tokens come out in order whatever the model
+ * says, for every sequence, then the end; stop strings and max_tokens
+ * still apply; a token outside the vocabulary is refused. */
+static int test_forced_output(void)
+{
+	char err[EMBER_ERR_LEN];
+	struct rig r;
+	if (rig_open_tok(&r, "tiny-llama", 4, 64, 64, true))
+		return 1;
+	sched_destroy(r.s);
+	static const int32_t forced[] = {100, 200, 300, 400, 500, 600};
+	struct sched_opts so = {.max_batch_tokens = 64, .tok = r.tok, .forced = forced, .n_forced = 6};
+	CHECK(sched_create(r.b, &so, &r.s, err) == 0, "%s", err);
+	int32_t p[8];
+	uint64_t x = 9;
+	random_prompt(p, 8, &x);
+	struct collected a, b, c;
+	struct sched_request qa = request(p, 8, 30, 1.0f, 1, &a), qb = request(p + 2, 6, 30, 0, 0, &b),
+			     qc = request(p, 8, 4, 1.0f, 2, &c);
+	CHECK(sched_submit(r.s, &qa, NULL, err) == 0 && sched_submit(r.s, &qb, NULL, err) == 0 &&
+		      sched_submit(r.s, &qc, NULL, err) == 0,
+	      "%s", err);
+	if (run_all(&r))
+		return 1;
+	CHECK(a.why == FINISH_STOP && b.why == FINISH_STOP && a.n == 6 && b.n == 6 &&
+		      !memcmp(a.tokens, forced, sizeof forced) && !memcmp(b.tokens, forced, sizeof forced),
+	      "forced: %s after %d, %s after %d", finish_reason_name(a.why), a.n,
+	      finish_reason_name(b.why), b.n);
+	CHECK(c.why == FINISH_LENGTH && c.n == 4 && !memcmp(c.tokens, forced, 4 * sizeof *forced),
+	      "max_tokens 4: %s after %d", finish_reason_name(c.why), c.n);
+	sched_destroy(r.s);
+	static const int32_t bad[] = {1, -1};
+	so.forced = bad, so.n_forced = 2;
+	CHECK(sched_create(r.b, &so, &r.s, err) == -EINVAL && strstr(err, "vocabulary"),
+	      "a forced token outside the vocabulary: %s", err);
+	so.forced = NULL, so.n_forced = 0;
+	CHECK(sched_create(r.b, &so, &r.s, err) == 0, "%s", err);
+	rig_close(&r);
+	return 0;
+}
+
 static int test_stop_strings(void)
 {
 	char err[EMBER_ERR_LEN];
@@ -462,6 +503,7 @@ static const struct test tests[] = {
 	{"small_pool", test_small_pool},
 	{"cancel", test_cancel},
 	{"stop_strings", test_stop_strings},
+	{"forced_output", test_forced_output},
 };
 
 int main(int argc, char **argv)

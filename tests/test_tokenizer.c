@@ -9,6 +9,7 @@
  */
 #include "../engine/chat.h"
 #include "../engine/modelfiles.h"
+#include "../engine/reasoning.h"
 #include "../engine/sha256.h"
 #include "../engine/tokenizer.h"
 #include "../engine/tokjson.h"
@@ -746,6 +747,91 @@ static int test_chat_detect(void)
 	return 0;
 }
 
+struct two_parts {
+	char think[128], answer[128];
+	size_t nt, na;
+};
+
+static void two_parts_out(void *arg, bool think, const char *p, size_t n)
+{
+	struct two_parts *t = arg;
+	char *dst = think ? t->think : t->answer;
+	size_t *len = think ? &t->nt : &t->na;
+	if (*len + n < sizeof t->think) {
+		memcpy(dst + *len, p, n);
+		*len += n;
+	}
+}
+
+/* The reasoning split on outputs a reasoning model writes, fed whole and a
+ * byte at a time (the same parts either way), and which rendered prompts
+ * open a reasoning block. */
+static int test_reasoning_split(void)
+{
+	static const struct {
+		const char *out, *think, *answer;
+		bool closed;
+	} cases[] = {
+		{"Let me see.\n</think>\n\nIt is 4.", "Let me see.\n", "\n\nIt is 4.", true},
+		{"<think>\nagain</think>ok", "\nagain", "ok", true},
+		{"</think>at once", "", "at once", true},
+		{"no end, cut by max_tokens", "no end, cut by max_tokens", "", false},
+		{"a </thin and </thinking> are text</think>", "a </thin and </thinking> are text", "",
+		 true},
+		{"ends on <", "ends on <", "", false},
+		{"<thin", "<thin", "", false},
+		{"<<</think>>", "<<", ">", true},
+		{"2 < 3 </think> </think> twice", "2 < 3 ", " </think> twice", true},
+		{"caf\xc3\xa9</think>na\xc3\xafve", "caf\xc3\xa9", "na\xc3\xafve", true},
+	};
+	for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+		const char *o = cases[c].out;
+		size_t n = strlen(o);
+		for (int bytewise = 0; bytewise < 2; bytewise++) {
+			struct two_parts t = {.nt = 0, .na = 0};
+			struct reason_split r;
+			reason_init(&r);
+			if (bytewise)
+				for (size_t i = 0; i < n; i++)
+					reason_feed(&r, o + i, 1, false, two_parts_out, &t);
+			else
+				reason_feed(&r, o, n, false, two_parts_out, &t);
+			reason_feed(&r, "", 0, true, two_parts_out, &t);
+			CHECK(t.nt == strlen(cases[c].think) && memcmp(t.think, cases[c].think, t.nt) == 0 &&
+				      t.na == strlen(cases[c].answer) &&
+				      memcmp(t.answer, cases[c].answer, t.na) == 0 &&
+				      (r.state == REASON_ANSWER) == cases[c].closed,
+			      "%s%s: reasoning '%.*s', answer '%.*s'", o, bytewise ? " (bytewise)" : "",
+			      (int)t.nt, t.think, (int)t.na, t.answer);
+		}
+	}
+	static const struct {
+		const char *prompt;
+		bool opens;
+	} prompts[] = {
+		{"<｜User｜>hi<｜Assistant｜><think>\n", true},
+		{"<｜Assistant｜><think>", true},
+		{"<｜Assistant｜></think>", false},
+		{"<|im_start|>assistant\n", false},
+		{"<think>", true},
+		{"", false},
+	};
+	for (size_t i = 0; i < sizeof prompts / sizeof prompts[0]; i++)
+		CHECK(reason_prompt_opens(prompts[i].prompt, strlen(prompts[i].prompt)) ==
+			      prompts[i].opens,
+		      "prompt %zu: opens %d", i, !prompts[i].opens);
+	/* the R1 template's own rendering opens it; Qwen2.5's does not */
+	struct chat_msg m = {.role = "user", .content = "What is 2 + 2?"};
+	char *r1 = NULL, *qw = NULL, err[EMBER_ERR_LEN];
+	CHECK(chat_render(CHAT_DEEPSEEK_R1, &m, 1, true, false, "", &r1, err) == 0 &&
+		      chat_render(CHAT_QWEN25, &m, 1, true, false, "", &qw, err) == 0,
+	      "%s", err);
+	bool ok = reason_prompt_opens(r1, strlen(r1)) && !reason_prompt_opens(qw, strlen(qw));
+	free(r1), free(qw);
+	CHECK(ok, "R1's prompt opens a reasoning block, Qwen2.5's does not");
+	return 0;
+}
+
 static const struct test tests[] = {
 	{"identity_qwen", test_identity_qwen},
 	{"identity_deepseek", test_identity_deepseek},
@@ -770,6 +856,7 @@ static const struct test tests[] = {
 	{"chat_deepseek_v31", test_chat_deepseek_v31},
 	{"chat_detect", test_chat_detect},
 	{"chat_cli_templates", test_chat_cli_templates},
+	{"reasoning_split", test_reasoning_split},
 };
 
 int main(int argc, char **argv)

@@ -137,7 +137,12 @@ static int test_api_parse(void)
 		    "\"chat_template_kwargs\":{\"thinking\":true}}",
 		    &r, &e) == 0,
 	      "chat_template_kwargs: %s", e.message);
-	CHECK(r.thinking, "thinking");
+	CHECK(r.thinking && r.separate_reasoning, "thinking; reasoning apart by default");
+	api_request_free(&r);
+	CHECK(parse(API_CHAT,
+		    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"separate_reasoning\":false}",
+		    &r, &e) == 0 && !r.separate_reasoning,
+	      "separate_reasoning: %s", e.message);
 	api_request_free(&r);
 	CHECK(parse(API_CHAT,
 		    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
@@ -180,6 +185,9 @@ static int test_api_parse(void)
 		{API_CHAT,
 		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":[]}",
 		 "chat_template_kwargs", "invalid_type"},
+		{API_CHAT,
+		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"separate_reasoning\":\"no\"}",
+		 "separate_reasoning", "invalid_type"},
 		{API_CHAT,
 		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":"
 		 "{\"type\":\"json_object\"}}",

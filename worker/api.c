@@ -469,6 +469,9 @@ int api_parse(enum api_kind kind, const char *body, size_t len, struct api_reque
 	}
 	if (kind == API_CHAT && get_template_kwargs(root, r, e) < 0)
 		goto fail;
+	r->separate_reasoning = true; /* SGLang's name; false: the raw text in content */
+	if (kind == API_CHAT && get_bool(root, "separate_reasoning", &r->separate_reasoning, e) < 0)
+		goto fail;
 	if (kind == API_CHAT) {
 		if (get_bool(root, "logprobs", &r->logprobs, e) < 0 ||
 		    get_int(root, "top_logprobs", 0, SAMPLER_MAX_TOP_LOGPROBS, &x, NULL, e) < 0)
@@ -603,13 +606,13 @@ static void chunk_close(struct sbuf *b, const struct api_answer *a)
 	sbuf_puts(b, a->usage_null ? "],\"usage\":null}\n\n" : "]}\n\n");
 }
 
-void api_chunk_text(struct sbuf *b, const struct api_answer *a, const char *text, size_t n,
-		    const struct api_token *ev, size_t i)
+static void chunk_delta(struct sbuf *b, const struct api_answer *a, const char *field,
+			const char *text, size_t n, const struct api_token *ev, size_t i)
 {
 	const struct tokenizer *tok = a->tok;
 	chunk_open(b, a);
 	if (a->kind == API_CHAT) {
-		sbuf_puts(b, "{\"index\":0,\"delta\":{\"content\":");
+		sbuf_printf(b, "{\"index\":0,\"delta\":{\"%s\":", field);
 		sbuf_json_str(b, text, n);
 		sbuf_puts(b, "},\"logprobs\":");
 		if (ev) {
@@ -632,15 +635,30 @@ void api_chunk_text(struct sbuf *b, const struct api_answer *a, const char *text
 	chunk_close(b, a);
 }
 
-static void usage_json(struct sbuf *b, int prompt, int completion)
+void api_chunk_text(struct sbuf *b, const struct api_answer *a, const char *text, size_t n,
+		    const struct api_token *ev, size_t i)
 {
-	sbuf_printf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}", prompt,
-		    completion, prompt + completion);
+	chunk_delta(b, a, "content", text, n, ev, i);
 }
 
-void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *text, size_t len,
-		     const struct api_token *ev, size_t n_ev, const char *reason, int n_prompt,
-		     int n_completion)
+void api_chunk_reasoning(struct sbuf *b, const struct api_answer *a, const char *text, size_t n,
+			 const struct api_token *ev, size_t i)
+{
+	chunk_delta(b, a, "reasoning_content", text, n, ev, i);
+}
+
+static void usage_json(struct sbuf *b, const struct api_answer *a, const struct api_usage *u)
+{
+	sbuf_printf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d", u->prompt,
+		    u->completion, u->prompt + u->completion);
+	if (a->reasoning)
+		sbuf_printf(b, ",\"completion_tokens_details\":{\"reasoning_tokens\":%d}", u->reasoning);
+	sbuf_puts(b, "}");
+}
+
+void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *reasoning,
+		     size_t rlen, const char *text, size_t len, const struct api_token *ev,
+		     size_t n_ev, const char *reason, const struct api_usage *u)
 {
 	const struct tokenizer *tok = a->tok;
 	sbuf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", a->id,
@@ -650,6 +668,10 @@ void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *tex
 		sbuf_puts(b, ",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"message\":"
 			     "{\"role\":\"assistant\",\"content\":");
 		sbuf_json_str(b, text ? text : "", len);
+		if (a->reasoning) {
+			sbuf_puts(b, ",\"reasoning_content\":");
+			sbuf_json_str(b, reasoning ? reasoning : "", rlen);
+		}
 		sbuf_puts(b, "},\"logprobs\":");
 		if (a->logprobs) {
 			sbuf_puts(b, "{\"content\":[");
@@ -672,7 +694,7 @@ void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *tex
 			sbuf_puts(b, "null");
 	}
 	sbuf_printf(b, ",\"finish_reason\":\"%s\"}],\"usage\":", reason);
-	usage_json(b, n_prompt, n_completion);
+	usage_json(b, a, u);
 	sbuf_puts(b, "}\n");
 }
 
@@ -685,7 +707,7 @@ void api_chunk_role(struct sbuf *b, const struct api_answer *a)
 }
 
 void api_chunk_finish(struct sbuf *b, const struct api_answer *a, const char *reason,
-		      bool include_usage, int n_prompt, int n_completion)
+		      bool include_usage, const struct api_usage *u)
 {
 	chunk_open(b, a);
 	if (a->kind == API_CHAT)
@@ -698,7 +720,7 @@ void api_chunk_finish(struct sbuf *b, const struct api_answer *a, const char *re
 	if (include_usage) {
 		chunk_open(b, a);
 		sbuf_puts(b, "],\"usage\":");
-		usage_json(b, n_prompt, n_completion);
+		usage_json(b, a, u);
 		sbuf_puts(b, "}\n\n");
 	}
 	sbuf_puts(b, "data: [DONE]\n\n");

@@ -48,6 +48,7 @@ struct api_request {
 	size_t n_messages;
 	char **joined;              /* (n_messages) content parts joined, or NULL entries */
 	bool thinking;              /* chat_template_kwargs.thinking (or enable_thinking) */
+	bool separate_reasoning;    /* reasoning in reasoning_content (default); false: all in content */
 	/* completion: text, or token ids */
 	const char *prompt;
 	size_t prompt_len;
@@ -81,6 +82,14 @@ struct api_answer {
 	bool usage_null;            /* stream with include_usage: "usage": null in chunks */
 	bool logprobs;
 	const struct tokenizer *tok; /* the tokens' texts and bytes in logprobs */
+	bool reasoning;             /* the chat's reasoning apart (reasoning_content, and
+				     * completion_tokens_details.reasoning_tokens) */
+};
+
+/* A response's usage: prompt and completion tokens, and of those the
+ * reasoning's (when api_answer.reasoning). */
+struct api_usage {
+	int prompt, completion, reasoning;
 };
 
 /* A generated token as logprobs need it: the sampler's result and the
@@ -95,21 +104,25 @@ struct api_token {
 const char *api_finish_name(enum finish_reason r);
 
 /* Server-Sent Events of a stream, appended to b: the chat's first chunk
- * (the assistant's role); a chunk of text[0..n) and, when ev is given,
- * the logprobs of token ev[i]; the last chunk with the finish reason, then
- * the usage chunk when include_usage, then [DONE]; or instead an error
- * event (a stream that did not end well has no [DONE]). */
+ * (the assistant's role); a chunk of text[0..n) (delta.content, or the
+ * completion's text; delta.reasoning_content for api_chunk_reasoning) and,
+ * when ev is given, the logprobs of token ev[i]; the last chunk with the
+ * finish reason, then the usage chunk when include_usage, then [DONE]; or
+ * instead an error event (a stream that did not end well has no [DONE]). */
 void api_chunk_role(struct sbuf *b, const struct api_answer *a);
 void api_chunk_text(struct sbuf *b, const struct api_answer *a, const char *text, size_t n,
 		    const struct api_token *ev, size_t i);
+void api_chunk_reasoning(struct sbuf *b, const struct api_answer *a, const char *text, size_t n,
+			 const struct api_token *ev, size_t i);
 void api_chunk_finish(struct sbuf *b, const struct api_answer *a, const char *reason,
-		      bool include_usage, int n_prompt, int n_completion);
+		      bool include_usage, const struct api_usage *u);
 void api_chunk_error(struct sbuf *b, const struct api_error *e);
 
-/* The whole answer of a request that did not stream: text[0..len), the
+/* The whole answer of a request that did not stream: text[0..len) (and
+ * reasoning[0..rlen) as message.reasoning_content when a->reasoning), the
  * logprobs of ev[0..n_ev) when a->logprobs, the reason and the usage. */
-void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *text, size_t len,
-		     const struct api_token *ev, size_t n_ev, const char *reason, int n_prompt,
-		     int n_completion);
+void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *reasoning,
+		     size_t rlen, const char *text, size_t len, const struct api_token *ev,
+		     size_t n_ev, const char *reason, const struct api_usage *u);
 
 #endif

@@ -4,6 +4,7 @@
 #include "complete.h"
 #include "http.h"
 #include "../engine/chat.h"
+#include "../engine/reasoning.h"
 
 #include <errno.h>
 #include <math.h>
@@ -159,6 +160,11 @@ struct job {
 	enum finish_reason why;
 	double t_arrive, t_first, t_last;
 	struct metrics *met;
+	/* the reasoning's tokens: counted while think_open, up to and with the
+	 * one whose text closes it (think, fed each token's text) */
+	bool think_open;
+	struct reason_split think;
+	int think_tokens;
 };
 
 static void job_token(void *arg, const struct sampler_result *r, const char *text, size_t len)
@@ -180,6 +186,11 @@ static void job_token(void *arg, const struct sampler_result *r, const char *tex
 	}
 	j->t_last = t;
 	j->n_tokens++;
+	if (j->think_open) {
+		reason_feed(&j->think, text, len, false, NULL, NULL);
+		j->think_tokens++;
+		j->think_open = j->think.state != REASON_ANSWER;
+	}
 	pthread_cond_signal(&j->cv);
 	pthread_mutex_unlock(&j->mu);
 	atomic_fetch_add_explicit(&j->met->c->generation_tokens, 1, memory_order_relaxed);
@@ -198,11 +209,14 @@ static void job_finish(void *arg, enum finish_reason why, const char *text, size
 
 /* --- the prompt ------------------------------------------------------------ */
 
+/* The prompt's ids into t->ids; *thinks: a chat whose rendering opens a
+ * reasoning block (reasoning.h). */
 static int build_prompt(struct comp_env *env, struct comp_thread *t, const struct api_request *ar,
-			struct api_error *e)
+			bool *thinks, struct api_error *e)
 {
 	char err[EMBER_ERR_LEN];
 	t->n_ids = 0;
+	*thinks = false;
 	if (ar->kind == API_COMPLETION && ar->prompt_ids) {
 		if (t->cap_ids < ar->n_prompt_ids) {
 			int32_t *p = realloc(t->ids, ar->n_prompt_ids * sizeof *p);
@@ -236,6 +250,7 @@ static int build_prompt(struct comp_env *env, struct comp_thread *t, const struc
 							"messages", "%s", err);
 		text = rendered;
 		len = strlen(rendered);
+		*thinks = reason_prompt_opens(rendered, len);
 	}
 	/* A chat template writes the BOS itself, as text. */
 	int rc = tok_encode(env->tok, t->tc, text, len, ar->kind != API_CHAT, &t->ids, &t->n_ids,
@@ -295,6 +310,37 @@ static bool wait_done(struct comp_env *env, struct conn *c, struct job *j, uint6
 	return true;
 }
 
+/* A stream's text on its way out: with a->reasoning through the split,
+ * into reasoning_content and content chunks; a token's logprobs go with
+ * its first chunk (an empty one when the split holds all its text). */
+struct stream_text {
+	struct sbuf *o;
+	const struct api_answer *a;
+	struct reason_split split;
+	const struct api_token *ev; /* the token whose text this is, or NULL */
+	size_t i;
+};
+
+static void stream_piece(void *arg, bool think, const char *p, size_t n)
+{
+	struct stream_text *st = arg;
+	(think ? api_chunk_reasoning : api_chunk_text)(st->o, st->a, p, n, st->ev, st->i);
+	st->ev = NULL;
+}
+
+static void stream_text(struct stream_text *st, const char *text, size_t n,
+			const struct api_token *ev, size_t i, bool final)
+{
+	if (!st->a->reasoning) {
+		api_chunk_text(st->o, st->a, text, n, ev, i);
+		return;
+	}
+	st->ev = ev, st->i = i;
+	reason_feed(&st->split, text, n, final, stream_piece, st);
+	if (st->ev) /* nothing came out: the logprobs alone */
+		stream_piece(st, st->split.state != REASON_ANSWER, "", 0);
+}
+
 /* Streams the job's output as Server-Sent Events until it is done or the
  * client is gone (then the sequence is cancelled and waited for). */
 static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn *c,
@@ -303,6 +349,8 @@ static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn 
 {
 	struct sbuf *o = &t->out;
 	size_t sent_text = 0, sent_ev = 0;
+	struct stream_text st = {.o = o, .a = a};
+	reason_init(&st.split);
 	o->len = 0;
 	if (a->kind == API_CHAT) /* the role first, as OpenAI does */
 		api_chunk_role(o, a);
@@ -331,13 +379,15 @@ static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn 
 				size_t to = j->ev[i].text_end;
 				if (from < sent_text) /* never: text comes with its event */
 					from = sent_text;
-				api_chunk_text(o, a, t->tmp.p + (from - sent_text), to - from, j->ev, i);
+				stream_text(&st, t->tmp.p + (from - sent_text), to - from, j->ev, i,
+					    false);
 			}
 			size_t end = j->ev[n_ev - 1].text_end;
 			if (text_len > end)
-				api_chunk_text(o, a, t->tmp.p + (end - sent_text), text_len - end, NULL, 0);
+				stream_text(&st, t->tmp.p + (end - sent_text), text_len - end, NULL, 0,
+					    false);
 		} else if (text_len > sent_text) {
-			api_chunk_text(o, a, t->tmp.p, text_len - sent_text, NULL, 0);
+			stream_text(&st, t->tmp.p, text_len - sent_text, NULL, 0, false);
 		} else if (timed_out && !done) {
 			sbuf_puts(o, ": keep-alive\n\n");
 		}
@@ -346,7 +396,10 @@ static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn 
 		if (done) {
 			const char *reason = api_finish_name(j->why);
 			if (reason) {
-				api_chunk_finish(o, a, reason, include_usage, n_prompt, j->n_tokens);
+				if (a->reasoning) /* what the split held: reasoning */
+					reason_feed(&st.split, "", 0, true, stream_piece, &st);
+				struct api_usage u = {n_prompt, j->n_tokens, j->think_tokens};
+				api_chunk_finish(o, a, reason, include_usage, &u);
 			} else {
 				/* No [DONE]: the stream did not end well, and an error
 				 * event says why (OpenAI's clients raise it). */
@@ -371,6 +424,17 @@ gone:
 	cancel_and_wait(env, j, seq);
 }
 
+/* A whole answer's two parts, as the split gives them. */
+struct answer_parts {
+	struct sbuf *text, *think;
+};
+
+static void answer_part(void *arg, bool think, const char *p, size_t n)
+{
+	struct answer_parts *ap = arg;
+	sbuf_put(think ? ap->think : ap->text, p, n);
+}
+
 void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c,
 		     enum api_kind kind, const char *body, size_t len, struct wlog_req *log)
 {
@@ -387,7 +451,8 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 		goto error;
 	}
 	log->stream = ar.stream;
-	if (build_prompt(env, t, &ar, &e) < 0)
+	bool thinks;
+	if (build_prompt(env, t, &ar, &thinks, &e) < 0)
 		goto error;
 	int n_prompt = (int)t->n_ids;
 	log->prompt_tokens = n_prompt;
@@ -437,7 +502,9 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 		q.stop[q.n_stop++] = ar.stop[i];
 	q.deadline = t_arrive + env->request_timeout;
 
-	struct job j = {.t_arrive = t_arrive, .met = env->met};
+	bool reasoning = thinks && ar.separate_reasoning;
+	struct job j = {.t_arrive = t_arrive, .met = env->met, .think_open = reasoning};
+	reason_init(&j.think);
 	pthread_mutex_init(&j.mu, NULL);
 	cond_init_monotonic(&j.cv);
 	q.arg = &j;
@@ -480,7 +547,7 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 
 	struct api_answer a = {.kind = kind, .created = (long long)time(NULL),
 			       .model = env->model_name, .usage_null = ar.stream && ar.include_usage,
-			       .logprobs = ar.logprobs, .tok = env->tok};
+			       .logprobs = ar.logprobs, .tok = env->tok, .reasoning = reasoning};
 	char rid[25];
 	http_random_id(rid, sizeof rid,
 		       "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
@@ -500,8 +567,21 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 			c->status = 499;
 		} else if (reason) {
 			t->out.len = 0;
-			api_answer_json(&t->out, &a, j.text.p, j.text.len, j.ev, j.n_ev, reason, n_prompt,
-					j.n_tokens);
+			struct api_usage u = {n_prompt, j.n_tokens, j.think_tokens};
+			struct answer_parts parts = {.text = &t->tmp, .think = &t->think};
+			if (reasoning) {
+				struct reason_split rs;
+				reason_init(&rs);
+				t->tmp.len = t->think.len = 0;
+				reason_feed(&rs, j.text.p ? j.text.p : "", j.text.len, true, answer_part,
+					    &parts);
+				api_answer_json(&t->out, &a, t->think.p, t->think.len, t->tmp.p,
+						t->tmp.len, j.ev, j.n_ev, reason, &u);
+				t->out.failed |= t->tmp.failed || t->think.failed;
+			} else {
+				api_answer_json(&t->out, &a, NULL, 0, j.text.p, j.text.len, j.ev, j.n_ev,
+						reason, &u);
+			}
 			if (t->out.failed)
 				api_fail(&e, 503, "server_error", "out_of_memory", NULL, "out of memory");
 			else

@@ -53,7 +53,7 @@ struct comp_thread {
 	struct tok_ctx *tc;
 	int32_t *ids;
 	size_t n_ids, cap_ids;
-	struct sbuf out, tmp;
+	struct sbuf out, tmp, think; /* think: a whole answer's reasoning */
 };
 
 /* Answers one generation request of kind with body[0..len): any outcome is

@@ -6,6 +6,7 @@
 #include "wlog.h"
 #include "../engine/chat.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,7 +155,26 @@ int server_load(struct server *s)
 		env->stop_ids[env->n_stop_ids++] = tok_eos(s->tok);
 
 	struct sched_opts so = {.max_batch_tokens = o->max_batch_tokens, .tok = s->tok};
-	if (sched_create(s->b, &so, &env->sched, err) < 0) {
+	int32_t *forced = NULL;
+	size_t n_forced = 0, cap_forced = 0;
+	if (o->forced_output) {
+		struct tok_ctx *tc = tok_ctx_create(s->tok);
+		int rc = tc ? tok_encode(s->tok, tc, o->forced_output, strlen(o->forced_output), false,
+					 &forced, &n_forced, &cap_forced, err)
+			    : ember_err(err, -ENOMEM, "out of memory");
+		tok_ctx_destroy(tc);
+		if (rc < 0 || n_forced == 0 || n_forced > INT_MAX) {
+			wlog(3, "--forced-output: %s", rc < 0 ? err : "no tokens");
+			free(forced);
+			return -1;
+		}
+		so.forced = forced;
+		so.n_forced = (int)n_forced;
+		wlog(4, "--forced-output: every answer is the same %zu tokens (a test seam)", n_forced);
+	}
+	int src = sched_create(s->b, &so, &env->sched, err);
+	free(forced);
+	if (src < 0) {
 		wlog(3, "cannot start the engine: %s", err);
 		return -1;
 	}

@@ -37,6 +37,8 @@ static void usage(FILE *f)
 		"  --drain-timeout S       seconds in-flight requests get after SIGTERM (default 30)\n"
 		"  --max-body-bytes N      largest request body (default 1048576)\n"
 		"  --max-prompt-tokens N   longest prompt (default: the context)\n"
+		"  --forced-output TEXT    tests only: every answer's tokens are TEXT's (the model's\n"
+		"                          tokenizer), then an end of sequence, whatever the model says\n"
 		"\n"
 		"Command line:\n"
 		"  --prompt TEXT           prompt as text, tokenized with the model's tokenizer\n"
@@ -219,6 +221,8 @@ int main(int argc, char **argv)
 				}
 			} else if (strcmp(a, "--api-key-file") == 0) {
 				s.api_key_file = v;
+			} else if (strcmp(a, "--forced-output") == 0) {
+				s.forced_output = v;
 			} else if (strcmp(a, "--slots") == 0) {
 				rc = parse_int(a, v, 1, 1024, &x);
 				s.slots = (int)x;

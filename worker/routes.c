@@ -122,7 +122,7 @@ void route_request(struct req_thread *rt, struct conn *c)
 	struct sbuf *b = &rt->ct.out;
 	/* The thread's buffers start each request empty, and a failure to
 	 * grow one is not carried over. */
-	struct sbuf *bufs[] = {&rt->ct.out, &rt->ct.tmp, &rt->body};
+	struct sbuf *bufs[] = {&rt->ct.out, &rt->ct.tmp, &rt->ct.think, &rt->body};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
 		bufs[i]->len = 0;
 		bufs[i]->failed = false;

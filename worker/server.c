@@ -170,6 +170,7 @@ static void fini_thread(struct req_thread *rt)
 	free(rt->ct.ids);
 	sbuf_free(&rt->ct.out);
 	sbuf_free(&rt->ct.tmp);
+	sbuf_free(&rt->ct.think);
 	sbuf_free(&rt->body);
 }
 

@@ -20,6 +20,7 @@ struct server_opts {
 	const char *prefix;        /* stripped from paths before routing; may be NULL */
 	const char *api_key_file;  /* NULL: no key needed */
 	const char *chat_template; /* NULL: recognise the model's */
+	const char *forced_output; /* tests' seam (sched_opts.forced): NULL, or every answer's text */
 	int slots;                 /* concurrent sequences */
 	int queue;                 /* requests that may wait for a slot beyond those */
 	double queue_timeout;      /* seconds a request may wait for a slot: then 503 */

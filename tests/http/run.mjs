@@ -1,6 +1,6 @@
 // ember's integration tests: ember-worker behind real Caddy, Apache httpd and
 // nginx on loopback ports, with the front-end files of units/ as they are,
-// called with curl and with the official openai client; plus the worker as
+// called with curl, with the official openai client and with the Vercel AI SDK; plus the worker as
 // plain CGI and on a socket inherited from spawn-fcgi.
 //   node tests/http/run.mjs --worker build/ember-worker --models build/models [--only NAME]
 // Prints PASS/FAIL per test and the closing line "N passed, N failed, N skipped".
@@ -10,6 +10,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
+import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
+import { generateText, streamText } from 'ai';
 import {
 	assert, cleanup, ctx, curl, eq, freePort, have, runTests, sleep, sseText, start, startCaddy,
 	loadClients, streamOnce, streamedToLength, streamsInFlight, units, waitFor,
@@ -190,6 +192,78 @@ function frontTests(front) {
 }
 
 for (const f of ['caddy', 'apache', 'nginx']) frontTests(f);
+
+// R1's chat template on the tiny model, whose output is forced (the
+// engine's test seam, --forced-output) to what a reasoning model writes:
+// the openai client and the Vercel AI SDK through Caddy read the reasoning
+// apart, whole and streamed, and its tokens in the usage.
+test('reasoning_clients', async () => {
+	const mdir = path.join(dir, 'r1-model');
+	fs.mkdirSync(mdir);
+	const src = path.join(models, model);
+	for (const f of fs.readdirSync(src))
+		if (f !== 'tokenizer_config.json') fs.symlinkSync(path.join(src, f), path.join(mdir, f));
+	const cfgFile = path.join(src, 'tokenizer_config.json');
+	const cfg = fs.existsSync(cfgFile) ? JSON.parse(fs.readFileSync(cfgFile, 'utf8')) : {};
+	cfg.chat_template = fs.readFileSync(path.resolve(models, '..', 'templates', 'deepseek-r1.jinja'), 'utf8');
+	fs.writeFileSync(path.join(mdir, 'tokenizer_config.json'), JSON.stringify(cfg));
+	const think = 'Two and two make four; é is fine.\n', answer = '\n\nThe answer is 4.';
+	const sock = path.join(dir, 'r1.sock');
+	const w = start('r1', worker, ['--model', mdir, '--model-name', 'r1', '--listen', sock, '--listen-mode', '0666',
+		'--threads', '1', '--forced-output', `${think}</think>${answer}`]);
+	await waitFor('r1 to listen', () => fs.existsSync(sock) && !w.exited);
+	const base = await startCaddy('caddy-r1', sock);
+	const messages = [{ role: 'user', content: 'What is 2 + 2?' }];
+
+	const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0 });
+	const whole = await client.chat.completions.create({ model: 'r1', messages, max_tokens: 64 });
+	const m = whole.choices[0].message;
+	eq(m.reasoning_content, think, 'openai: reasoning_content');
+	eq(m.content, answer, 'openai: content');
+	eq(whole.choices[0].finish_reason, 'stop', 'openai: finish_reason');
+	const rt = whole.usage.completion_tokens_details.reasoning_tokens;
+	assert(rt > 0 && rt < whole.usage.completion_tokens, `reasoning tokens ${rt} of ${whole.usage.completion_tokens}`);
+	let sr = '', sc = '', usage = null;
+	const stream = await client.chat.completions.create({ model: 'r1', messages, max_tokens: 64, stream: true, stream_options: { include_usage: true } });
+	for await (const chunk of stream) {
+		sr += chunk.choices[0]?.delta?.reasoning_content ?? '';
+		sc += chunk.choices[0]?.delta?.content ?? '';
+		if (chunk.usage) usage = chunk.usage;
+	}
+	eq(sr, think, 'openai stream: reasoning_content');
+	eq(sc, answer, 'openai stream: content');
+	eq(usage, whole.usage, 'openai stream: usage');
+	// max_tokens inside the reasoning: all of it reasoning, finish_reason length
+	const cut = await client.chat.completions.create({ model: 'r1', messages, max_tokens: 3 });
+	eq(cut.choices[0].finish_reason, 'length', 'cut: finish_reason');
+	eq(cut.choices[0].message.content, '', 'cut: no content');
+	assert(think.startsWith(cut.choices[0].message.reasoning_content) && cut.choices[0].message.reasoning_content.length > 0, 'cut: reasoning so far');
+	eq(cut.usage.completion_tokens_details.reasoning_tokens, 3, 'cut: every token reasoning');
+	// a stop string inside the reasoning ends it there
+	const stopped = await client.chat.completions.create({ model: 'r1', messages, max_tokens: 64, stop: ['four'] });
+	eq(stopped.choices[0].finish_reason, 'stop', 'stop: finish_reason');
+	eq(stopped.choices[0].message.reasoning_content, 'Two and two make ', 'stop: reasoning');
+	// separate_reasoning: false leaves the raw text in content
+	const raw = await client.chat.completions.create({ model: 'r1', messages, max_tokens: 64, separate_reasoning: false });
+	eq(raw.choices[0].message.content, `${think}</think>${answer}`, 'raw content');
+	eq(raw.choices[0].message.reasoning_content, undefined, 'raw: no reasoning_content');
+
+	const ember = createOpenAICompatible({ name: 'ember', baseURL: `${base}/v1`, includeUsage: true });
+	const g = await generateText({ model: ember('r1'), prompt: 'What is 2 + 2?', maxOutputTokens: 64 });
+	eq(g.reasoningText, think, 'ai sdk: reasoningText');
+	eq(g.text, answer, 'ai sdk: text');
+	eq(g.usage.outputTokenDetails?.reasoningTokens ?? g.usage.reasoningTokens, rt, 'ai sdk: reasoning tokens');
+	const st = streamText({ model: ember('r1'), prompt: 'What is 2 + 2?', maxOutputTokens: 64 });
+	let ar = '', at = '';
+	for await (const part of st.fullStream) {
+		if (part.type === 'reasoning-delta') ar += part.text;
+		if (part.type === 'text-delta') at += part.text;
+		if (part.type === 'error') throw part.error;
+	}
+	eq(ar, think, 'ai sdk stream: reasoning');
+	eq(at, answer, 'ai sdk stream: text');
+	eq(await st.reasoningText, think, 'ai sdk stream: reasoningText');
+});
 
 test('keepalive_during_prefill', async () => {
 	// A prompt of about 3,000 tokens takes several steps to prefill; the
