@@ -38,7 +38,7 @@ ENGINE_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/we
               engine/generate.c engine/sha256.c engine/wimage.c engine/backend.c \
               engine/tokenizer.c engine/tokencode.c engine/tokstream.c engine/tokjson.c \
               engine/chat.c engine/sampler.c engine/stop.c engine/sched.c \
-              engine/reasoning.c
+              engine/reasoning.c engine/pyjson.c engine/toolcall.c
 ENGINE_HDR := $(wildcard engine/*.h) $(wildcard engine/arch/*.h) $(wildcard worker/*.h) $(wildcard supervisor/*.h) \
               $(wildcard kernels/*.h)
 WORKER_SRC := worker/main.c worker/cli.c worker/server.c worker/routes.c worker/load.c \
@@ -53,11 +53,11 @@ TINY_MODELS := tiny-qwen2 tiny-llama
 MODEL_STAMPS := $(patsubst %,$(BUILD)/models/%/.done,$(TINY_MODELS))
 tokenizer_of = $(if $(filter tiny-llama,$(1)),deepseek_v3,qwen3)
 
-FUZZERS := safetensors config tokenizer_json tokenizer_encode request fcgi_params wimage reasoning
+FUZZERS := safetensors config tokenizer_json tokenizer_encode request fcgi_params wimage reasoning toolcall
 FUZZ_SRC := engine/common.c engine/safetensors.c engine/modelfiles.c engine/weights.c engine/config.c \
             engine/recipe.c $(wildcard engine/arch/*.c) \
             engine/tokenizer.c engine/tokencode.c engine/tokstream.c engine/tokjson.c engine/chat.c engine/sampler.c engine/wimage.c engine/sha256.c \
-            engine/reasoning.c worker/api.c worker/http.c
+            engine/reasoning.c engine/pyjson.c engine/toolcall.c worker/api.c worker/http.c
 
 .PHONY: all deps models nsroot test test-gpu bench-gpu asan asan-build bench bench-http bench-stream run install clean fuzz
 .SECONDARY:

@@ -182,7 +182,12 @@ static void render_deepseek_v3(struct sbuf *b, const struct chat_msg *m, size_t 
  * '<｜User｜>' + content for a user; for an assistant
  * content.split('</think>')[-1] (the reasoning left out of the history)
  * between '<｜Assistant｜>' and '<｜end▁of▁sentence｜>'; the reply prompted
- * with '<｜Assistant｜><think>\n'. */
+ * with '<｜Assistant｜><think>\n'. Tools as its template writes them, its
+ * quirks kept: an assistant with content has its tool calls dropped; the
+ * first call of the conversation opens the block and only later ones
+ * close it (is_first is never reset); tool outputs open their block once
+ * in the conversation; no reply is prompted after tool outputs. The tool
+ * definitions are not written. */
 static void render_deepseek_r1(struct sbuf *b, const struct chat_msg *m, size_t n, bool gen,
 			       const char *bos)
 {
@@ -192,18 +197,51 @@ static void render_deepseek_r1(struct sbuf *b, const struct chat_msg *m, size_t 
 			system = m[i].content;
 	sbuf_puts(b, bos);
 	sbuf_puts(b, system);
+	bool is_first = false, is_tool = false, output_first = true;
 	for (size_t i = 0; i < n; i++) {
 		if (strcmp(m[i].role, "user") == 0) {
+			is_tool = false;
 			sbuf_puts(b, "<｜User｜>");
 			sbuf_puts(b, m[i].content);
+		} else if (strcmp(m[i].role, "assistant") == 0 && !m[i].content) {
+			is_tool = false;
+			for (size_t k = 0; k < m[i].n_tool_calls; k++) {
+				const struct chat_tool_call *t = &m[i].tool_calls[k];
+				sbuf_puts(b, is_first ? "\n<｜tool▁call▁begin｜>"
+						      : "<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>");
+				sbuf_puts(b, "function<｜tool▁sep｜>");
+				sbuf_puts(b, t->name);
+				sbuf_puts(b, "\n```json\n");
+				sbuf_puts(b, t->arguments);
+				sbuf_puts(b, "\n```<｜tool▁call▁end｜>");
+				if (is_first)
+					sbuf_puts(b, "<｜tool▁calls▁end｜><｜end▁of▁sentence｜>");
+				is_first = true;
+			}
 		} else if (strcmp(m[i].role, "assistant") == 0) {
-			struct view c = after_last(view_of(m[i].content), "</think>");
-			sbuf_puts(b, "<｜Assistant｜>");
-			sbuf_put(b, c.p, c.n);
-			sbuf_puts(b, "<｜end▁of▁sentence｜>");
+			if (is_tool) {
+				sbuf_puts(b, "<｜tool▁outputs▁end｜>");
+				sbuf_puts(b, m[i].content);
+				sbuf_puts(b, "<｜end▁of▁sentence｜>");
+				is_tool = false;
+			} else {
+				struct view c = after_last(view_of(m[i].content), "</think>");
+				sbuf_puts(b, "<｜Assistant｜>");
+				sbuf_put(b, c.p, c.n);
+				sbuf_puts(b, "<｜end▁of▁sentence｜>");
+			}
+		} else if (strcmp(m[i].role, "tool") == 0) {
+			is_tool = true;
+			sbuf_puts(b, output_first ? "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>"
+						  : "\n<｜tool▁output▁begin｜>");
+			sbuf_puts(b, m[i].content);
+			sbuf_puts(b, "<｜tool▁output▁end｜>");
+			output_first = false;
 		}
 	}
-	if (gen)
+	if (is_tool)
+		sbuf_puts(b, "<｜tool▁outputs▁end｜>");
+	if (gen && !is_tool)
 		sbuf_puts(b, "<｜Assistant｜><think>\n");
 }
 
@@ -213,13 +251,17 @@ static void render_deepseek_r1(struct sbuf *b, const struct chat_msg *m, size_t 
  * content for a user; an assistant right after a user opens with
  * '<｜Assistant｜><think></think>', and its content after the first
  * '</think>' (content.split('</think>', 1)[1]) ends with
- * '<｜end▁of▁sentence｜>'. After a user, the reply is prompted with
- * '<｜Assistant｜>' and '<think>' when thinking, else '<think></think>'. */
+ * '<｜end▁of▁sentence｜>'; right after tool outputs its content is written
+ * whole. An assistant's tool calls: its content, then each call as
+ * name<｜tool▁sep｜>tojson(arguments) in one <｜tool▁calls▁begin｜> block;
+ * a tool's output between <｜tool▁output▁begin｜> and its end. After a
+ * user, the reply is prompted with '<｜Assistant｜>' and '<think>' when
+ * thinking, else '<think></think>'. The tool definitions are not written. */
 static void render_deepseek_v31(struct sbuf *b, const struct chat_msg *m, size_t n, bool gen,
 				bool thinking, const char *bos)
 {
 	sbuf_puts(b, bos);
-	bool first = true, last_user = false;
+	bool first = true, last_user = false, is_tool = false;
 	for (size_t i = 0; i < n; i++) {
 		if (strcmp(m[i].role, "system") != 0)
 			continue;
@@ -230,29 +272,65 @@ static void render_deepseek_v31(struct sbuf *b, const struct chat_msg *m, size_t
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (strcmp(m[i].role, "user") == 0) {
+			is_tool = false;
 			last_user = true;
 			sbuf_puts(b, "<｜User｜>");
 			sbuf_puts(b, m[i].content);
+		} else if (strcmp(m[i].role, "assistant") == 0 && m[i].n_tool_calls > 0) {
+			if (last_user)
+				sbuf_puts(b, "<｜Assistant｜><think></think>");
+			last_user = is_tool = false;
+			for (size_t k = 0; k < m[i].n_tool_calls; k++) {
+				const struct chat_tool_call *t = &m[i].tool_calls[k];
+				if (k == 0) {
+					if (m[i].content)
+						sbuf_puts(b, m[i].content);
+					sbuf_puts(b, "<｜tool▁calls▁begin｜>");
+				}
+				sbuf_puts(b, "<｜tool▁call▁begin｜>");
+				sbuf_puts(b, t->name);
+				sbuf_puts(b, "<｜tool▁sep｜>");
+				sbuf_puts(b, t->arguments_py);
+				sbuf_puts(b, "<｜tool▁call▁end｜>");
+			}
+			sbuf_puts(b, "<｜tool▁calls▁end｜><｜end▁of▁sentence｜>");
 		} else if (strcmp(m[i].role, "assistant") == 0) {
 			if (last_user)
 				sbuf_puts(b, "<｜Assistant｜><think></think>");
 			last_user = false;
 			const char *c = m[i].content, *end = strstr(c, "</think>");
-			sbuf_puts(b, end ? end + strlen("</think>") : c);
+			if (is_tool)
+				sbuf_puts(b, c);
+			else
+				sbuf_puts(b, end ? end + strlen("</think>") : c);
 			sbuf_puts(b, "<｜end▁of▁sentence｜>");
+			is_tool = false;
+		} else if (strcmp(m[i].role, "tool") == 0) {
+			last_user = false;
+			is_tool = true;
+			sbuf_puts(b, "<｜tool▁output▁begin｜>");
+			sbuf_puts(b, m[i].content);
+			sbuf_puts(b, "<｜tool▁output▁end｜>");
 		}
 	}
-	if (gen && last_user)
+	if (gen && last_user && !is_tool)
 		sbuf_puts(b, thinking ? "<｜Assistant｜><think>" : "<｜Assistant｜><think></think>");
 }
 
 /* ---- Qwen2.5 ------------------------------------------------------------------ */
 
+#define QWEN25_DEFAULT_SYSTEM "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
 /* ChatML: messages[0] as the system turn when it is one, else Qwen's
- * default system prompt; then '<|im_start|>' + role + '\n' + content +
- * '<|im_end|>\n' for every other message; '<|im_start|>assistant\n' to
- * prompt a reply. */
-static void render_qwen25(struct sbuf *b, const struct chat_msg *m, size_t n, bool gen)
+ * default system prompt, with the tools (each tojson on its line in
+ * <tools></tools>) and how to call them when there are tools; then
+ * '<|im_start|>' + role + '\n' + content + '<|im_end|>\n' for every other
+ * message, an assistant's tool calls each a <tool_call> of {"name": ...,
+ * "arguments": tojson(arguments)} after its content, consecutive tool
+ * outputs in one user turn of <tool_response>s; '<|im_start|>assistant\n'
+ * to prompt a reply. */
+static void render_qwen25(struct sbuf *b, const struct chat_msg *m, size_t n,
+			  const struct chat_tools *tools, bool gen)
 {
 	size_t from = 0;
 	sbuf_puts(b, "<|im_start|>system\n");
@@ -260,14 +338,51 @@ static void render_qwen25(struct sbuf *b, const struct chat_msg *m, size_t n, bo
 		sbuf_puts(b, m[0].content);
 		from = 1;
 	} else {
-		sbuf_puts(b, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+		sbuf_puts(b, QWEN25_DEFAULT_SYSTEM);
+	}
+	if (tools && tools->n > 0) {
+		sbuf_puts(b, "\n\n# Tools\n\nYou may call one or more functions to assist with the user "
+			     "query.\n\nYou are provided with function signatures within <tools></tools> "
+			     "XML tags:\n<tools>");
+		for (size_t i = 0; i < tools->n; i++) {
+			sbuf_puts(b, "\n");
+			sbuf_puts(b, tools->py[i]);
+		}
+		sbuf_puts(b, "\n</tools>\n\nFor each function call, return a json object with function "
+			     "name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+			     "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>");
 	}
 	sbuf_puts(b, "<|im_end|>\n");
 	for (size_t i = from; i < n; i++) {
+		if (strcmp(m[i].role, "tool") == 0) {
+			if (i == 0 || strcmp(m[i - 1].role, "tool") != 0)
+				sbuf_puts(b, "<|im_start|>user");
+			sbuf_puts(b, "\n<tool_response>\n");
+			sbuf_puts(b, m[i].content);
+			sbuf_puts(b, "\n</tool_response>");
+			if (i + 1 == n || strcmp(m[i + 1].role, "tool") != 0)
+				sbuf_puts(b, "<|im_end|>\n");
+			continue;
+		}
 		sbuf_puts(b, "<|im_start|>");
 		sbuf_puts(b, m[i].role);
-		sbuf_puts(b, "\n");
-		sbuf_puts(b, m[i].content);
+		if (m[i].n_tool_calls == 0 || strcmp(m[i].role, "assistant") != 0) {
+			sbuf_puts(b, "\n");
+			sbuf_puts(b, m[i].content);
+			sbuf_puts(b, "<|im_end|>\n");
+			continue;
+		}
+		if (m[i].content && m[i].content[0]) {
+			sbuf_puts(b, "\n");
+			sbuf_puts(b, m[i].content);
+		}
+		for (size_t k = 0; k < m[i].n_tool_calls; k++) {
+			sbuf_puts(b, "\n<tool_call>\n{\"name\": \"");
+			sbuf_puts(b, m[i].tool_calls[k].name);
+			sbuf_puts(b, "\", \"arguments\": ");
+			sbuf_puts(b, m[i].tool_calls[k].arguments_py);
+			sbuf_puts(b, "}\n</tool_call>");
+		}
 		sbuf_puts(b, "<|im_end|>\n");
 	}
 	if (gen)
@@ -352,20 +467,72 @@ static void render_llama3(struct sbuf *b, const struct chat_msg *m, size_t n, bo
 		sbuf_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
-int chat_render(enum chat_family f, const struct chat_msg *m, size_t n, bool gen, bool thinking,
-		const char *bos, char **out, char *err)
+bool chat_has_tools(enum chat_family f)
+{
+	return f == CHAT_DEEPSEEK_R1 || f == CHAT_DEEPSEEK_V31 || f == CHAT_QWEN25;
+}
+
+const char *chat_tool_prefill(enum chat_family f, const char *name, bool thinks, struct sbuf *b)
+{
+	b->len = 0;
+	switch (f) {
+	case CHAT_QWEN25:
+		sbuf_puts(b, "<tool_call>\n");
+		if (name)
+			sbuf_printf(b, "{\"name\": \"%s\", \"arguments\": ", name);
+		break;
+	case CHAT_DEEPSEEK_R1:
+		if (thinks)
+			sbuf_puts(b, "</think>\n\n");
+		sbuf_puts(b, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>");
+		if (name)
+			sbuf_printf(b, "%s\n```json\n", name);
+		break;
+	case CHAT_DEEPSEEK_V31:
+		if (thinks)
+			sbuf_puts(b, "</think>");
+		sbuf_puts(b, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>");
+		if (name)
+			sbuf_printf(b, "%s<｜tool▁sep｜>", name);
+		break;
+	default:
+		return NULL;
+	}
+	sbuf_put(b, "", 1);
+	b->len--;
+	return b->failed ? NULL : b->p;
+}
+
+int chat_render(enum chat_family f, const struct chat_msg *m, size_t n,
+		const struct chat_tools *tools, bool gen, bool thinking, const char *bos, char **out,
+		char *err)
 {
 	*out = NULL;
 	if (n == 0)
 		return ember_err(err, -EINVAL, "a conversation needs at least one message");
+	bool tool_syntax = chat_has_tools(f);
+	if (tools && tools->n > 0 && !tool_syntax)
+		return ember_err(err, -EINVAL, "the %s template has no syntax for tools",
+				 chat_family_name(f));
 	for (size_t i = 0; i < n; i++) {
-		if (!m[i].role || !m[i].content)
+		bool calls = m[i].role && strcmp(m[i].role, "assistant") == 0 && m[i].n_tool_calls > 0;
+		if (!m[i].role || (!m[i].content && !calls))
 			return ember_err(err, -EINVAL, "message %zu has no role or content", i);
 		if (strcmp(m[i].role, "system") && strcmp(m[i].role, "user") &&
-		    strcmp(m[i].role, "assistant"))
+		    strcmp(m[i].role, "assistant") && strcmp(m[i].role, "tool"))
 			return ember_err(err, -EINVAL,
-					 "message %zu: role '%.32s' is not one of system, user, assistant",
+					 "message %zu: role '%.32s' is not one of system, user, "
+					 "assistant, tool",
 					 i, m[i].role);
+		if ((calls || strcmp(m[i].role, "tool") == 0) && !tool_syntax)
+			return ember_err(err, -EINVAL,
+					 "message %zu: the %s template has no syntax for tool calls", i,
+					 chat_family_name(f));
+		for (size_t k = 0; calls && k < m[i].n_tool_calls; k++)
+			if (!m[i].tool_calls[k].name || !m[i].tool_calls[k].arguments ||
+			    !m[i].tool_calls[k].arguments_py)
+				return ember_err(err, -EINVAL, "message %zu: tool call %zu is incomplete",
+						 i, k);
 	}
 	struct sbuf b = {0};
 	switch (f) {
@@ -382,7 +549,7 @@ int chat_render(enum chat_family f, const struct chat_msg *m, size_t n, bool gen
 		render_deepseek_r1(&b, m, n, gen, bos ? bos : "");
 		break;
 	case CHAT_QWEN25:
-		render_qwen25(&b, m, n, gen);
+		render_qwen25(&b, m, n, tools, gen);
 		break;
 	case CHAT_DEEPSEEK_V31:
 		render_deepseek_v31(&b, m, n, gen, thinking, bos ? bos : "");

@@ -17,9 +17,25 @@ enum chat_family {
 	CHAT_FAMILIES
 };
 
+/* A tool call in an assistant's message, as OpenAI sends it. */
+struct chat_tool_call {
+	const char *name;
+	const char *arguments;    /* the JSON text of the arguments, as sent */
+	const char *arguments_py; /* the same as the templates' tojson prints them (pyjson.h) */
+};
+
 struct chat_msg {
-	const char *role;    /* "system", "user" or "assistant" */
-	const char *content;
+	const char *role;    /* "system", "user", "assistant" or "tool" */
+	const char *content; /* NULL: none, only for an assistant that calls tools */
+	const struct chat_tool_call *tool_calls; /* (n_tool_calls), an assistant's */
+	size_t n_tool_calls;
+};
+
+/* The tools a request offers: each tool object (OpenAI's {"type":
+ * "function", "function": {...}}) as the templates' tojson prints it. */
+struct chat_tools {
+	const char *const *py; /* (n) */
+	size_t n;
 };
 
 /* The families' names, as --chat-template takes them. */
@@ -34,13 +50,27 @@ const char *chat_family_name(enum chat_family f);
  * one ember renders (a template that is missing counts as not recognised). */
 int chat_detect(const char *template_text, char *err);
 
-/* Renders messages[0..n) and, with add_generation_prompt, the start of the
+/* Renders messages[0..n) (with tools, NULL for none, where the template
+ * writes them) and, with add_generation_prompt, the start of the
  * assistant's turn; thinking is the template's `thinking` variable (only
  * DeepSeek-V3.1's reads it). bos is the tokenizer's BOS text ("" when
  * none). On success *out is a malloc'd NUL-terminated string (the caller
  * frees it). Returns 0, -EINVAL for a conversation the template cannot
- * take (no messages, an unknown role), or -ENOMEM, with err set. */
+ * take (no messages, an unknown role, tool messages or tool calls for a
+ * family without a tool syntax), or -ENOMEM, with err set. */
 int chat_render(enum chat_family f, const struct chat_msg *messages, size_t n,
-		bool add_generation_prompt, bool thinking, const char *bos, char **out, char *err);
+		const struct chat_tools *tools, bool add_generation_prompt, bool thinking,
+		const char *bos, char **out, char *err);
+
+/* Whether family f has a syntax for tool calls. */
+bool chat_has_tools(enum chat_family f);
+
+/* The start of a reply that calls a tool, appended to a rendering with the
+ * generation prompt so that the model goes on with the call: the call's
+ * opening in family f's syntax, with the function's name when name is not
+ * NULL (the model writes its arguments), else up to the name; first the
+ * end of a reasoning block the prompt opened (thinks). NULL for a family
+ * without a tool syntax. */
+const char *chat_tool_prefill(enum chat_family f, const char *name, bool thinks, struct sbuf *b);
 
 #endif

@@ -9,9 +9,11 @@
  */
 #include "../engine/chat.h"
 #include "../engine/modelfiles.h"
+#include "../engine/pyjson.h"
 #include "../engine/reasoning.h"
 #include "../engine/sha256.h"
 #include "../engine/tokenizer.h"
+#include "../engine/toolcall.h"
 #include "../engine/tokjson.h"
 #include "runner.h"
 
@@ -520,13 +522,14 @@ static int test_worker_prompt(void)
 	return 0;
 }
 
-/* Every conversation of the family's fixture, rendered as transformers'
- * apply_chat_template rendered it (tests/fixtures/chat/, made by
- * scripts/chat_reference.py). */
-static int check_chat(const char *family)
+/* Every conversation of fixture tests/fixtures/chat/NAME.json of family,
+ * rendered as transformers' apply_chat_template rendered it (made by
+ * scripts/chat_reference.py): its tools and tool calls through pyjson.h as
+ * the server hands them over. */
+static int check_chat_file(const char *family, const char *name)
 {
 	char path[256], err[EMBER_ERR_LEN];
-	snprintf(path, sizeof path, "tests/fixtures/chat/%s.json", family);
+	snprintf(path, sizeof path, "tests/fixtures/chat/%s.json", name);
 	json_error_t je;
 	json_t *root = json_load_file(path, 0, &je);
 	CHECK(root, "%s: %s", path, je.text);
@@ -537,16 +540,43 @@ static int check_chat(const char *family)
 	int bad = 0;
 	for (size_t i = 0; i < json_array_size(cases); i++) {
 		json_t *c = json_array_get(cases, i), *msgs = json_object_get(c, "messages");
+		json_t *tl = json_object_get(c, "tools");
 		struct chat_msg m[16];
-		size_t n = json_array_size(msgs);
+		struct chat_tool_call calls[16][4];
+		char *py[64];
+		size_t n = json_array_size(msgs), n_py = 0;
 		for (size_t k = 0; k < n && k < 16; k++) {
-			m[k].role = json_string_value(json_object_get(json_array_get(msgs, k), "role"));
-			m[k].content = json_string_value(json_object_get(json_array_get(msgs, k), "content"));
+			json_t *mk = json_array_get(msgs, k), *tc = json_object_get(mk, "tool_calls");
+			m[k] = (struct chat_msg){json_string_value(json_object_get(mk, "role")),
+						 json_string_value(json_object_get(mk, "content")), calls[k],
+						 json_array_size(tc) < 4 ? json_array_size(tc) : 4};
+			for (size_t t = 0; t < m[k].n_tool_calls; t++) {
+				json_t *fn = json_object_get(json_array_get(tc, t), "function");
+				const char *args = json_string_value(json_object_get(fn, "arguments"));
+				calls[k][t] = (struct chat_tool_call){
+					json_string_value(json_object_get(fn, "name")), args,
+					py[n_py++] = py_json_of_text(args)};
+			}
+		}
+		const char *tpy[8];
+		struct sbuf tb[8];
+		struct chat_tools tools = {tpy, json_array_size(tl) < 8 ? json_array_size(tl) : 8};
+		for (size_t t = 0; t < tools.n; t++) {
+			tb[t] = (struct sbuf){0};
+			py_json_dump(&tb[t], json_array_get(tl, t));
+			sbuf_put(&tb[t], "", 1);
+			tpy[t] = tb[t].p;
 		}
 		char *out;
 		const char *want = json_string_value(json_object_get(c, "rendered"));
-		if (chat_render((enum chat_family)f, m, n, json_is_true(json_object_get(c, "add_generation_prompt")),
-				json_is_true(json_object_get(c, "thinking")), bos, &out, err) < 0) {
+		int rc = chat_render((enum chat_family)f, m, n, tl ? &tools : NULL,
+				     json_is_true(json_object_get(c, "add_generation_prompt")),
+				     json_is_true(json_object_get(c, "thinking")), bos, &out, err);
+		for (size_t t = 0; t < tools.n; t++)
+			sbuf_free(&tb[t]);
+		for (size_t k = 0; k < n_py; k++)
+			free(py[k]);
+		if (rc < 0) {
 			bad += fail("case %zu: %s", i, err);
 			continue;
 		}
@@ -557,8 +587,45 @@ static int check_chat(const char *family)
 	size_t n_cases = json_array_size(cases);
 	json_decref(root);
 	CHECK(n_cases >= 12, "only %zu conversations", n_cases);
-	printf("    %s: %zu conversations\n", family, n_cases);
+	printf("    %s: %zu conversations\n", name, n_cases);
 	return bad ? 1 : 0;
+}
+
+static int check_chat(const char *family)
+{
+	return check_chat_file(family, family);
+}
+
+/* The tool conversations of family: rendered as transformers did, from the
+ * same template text as its plain fixture. */
+static int check_chat_tools(const char *family)
+{
+	char a[256], b[256];
+	snprintf(a, sizeof a, "tests/fixtures/chat/%s.json", family);
+	snprintf(b, sizeof b, "tests/fixtures/chat/%s-tools.json", family);
+	json_error_t je;
+	json_t *ja = json_load_file(a, 0, &je), *jb = json_load_file(b, 0, &je);
+	bool same = ja && jb &&
+		    json_equal(json_object_get(ja, "template_sha256"), json_object_get(jb, "template_sha256"));
+	json_decref(ja), json_decref(jb);
+	CHECK(same, "%s and %s were rendered from different templates", a, b);
+	snprintf(b, sizeof b, "%s-tools", family);
+	return check_chat_file(family, b);
+}
+
+static int test_chat_tools_deepseek_r1(void)
+{
+	return check_chat_tools("deepseek-r1");
+}
+
+static int test_chat_tools_qwen25(void)
+{
+	return check_chat_tools("qwen2.5");
+}
+
+static int test_chat_tools_deepseek_v31(void)
+{
+	return check_chat_tools("deepseek-v3.1");
 }
 
 static int test_chat_deepseek_v3(void)
@@ -668,8 +735,8 @@ static int chat_cli(const char *model, const char *name, int family)
 	const char *bos = tok_bos(t) >= 0 ? tok_piece(t, tok_bos(t), &blen) : "";
 	char bos_text[256], *rendered;
 	snprintf(bos_text, sizeof bos_text, "%.*s", (int)blen, bos ? bos : "");
-	struct chat_msg m = {"user", "Hello, world!"};
-	CHECK(chat_render((enum chat_family)family, &m, 1, true, false, bos_text, &rendered, err) == 0,
+	struct chat_msg m = {.role = "user", .content = "Hello, world!"};
+	CHECK(chat_render((enum chat_family)family, &m, 1, NULL, true, false, bos_text, &rendered, err) == 0,
 	      "%s", err);
 	struct tok_ctx *ctx = tok_ctx_create(t);
 	int32_t *ids = NULL;
@@ -737,11 +804,11 @@ static int test_chat_detect(void)
 			  err) == -ENOENT,
 	      "R1 with llama.cpp's enable_thinking taken");
 	char *out;
-	struct chat_msg tool = {"tool", "x"}, none = {"user", NULL};
-	CHECK(chat_render(CHAT_QWEN3, &tool, 1, true, false, "", &out, err) == -EINVAL && strstr(err, "'tool'"),
+	struct chat_msg tool = {.role = "tool", .content = "x"}, none = {.role = "user"};
+	CHECK(chat_render(CHAT_QWEN3, &tool, 1, NULL, true, false, "", &out, err) == -EINVAL && strstr(err, "tool"),
 	      "role tool: %s", err);
-	CHECK(chat_render(CHAT_QWEN3, &none, 1, true, false, "", &out, err) == -EINVAL, "no content accepted");
-	CHECK(chat_render(CHAT_DEEPSEEK_V3, &tool, 0, true, false, "", &out, err) == -EINVAL, "no messages accepted");
+	CHECK(chat_render(CHAT_QWEN3, &none, 1, NULL, true, false, "", &out, err) == -EINVAL, "no content accepted");
+	CHECK(chat_render(CHAT_DEEPSEEK_V3, &tool, 0, NULL, true, false, "", &out, err) == -EINVAL, "no messages accepted");
 	CHECK(chat_family_from_name("qwen3") == CHAT_QWEN3 && chat_family_from_name("llama2") == -1,
 	      "family names");
 	return 0;
@@ -823,12 +890,91 @@ static int test_reasoning_split(void)
 	/* the R1 template's own rendering opens it; Qwen2.5's does not */
 	struct chat_msg m = {.role = "user", .content = "What is 2 + 2?"};
 	char *r1 = NULL, *qw = NULL, err[EMBER_ERR_LEN];
-	CHECK(chat_render(CHAT_DEEPSEEK_R1, &m, 1, true, false, "", &r1, err) == 0 &&
-		      chat_render(CHAT_QWEN25, &m, 1, true, false, "", &qw, err) == 0,
+	CHECK(chat_render(CHAT_DEEPSEEK_R1, &m, 1, NULL, true, false, "", &r1, err) == 0 &&
+		      chat_render(CHAT_QWEN25, &m, 1, NULL, true, false, "", &qw, err) == 0,
 	      "%s", err);
 	bool ok = reason_prompt_opens(r1, strlen(r1)) && !reason_prompt_opens(qw, strlen(qw));
 	free(r1), free(qw);
 	CHECK(ok, "R1's prompt opens a reasoning block, Qwen2.5's does not");
+	return 0;
+}
+
+struct calls_seen {
+	char text[512], calls[512];
+	size_t nt, nc;
+};
+
+static void seen_text(void *arg, const char *p, size_t n)
+{
+	struct calls_seen *c = arg;
+	if (c->nt + n < sizeof c->text)
+		memcpy(c->text + c->nt, p, n), c->nt += n;
+	c->text[c->nt] = 0;
+}
+
+static void seen_call(void *arg, int index, const char *name, const char *args)
+{
+	struct calls_seen *c = arg;
+	int k = snprintf(c->calls + c->nc, sizeof c->calls - c->nc, "%d:%s(%s);", index, name, args);
+	if (k > 0 && c->nc + (size_t)k < sizeof c->calls)
+		c->nc += (size_t)k;
+}
+
+/* Tool calls parsed back from answers as the models write them, whole and
+ * a byte at a time: the calls, the text beside them, and what is not a
+ * call well formed left as text and counted. */
+static int test_tool_calls(void)
+{
+	static const struct {
+		enum tool_syntax syn;
+		const char *out, *text, *calls;
+		int malformed;
+	} cases[] = {
+		{TOOL_QWEN, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+		 "", "0:get_weather({\"city\":\"Paris\"});", 0},
+		{TOOL_QWEN, "Let me look.\n<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n"
+			    "<tool_call>\n{\"name\": \"b\", \"arguments\": {\"x\": [1, 2.5]}}\n</tool_call>\n",
+		 "Let me look.\n", "0:a({});1:b({\"x\":[1,2.5]});", 0},
+		{TOOL_QWEN, "I think <tool_call> is a tag, not a call", "I think <tool_call> is a tag, not a call", "", 1},
+		{TOOL_QWEN, "<tool_call>\n{\"name\": \"a\", \"arguments\": 3}\n</tool_call>",
+		 "<tool_call>\n{\"name\": \"a\", \"arguments\": 3}\n</tool_call>", "", 1},
+		{TOOL_QWEN, "a <tool_ca and <tool_callx> stay", "a <tool_ca and <tool_callx> stay", "", 0},
+		{TOOL_DEEPSEEK, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Zürich\"}"
+				"<｜tool▁call▁end｜><｜tool▁call▁begin｜>now<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+		 "", "0:get_weather({\"city\": \"Zürich\"});1:now({});", 0},
+		{TOOL_DEEPSEEK, "Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+				"```json\n{\"city\": \"Rome\"}\n```<｜tool▁call▁end｜>",
+		 "Checking.", "0:get_weather({\"city\": \"Rome\"});", 0},
+		{TOOL_DEEPSEEK, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{\"a\": ",
+		 "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{\"a\": ", "", 1},
+		{TOOL_DEEPSEEK, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>not json<｜tool▁call▁end｜>"
+				"<｜tool▁calls▁end｜> done",
+		 "<｜tool▁call▁begin｜>f<｜tool▁sep｜>not json<｜tool▁call▁end｜> done", "", 1},
+		{TOOL_DEEPSEEK, "no calls at all <｜tool", "no calls at all <｜tool", "", 0},
+	};
+	for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+		const char *o = cases[c].out;
+		size_t n = strlen(o);
+		for (int bytewise = 0; bytewise < 2; bytewise++) {
+			struct calls_seen s = {.nt = 0, .nc = 0};
+			struct tool_out out = {seen_text, seen_call, &s};
+			struct tool_split t;
+			tool_split_init(&t, cases[c].syn);
+			if (bytewise)
+				for (size_t i = 0; i < n; i++)
+					tool_feed(&t, o + i, 1, false, &out);
+			else
+				tool_feed(&t, o, n, false, &out);
+			tool_feed(&t, "", 0, true, &out);
+			s.text[s.nt] = 0, s.calls[s.nc] = 0;
+			int bad = t.malformed;
+			tool_split_free(&t);
+			CHECK(strcmp(s.text, cases[c].text) == 0 && strcmp(s.calls, cases[c].calls) == 0 &&
+				      bad == cases[c].malformed,
+			      "case %zu%s: text '%s', calls '%s', %d malformed", c,
+			      bytewise ? " (bytewise)" : "", s.text, s.calls, bad);
+		}
+	}
 	return 0;
 }
 
@@ -854,9 +1000,13 @@ static const struct test tests[] = {
 	{"chat_deepseek_r1", test_chat_deepseek_r1},
 	{"chat_qwen25", test_chat_qwen25},
 	{"chat_deepseek_v31", test_chat_deepseek_v31},
+	{"chat_tools_deepseek_r1", test_chat_tools_deepseek_r1},
+	{"chat_tools_qwen25", test_chat_tools_qwen25},
+	{"chat_tools_deepseek_v31", test_chat_tools_deepseek_v31},
 	{"chat_detect", test_chat_detect},
 	{"chat_cli_templates", test_chat_cli_templates},
 	{"reasoning_split", test_reasoning_split},
+	{"tool_calls", test_tool_calls},
 };
 
 int main(int argc, char **argv)

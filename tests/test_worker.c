@@ -151,6 +151,46 @@ static int test_api_parse(void)
 	      "enable_thinking: %s", e.message);
 	api_request_free(&r);
 
+	CHECK(parse(API_CHAT,
+		    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"assistant\","
+		    "\"content\":null,\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\",\"function\":"
+		    "{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\": 1.5}\"}}]},{\"role\":\"tool\","
+		    "\"tool_call_id\":\"call_1\",\"content\":\"18\"}],\"tools\":[{\"type\":\"function\","
+		    "\"function\":{\"name\":\"get_weather\",\"parameters\":{\"type\":\"object\"}}}],"
+		    "\"tool_choice\":\"auto\",\"parallel_tool_calls\":false}",
+		    &r, &e) == 0,
+	      "tools: %s", e.message);
+	CHECK(r.n_tools == 1 && strcmp(r.tool_names[0], "get_weather") == 0 &&
+		      strcmp(r.tools_py[0], "{\"type\": \"function\", \"function\": {\"name\": "
+					    "\"get_weather\", \"parameters\": {\"type\": \"object\"}}}") == 0 &&
+		      !r.parallel_tool_calls && !r.tools_off,
+	      "tools as the templates print them: %s", r.n_tools ? r.tools_py[0] : "none");
+	CHECK(r.messages[1].content == NULL && r.messages[1].n_tool_calls == 1 &&
+		      strcmp(r.messages[1].tool_calls[0].arguments, "{\"city\": 1.5}") == 0 &&
+		      strcmp(r.messages[1].tool_calls[0].arguments_py, "{\"city\": 1.5}") == 0 &&
+		      strcmp(r.messages[2].role, "tool") == 0,
+	      "tool calls and results");
+	api_request_free(&r);
+	CHECK(parse(API_CHAT,
+		    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\","
+		    "\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"none\"}",
+		    &r, &e) == 0 && r.tools_off,
+	      "tool_choice none: %s", e.message);
+	api_request_free(&r);
+	CHECK(parse(API_CHAT,
+		    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\","
+		    "\"function\":{\"name\":\"f\"}},{\"type\":\"function\",\"function\":{\"name\":\"g\"}}],"
+		    "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}",
+		    &r, &e) == 0 && r.tool_named && strcmp(r.tool_named, "g") == 0 && !r.tool_required,
+	      "tool_choice named: %s", e.message);
+	api_request_free(&r);
+	CHECK(parse(API_CHAT,
+		    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\","
+		    "\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"required\"}",
+		    &r, &e) == 0 && r.tool_required && !r.tool_named,
+	      "tool_choice required: %s", e.message);
+	api_request_free(&r);
+
 	CHECK(parse(API_COMPLETION, "{\"prompt\":[1,2,3],\"logprobs\":2}", &r, &e) == 0, "ids");
 	CHECK(r.n_prompt_ids == 3 && r.prompt_ids[2] == 3 && r.logprobs &&
 		      r.sampling.top_logprobs == 2 && !r.temperature_set,
@@ -188,6 +228,27 @@ static int test_api_parse(void)
 		{API_CHAT,
 		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"separate_reasoning\":\"no\"}",
 		 "separate_reasoning", "invalid_type"},
+		{API_CHAT,
+		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\","
+		 "\"function\":{\"name\":\"bad name\"}}]}",
+		 "tools[0]", "invalid_value"},
+		{API_CHAT,
+		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"code\"}]}",
+		 "tools[0]", "invalid_type"},
+		{API_CHAT,
+		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\","
+		 "\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\",\"function\":"
+		 "{\"name\":\"g\"}}}",
+		 "tool_choice", "invalid_value"},
+		{API_CHAT,
+		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\","
+		 "\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"always\"}",
+		 "tool_choice", "invalid_value"},
+		{API_CHAT,
+		 "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\","
+		 "\"arguments\":7}}]}]}",
+		 "messages[0].tool_calls[0]", "invalid_type"},
+		{API_CHAT, "{\"messages\":[{\"role\":\"tool\"}]}", "messages[0].content", "invalid_type"},
 		{API_CHAT,
 		 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":"
 		 "{\"type\":\"json_object\"}}",

@@ -2,6 +2,7 @@
  * the JSON the API answers with. Parses untrusted bytes. Runs in the
  * worker's request threads. */
 #include "api.h"
+#include "../engine/pyjson.h"
 #include "../engine/common.h"
 #include "../engine/tokenizer.h"
 
@@ -191,7 +192,7 @@ static int get_template_kwargs(json_t *root, struct api_request *r, struct api_e
  * would change the answer, so that no client is silently misled. */
 static int refuse_unsupported(json_t *root, struct api_error *e)
 {
-	static const char *const arrays_or_objects[] = {"tools", "functions", "logit_bias"};
+	static const char *const arrays_or_objects[] = {"functions", "logit_bias"};
 	for (size_t i = 0; i < sizeof arrays_or_objects / sizeof arrays_or_objects[0]; i++) {
 		json_t *v = json_object_get(root, arrays_or_objects[i]);
 		if (v && !json_is_null(v) && json_object_size(v) + json_array_size(v) > 0)
@@ -262,11 +263,14 @@ static int get_stop(json_t *root, struct api_request *r, struct api_error *e)
 
 /* A message's content: a string, or an array of {"type": "text", "text"}
  * parts (joined with nothing between them). */
-static int get_content(json_t *m, size_t i, struct api_request *r, struct api_error *e)
+static int get_content(json_t *m, size_t i, bool optional, struct api_request *r,
+		       struct api_error *e)
 {
 	json_t *c = json_object_get(m, "content");
 	char param[64];
 	snprintf(param, sizeof param, "messages[%zu].content", i);
+	if (optional && (!c || json_is_null(c)))
+		return 0; /* an assistant that only calls tools */
 	if (json_is_string(c)) {
 		r->messages[i].content = json_string_value(c);
 		return 0;
@@ -296,6 +300,167 @@ static int get_content(json_t *m, size_t i, struct api_request *r, struct api_er
 	r->joined[i] = b.p;
 	r->messages[i].content = b.p;
 	return 0;
+}
+
+/* An owned string of the request (freed with it), or NULL when out of memory. */
+static char *own(struct api_request *r, char *p)
+{
+	if (!p)
+		return NULL;
+	char **o = realloc(r->owned, (r->n_owned + 1) * sizeof *o);
+	if (!o) {
+		free(p);
+		return NULL;
+	}
+	r->owned = o;
+	r->owned[r->n_owned++] = p;
+	return p;
+}
+
+/* A function's name: 1 to 64 letters, digits, '_' or '-', as OpenAI's. */
+static bool function_name_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 64)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!(s[i] == '_' || s[i] == '-' || (s[i] >= '0' && s[i] <= '9') ||
+		      (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z')))
+			return false;
+	return true;
+}
+
+/* An assistant message's tool_calls into r->messages[i]: OpenAI's
+ * [{"id", "type": "function", "function": {"name", "arguments"}}], the
+ * arguments a JSON string (an object is taken too). Returns how many, or
+ * -1 with e set. */
+static int get_tool_calls(json_t *m, size_t i, struct api_request *r, struct api_error *e)
+{
+	json_t *tc = json_object_get(m, "tool_calls");
+	char param[96];
+	snprintf(param, sizeof param, "messages[%zu].tool_calls", i);
+	if (!tc || json_is_null(tc))
+		return 0;
+	if (!json_is_array(tc))
+		return api_fail(e, 400, "invalid_request_error", "invalid_type", param,
+				"'%s' must be an array", param);
+	size_t n = json_array_size(tc);
+	if (n > API_MAX_TOOLS)
+		return api_fail(e, 400, "invalid_request_error", "invalid_value", param,
+				"at most %d tool calls a message", API_MAX_TOOLS);
+	struct chat_tool_call *calls = n ? calloc(n, sizeof *calls) : NULL;
+	if (n && !own(r, (char *)calls))
+		return api_fail(e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+	for (size_t k = 0; k < n; k++) {
+		json_t *c = json_array_get(tc, k), *type = json_object_get(c, "type"),
+		       *fn = json_object_get(c, "function"), *id = json_object_get(c, "id");
+		json_t *name = json_object_get(fn, "name"), *args = json_object_get(fn, "arguments");
+		snprintf(param, sizeof param, "messages[%zu].tool_calls[%zu]", i, k);
+		if (!json_is_object(c) || !json_is_object(fn) ||
+		    (type && !json_is_null(type) &&
+		     !(json_is_string(type) && strcmp(json_string_value(type), "function") == 0)) ||
+		    (id && !json_is_null(id) && !json_is_string(id)))
+			return api_fail(e, 400, "invalid_request_error", "invalid_type", param,
+					"'%s' must be {\"id\", \"type\": \"function\", \"function\": "
+					"{\"name\", \"arguments\"}}", param);
+		if (!json_is_string(name) || !function_name_ok(json_string_value(name)))
+			return api_fail(e, 400, "invalid_request_error", "invalid_value", param,
+					"'%s.function.name' must be 1 to 64 letters, digits, '_' or '-'",
+					param);
+		const char *a;
+		if (json_is_string(args))
+			a = json_string_value(args);
+		else if (json_is_object(args))
+			a = own(r, json_dumps(args, JSON_COMPACT | JSON_PRESERVE_ORDER));
+		else
+			return api_fail(e, 400, "invalid_request_error", "invalid_type", param,
+					"'%s.function.arguments' must be a string of JSON", param);
+		char *py = a ? own(r, py_json_of_text(a)) : NULL;
+		if (!a || !py)
+			return api_fail(e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+		calls[k] = (struct chat_tool_call){json_string_value(name), a, py};
+	}
+	r->messages[i].tool_calls = calls;
+	r->messages[i].n_tool_calls = n;
+	return (int)n;
+}
+
+/* tools: OpenAI's [{"type": "function", "function": {"name", "description",
+ * "parameters"}}], each kept as the templates print it; tool_choice "auto",
+ * "none", "required" or a named function of those; parallel_tool_calls. */
+static int get_tools(json_t *root, struct api_request *r, struct api_error *e)
+{
+	r->parallel_tool_calls = true;
+	if (get_bool(root, "parallel_tool_calls", &r->parallel_tool_calls, e) < 0)
+		return -1;
+	json_t *v = json_object_get(root, "tools");
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_array(v))
+		return BAD_TYPE("tools", "an array");
+	size_t n = json_array_size(v);
+	if (n > API_MAX_TOOLS)
+		return BAD("tools", "at most %d tools", API_MAX_TOOLS);
+	r->tools_py = n ? calloc(n, sizeof *r->tools_py) : NULL;
+	r->tool_names = n ? calloc(n, sizeof *r->tool_names) : NULL;
+	if (n && (!own(r, (char *)r->tools_py) || !own(r, (char *)r->tool_names)))
+		return api_fail(e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+	for (size_t k = 0; k < n; k++) {
+		json_t *t = json_array_get(v, k), *type = json_object_get(t, "type"),
+		       *fn = json_object_get(t, "function"), *name = json_object_get(fn, "name"),
+		       *params = json_object_get(fn, "parameters"), *desc = json_object_get(fn, "description");
+		char param[48];
+		snprintf(param, sizeof param, "tools[%zu]", k);
+		if (!json_is_object(t) || !json_is_string(type) ||
+		    strcmp(json_string_value(type), "function") != 0 || !json_is_object(fn))
+			return api_fail(e, 400, "invalid_request_error", "invalid_type", param,
+					"'%s' must be {\"type\": \"function\", \"function\": {...}}",
+					param);
+		if (!json_is_string(name) || !function_name_ok(json_string_value(name)))
+			return api_fail(e, 400, "invalid_request_error", "invalid_value", param,
+					"'%s.function.name' must be 1 to 64 letters, digits, '_' or '-'",
+					param);
+		if ((params && !json_is_null(params) && !json_is_object(params)) ||
+		    (desc && !json_is_null(desc) && !json_is_string(desc)))
+			return api_fail(e, 400, "invalid_request_error", "invalid_type", param,
+					"'%s.function': parameters must be an object, description a "
+					"string", param);
+		struct sbuf b = {0};
+		py_json_dump(&b, t);
+		sbuf_put(&b, "", 1);
+		if (b.failed || !own(r, b.p)) {
+			if (b.failed)
+				free(b.p);
+			return api_fail(e, 503, "server_error", "out_of_memory", NULL, "out of memory");
+		}
+		r->tools_py[k] = b.p;
+		r->tool_names[k] = json_string_value(name);
+	}
+	r->n_tools = n;
+	json_t *tc = json_object_get(root, "tool_choice");
+	if (!tc || json_is_null(tc) || (json_is_string(tc) && strcmp(json_string_value(tc), "auto") == 0))
+		return 0;
+	if (json_is_string(tc) && strcmp(json_string_value(tc), "none") == 0) {
+		r->tools_off = true;
+		return 0;
+	}
+	if (json_is_string(tc) && strcmp(json_string_value(tc), "required") == 0) {
+		r->tool_required = true;
+		return 0;
+	}
+	json_t *fn = json_object_get(tc, "function"), *name = json_object_get(fn, "name"),
+	       *type = json_object_get(tc, "type");
+	if (!json_is_object(tc) || !json_is_string(type) ||
+	    strcmp(json_string_value(type), "function") != 0 || !json_is_string(name))
+		return BAD("tool_choice", "'tool_choice' must be \"auto\", \"none\", \"required\" or "
+					  "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+	for (size_t k = 0; k < n; k++)
+		if (strcmp(r->tool_names[k], json_string_value(name)) == 0) {
+			r->tool_named = r->tool_names[k];
+			return 0;
+		}
+	return BAD("tool_choice", "'tool_choice' names '%.64s', which is not one of the tools",
+		   json_string_value(name));
 }
 
 static int get_messages(json_t *root, struct api_request *r, struct api_error *e)
@@ -333,12 +498,19 @@ static int get_messages(json_t *root, struct api_request *r, struct api_error *e
 		if (strcmp(rs, "developer") == 0) /* OpenAI's newer name for system */
 			rs = "system";
 		if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 &&
-		    strcmp(rs, "assistant") != 0)
+		    strcmp(rs, "assistant") != 0 && strcmp(rs, "tool") != 0)
 			return api_fail(e, 400, "invalid_request_error", "invalid_value", param,
-					"'%s' must be system, developer, user or assistant", param);
+					"'%s' must be system, developer, user, assistant or tool", param);
 		r->messages[i].role = rs;
-		if (get_content(m, i, r, e) < 0)
+		int calls = strcmp(rs, "assistant") == 0 ? get_tool_calls(m, i, r, e) : 0;
+		if (calls < 0 || get_content(m, i, calls > 0, r, e) < 0)
 			return -1;
+		json_t *id = json_object_get(m, "tool_call_id");
+		if (id && !json_is_null(id) && !json_is_string(id)) {
+			snprintf(param, sizeof param, "messages[%zu].tool_call_id", i);
+			return api_fail(e, 400, "invalid_request_error", "invalid_type", param,
+					"'%s' must be a string", param);
+		}
 	}
 	return 0;
 }
@@ -469,6 +641,8 @@ int api_parse(enum api_kind kind, const char *body, size_t len, struct api_reque
 	}
 	if (kind == API_CHAT && get_template_kwargs(root, r, e) < 0)
 		goto fail;
+	if (kind == API_CHAT && get_tools(root, r, e) < 0)
+		goto fail;
 	r->separate_reasoning = true; /* SGLang's name; false: the raw text in content */
 	if (kind == API_CHAT && get_bool(root, "separate_reasoning", &r->separate_reasoning, e) < 0)
 		goto fail;
@@ -509,6 +683,9 @@ void api_request_free(struct api_request *r)
 		free(r->joined[i]);
 	free(r->joined);
 	free(r->messages);
+	for (size_t i = 0; i < r->n_owned; i++)
+		free(r->owned[i]);
+	free(r->owned);
 	free(r->prompt_ids);
 	json_decref(r->root);
 	memset(r, 0, sizeof *r);
@@ -656,9 +833,29 @@ static void usage_json(struct sbuf *b, const struct api_answer *a, const struct 
 	sbuf_puts(b, "}");
 }
 
+static void tool_call_json(struct sbuf *b, const struct api_tool_call *c)
+{
+	sbuf_printf(b, "\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":", c->id);
+	sbuf_json_str(b, c->name, strlen(c->name));
+	sbuf_puts(b, ",\"arguments\":");
+	sbuf_json_str(b, c->arguments, strlen(c->arguments));
+	sbuf_puts(b, "}");
+}
+
+void api_chunk_tool_call(struct sbuf *b, const struct api_answer *a, int index,
+			 const struct api_tool_call *c)
+{
+	chunk_open(b, a);
+	sbuf_printf(b, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,", index);
+	tool_call_json(b, c);
+	sbuf_puts(b, "}]},\"logprobs\":null,\"finish_reason\":null}");
+	chunk_close(b, a);
+}
+
 void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *reasoning,
-		     size_t rlen, const char *text, size_t len, const struct api_token *ev,
-		     size_t n_ev, const char *reason, const struct api_usage *u)
+		     size_t rlen, const char *text, size_t len, const struct api_tool_call *calls,
+		     size_t n_calls, const struct api_token *ev, size_t n_ev, const char *reason,
+		     const struct api_usage *u)
 {
 	const struct tokenizer *tok = a->tok;
 	sbuf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", a->id,
@@ -667,10 +864,22 @@ void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *rea
 	if (a->kind == API_CHAT) {
 		sbuf_puts(b, ",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"message\":"
 			     "{\"role\":\"assistant\",\"content\":");
-		sbuf_json_str(b, text ? text : "", len);
+		if (n_calls > 0 && len == 0)
+			sbuf_puts(b, "null");
+		else
+			sbuf_json_str(b, text ? text : "", len);
 		if (a->reasoning) {
 			sbuf_puts(b, ",\"reasoning_content\":");
 			sbuf_json_str(b, reasoning ? reasoning : "", rlen);
+		}
+		if (n_calls > 0) {
+			sbuf_puts(b, ",\"tool_calls\":[");
+			for (size_t i = 0; i < n_calls; i++) {
+				sbuf_puts(b, i ? ",{" : "{");
+				tool_call_json(b, &calls[i]);
+				sbuf_puts(b, "}");
+			}
+			sbuf_puts(b, "]");
 		}
 		sbuf_puts(b, "},\"logprobs\":");
 		if (a->logprobs) {

@@ -35,6 +35,7 @@ void api_error_json(struct sbuf *b, const struct api_error *e);
 enum api_kind { API_CHAT, API_COMPLETION };
 
 #define API_MAX_MESSAGES 1024
+#define API_MAX_TOOLS 128
 #define API_MODEL_LEN 256
 
 /* A checked request. Strings point into root (or into joined, for chat
@@ -49,6 +50,16 @@ struct api_request {
 	char **joined;              /* (n_messages) content parts joined, or NULL entries */
 	bool thinking;              /* chat_template_kwargs.thinking (or enable_thinking) */
 	bool separate_reasoning;    /* reasoning in reasoning_content (default); false: all in content */
+	/* tools: each as the templates print it (pyjson.h), and its name */
+	char **tools_py;
+	const char **tool_names;
+	size_t n_tools;
+	bool tools_off;             /* tool_choice "none": not offered, no call parsed */
+	bool tool_required;         /* tool_choice "required": the answer opens with a call */
+	const char *tool_named;     /* tool_choice names this function: the answer calls it */
+	bool parallel_tool_calls;   /* false: the first call only */
+	char **owned;               /* (n_owned) what the strings above point into */
+	size_t n_owned;
 	/* completion: text, or token ids */
 	const char *prompt;
 	size_t prompt_len;
@@ -86,6 +97,12 @@ struct api_answer {
 				     * completion_tokens_details.reasoning_tokens) */
 };
 
+/* A tool call parsed from the answer (toolcall.h). */
+struct api_tool_call {
+	char id[32];    /* "call_..." */
+	char *name, *arguments;
+};
+
 /* A response's usage: prompt and completion tokens, and of those the
  * reasoning's (when api_answer.reasoning). */
 struct api_usage {
@@ -114,15 +131,19 @@ void api_chunk_text(struct sbuf *b, const struct api_answer *a, const char *text
 		    const struct api_token *ev, size_t i);
 void api_chunk_reasoning(struct sbuf *b, const struct api_answer *a, const char *text, size_t n,
 			 const struct api_token *ev, size_t i);
+void api_chunk_tool_call(struct sbuf *b, const struct api_answer *a, int index,
+			 const struct api_tool_call *c);
 void api_chunk_finish(struct sbuf *b, const struct api_answer *a, const char *reason,
 		      bool include_usage, const struct api_usage *u);
 void api_chunk_error(struct sbuf *b, const struct api_error *e);
 
 /* The whole answer of a request that did not stream: text[0..len) (and
- * reasoning[0..rlen) as message.reasoning_content when a->reasoning), the
+ * reasoning[0..rlen) as message.reasoning_content when a->reasoning; the
+ * tool calls calls[0..n_calls), content null when it is empty then), the
  * logprobs of ev[0..n_ev) when a->logprobs, the reason and the usage. */
 void api_answer_json(struct sbuf *b, const struct api_answer *a, const char *reasoning,
-		     size_t rlen, const char *text, size_t len, const struct api_token *ev,
-		     size_t n_ev, const char *reason, const struct api_usage *u);
+		     size_t rlen, const char *text, size_t len, const struct api_tool_call *calls,
+		     size_t n_calls, const struct api_token *ev, size_t n_ev, const char *reason,
+		     const struct api_usage *u);
 
 #endif

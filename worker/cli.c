@@ -130,7 +130,8 @@ int cli_run(const struct cli_opts *co)
 		}
 		if (chat) {
 			/* The template writes the BOS itself, as text. */
-			struct chat_msg msgs[2] = {{"system", system}, {"user", chat}};
+			struct chat_msg msgs[2] = {{.role = "system", .content = system},
+						   {.role = "user", .content = chat}};
 			size_t blen = 0;
 			const char *bos = tok_bos(tok) >= 0 ? tok_piece(tok, tok_bos(tok), &blen) : "";
 			char bos_text[256];
@@ -139,7 +140,7 @@ int cli_run(const struct cli_opts *co)
 				fprintf(stderr, "ember-worker: %s\n", err);
 				goto done;
 			}
-			if (chat_render((enum chat_family)family, system ? msgs : msgs + 1, system ? 2 : 1,
+			if (chat_render((enum chat_family)family, system ? msgs : msgs + 1, system ? 2 : 1, NULL,
 					true, false, bos_text, &rendered, err) < 0) {
 				fprintf(stderr, "ember-worker: %s\n", err);
 				goto done;

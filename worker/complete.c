@@ -5,6 +5,7 @@
 #include "http.h"
 #include "../engine/chat.h"
 #include "../engine/reasoning.h"
+#include "../engine/toolcall.h"
 
 #include <errno.h>
 #include <math.h>
@@ -210,9 +211,10 @@ static void job_finish(void *arg, enum finish_reason why, const char *text, size
 /* --- the prompt ------------------------------------------------------------ */
 
 /* The prompt's ids into t->ids; *thinks: a chat whose rendering opens a
- * reasoning block (reasoning.h). */
+ * reasoning block (reasoning.h); prefill: what the prompt ends with of the
+ * reply (a required or named tool call's start, chat_tool_prefill). */
 static int build_prompt(struct comp_env *env, struct comp_thread *t, const struct api_request *ar,
-			bool *thinks, struct api_error *e)
+			bool *thinks, struct sbuf *prefill, struct api_error *e)
 {
 	char err[EMBER_ERR_LEN];
 	t->n_ids = 0;
@@ -241,7 +243,14 @@ static int build_prompt(struct comp_env *env, struct comp_thread *t, const struc
 		if (env->family < 0)
 			return api_fail(e, 400, "invalid_request_error", "chat_template_unsupported",
 					"messages", "%s", env->family_err);
-		int rc = chat_render((enum chat_family)env->family, ar->messages, ar->n_messages, true,
+		struct chat_tools tools = {(const char *const *)ar->tools_py, ar->n_tools};
+		bool offer = ar->n_tools > 0 && !ar->tools_off;
+		if (offer && !chat_has_tools((enum chat_family)env->family))
+			return api_fail(e, 400, "invalid_request_error", "unsupported_parameter", "tools",
+					"the model's chat template (%s) has no syntax for tools",
+					chat_family_name((enum chat_family)env->family));
+		int rc = chat_render((enum chat_family)env->family, ar->messages, ar->n_messages,
+				     offer ? &tools : NULL, true,
 				     ar->thinking, env->bos, &rendered, err);
 		if (rc < 0)
 			return rc == -ENOMEM ? api_fail(e, 503, "server_error", "out_of_memory", NULL,
@@ -251,6 +260,19 @@ static int build_prompt(struct comp_env *env, struct comp_thread *t, const struc
 		text = rendered;
 		len = strlen(rendered);
 		*thinks = reason_prompt_opens(rendered, len);
+		if (offer && (ar->tool_required || ar->tool_named)) {
+			const char *pre = chat_tool_prefill((enum chat_family)env->family,
+							    ar->tool_named, *thinks, prefill);
+			char *both = pre ? realloc(rendered, len + prefill->len + 1) : NULL;
+			if (!both) {
+				free(rendered);
+				return api_fail(e, 503, "server_error", "out_of_memory", NULL,
+						"out of memory");
+			}
+			memcpy(both + len, prefill->p, prefill->len + 1);
+			text = rendered = both;
+			len += prefill->len;
+		}
 	}
 	/* A chat template writes the BOS itself, as text. */
 	int rc = tok_encode(env->tok, t->tc, text, len, ar->kind != API_CHAT, &t->ids, &t->n_ids,
@@ -310,47 +332,140 @@ static bool wait_done(struct comp_env *env, struct conn *c, struct job *j, uint6
 	return true;
 }
 
-/* A stream's text on its way out: with a->reasoning through the split,
- * into reasoning_content and content chunks; a token's logprobs go with
- * its first chunk (an empty one when the split holds all its text). */
-struct stream_text {
-	struct sbuf *o;
+/* What is made of the generated text on its way out: the reasoning apart
+ * (a->reasoning), the answer's tool calls parsed (tools), into chunks of a
+ * stream (o) or the parts of a whole answer. In a stream a token's
+ * logprobs go with its first chunk (an empty one when all its text is
+ * held back). */
+struct pipe {
 	const struct api_answer *a;
-	struct reason_split split;
+	bool tools, parallel;
+	struct reason_split rs;
+	struct tool_split ts;
+	struct tool_out to;
+	struct sbuf *o;            /* a stream's chunks, or NULL */
+	struct sbuf *think, *text; /* a whole answer's parts */
+	struct api_tool_call *calls; /* a whole answer's (n_calls) */
+	size_t n_calls, cap_calls;
 	const struct api_token *ev; /* the token whose text this is, or NULL */
 	size_t i;
+	const char *pre;            /* the reply's start that the prompt ends with (n_pre) */
+	size_t n_pre;
 };
 
-static void stream_piece(void *arg, bool think, const char *p, size_t n)
+static void pipe_text(void *arg, const char *p, size_t n)
 {
-	struct stream_text *st = arg;
-	(think ? api_chunk_reasoning : api_chunk_text)(st->o, st->a, p, n, st->ev, st->i);
-	st->ev = NULL;
-}
-
-static void stream_text(struct stream_text *st, const char *text, size_t n,
-			const struct api_token *ev, size_t i, bool final)
-{
-	if (!st->a->reasoning) {
-		api_chunk_text(st->o, st->a, text, n, ev, i);
+	struct pipe *pp = arg;
+	if (!pp->o) {
+		sbuf_put(pp->text, p, n);
 		return;
 	}
-	st->ev = ev, st->i = i;
-	reason_feed(&st->split, text, n, final, stream_piece, st);
-	if (st->ev) /* nothing came out: the logprobs alone */
-		stream_piece(st, st->split.state != REASON_ANSWER, "", 0);
+	api_chunk_text(pp->o, pp->a, p, n, pp->ev, pp->i);
+	pp->ev = NULL;
+}
+
+static void pipe_call(void *arg, int index, const char *name, const char *args)
+{
+	struct pipe *pp = arg;
+	if (index > 0 && !pp->parallel)
+		return; /* parallel_tool_calls false: the first only */
+	struct api_tool_call c = {.name = strdup(name), .arguments = strdup(args)};
+	memcpy(c.id, "call_", 5);
+	http_random_id(c.id + 5, 25, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
+	if (pp->o && c.name && c.arguments)
+		api_chunk_tool_call(pp->o, pp->a, (int)pp->n_calls, &c);
+	if (pp->o || !c.name || !c.arguments) {
+		pp->n_calls += c.name && c.arguments;
+		free(c.name), free(c.arguments);
+		return;
+	}
+	if (pp->n_calls == pp->cap_calls) {
+		size_t cap = pp->cap_calls ? 2 * pp->cap_calls : 4;
+		struct api_tool_call *m = realloc(pp->calls, cap * sizeof *m);
+		if (!m) {
+			free(c.name), free(c.arguments);
+			return;
+		}
+		pp->calls = m, pp->cap_calls = cap;
+	}
+	pp->calls[pp->n_calls++] = c;
+}
+
+static void pipe_piece(void *arg, bool think, const char *p, size_t n)
+{
+	struct pipe *pp = arg;
+	if (n == 0 && !pp->ev)
+		return; /* no chunk of nothing */
+	if (!think) {
+		if (pp->tools)
+			tool_feed(&pp->ts, p, n, false, &pp->to);
+		else
+			pipe_text(pp, p, n);
+	} else if (pp->o) {
+		api_chunk_reasoning(pp->o, pp->a, p, n, pp->ev, pp->i);
+		pp->ev = NULL;
+	} else {
+		sbuf_put(pp->think, p, n);
+	}
+}
+
+static void pipe_init(struct pipe *pp, const struct api_answer *a, int syntax, bool parallel)
+{
+	*pp = (struct pipe){.a = a, .tools = syntax >= 0, .parallel = parallel};
+	reason_init(&pp->rs);
+	tool_split_init(&pp->ts, syntax >= 0 ? (enum tool_syntax)syntax : TOOL_QWEN);
+	pp->to = (struct tool_out){pipe_text, pipe_call, pp};
+}
+
+static void pipe_free(struct pipe *pp)
+{
+	tool_split_free(&pp->ts);
+	for (size_t i = 0; i < pp->n_calls && pp->calls; i++)
+		free(pp->calls[i].name), free(pp->calls[i].arguments);
+	free(pp->calls);
+}
+
+/* Feeds text[0..n), of token ev[i] when ev is given; final: the end. */
+static void pipe_feed(struct pipe *pp, const char *text, size_t n, const struct api_token *ev,
+		      size_t i, bool final)
+{
+	if (pp->n_pre > 0) { /* the prefill first, as if the model had written it */
+		size_t k = pp->n_pre;
+		pp->n_pre = 0;
+		pipe_feed(pp, pp->pre, k, NULL, 0, false);
+	}
+	pp->ev = ev, pp->i = i;
+	if (pp->a->reasoning)
+		reason_feed(&pp->rs, text, n, final, pipe_piece, pp);
+	else
+		pipe_piece(pp, false, text, n);
+	if (final && pp->tools)
+		tool_feed(&pp->ts, "", 0, true, &pp->to);
+	if (pp->o && pp->ev) { /* nothing came out: the logprobs alone */
+		if (pp->a->reasoning && pp->rs.state != REASON_ANSWER)
+			api_chunk_reasoning(pp->o, pp->a, "", 0, pp->ev, pp->i);
+		else
+			api_chunk_text(pp->o, pp->a, "", 0, pp->ev, pp->i);
+	}
+	pp->ev = NULL;
+}
+
+/* The finish reason: tool_calls for an answer that called tools and ended
+ * by itself. */
+static const char *pipe_finish(const struct pipe *pp, enum finish_reason why)
+{
+	return pp->n_calls > 0 && why == FINISH_STOP ? "tool_calls" : api_finish_name(why);
 }
 
 /* Streams the job's output as Server-Sent Events until it is done or the
  * client is gone (then the sequence is cancelled and waited for). */
 static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn *c,
 		       const struct api_answer *a, struct job *j, uint64_t seq, int n_prompt,
-		       bool include_usage)
+		       bool include_usage, struct pipe *pp)
 {
 	struct sbuf *o = &t->out;
 	size_t sent_text = 0, sent_ev = 0;
-	struct stream_text st = {.o = o, .a = a};
-	reason_init(&st.split);
+	pp->o = o;
 	o->len = 0;
 	if (a->kind == API_CHAT) /* the role first, as OpenAI does */
 		api_chunk_role(o, a);
@@ -379,15 +494,14 @@ static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn 
 				size_t to = j->ev[i].text_end;
 				if (from < sent_text) /* never: text comes with its event */
 					from = sent_text;
-				stream_text(&st, t->tmp.p + (from - sent_text), to - from, j->ev, i,
-					    false);
+				pipe_feed(pp, t->tmp.p + (from - sent_text), to - from, j->ev, i, false);
 			}
 			size_t end = j->ev[n_ev - 1].text_end;
 			if (text_len > end)
-				stream_text(&st, t->tmp.p + (end - sent_text), text_len - end, NULL, 0,
-					    false);
+				pipe_feed(pp, t->tmp.p + (end - sent_text), text_len - end, NULL, 0,
+					  false);
 		} else if (text_len > sent_text) {
-			stream_text(&st, t->tmp.p, text_len - sent_text, NULL, 0, false);
+			pipe_feed(pp, t->tmp.p, text_len - sent_text, NULL, 0, false);
 		} else if (timed_out && !done) {
 			sbuf_puts(o, ": keep-alive\n\n");
 		}
@@ -396,8 +510,8 @@ static void stream_out(struct comp_env *env, struct comp_thread *t, struct conn 
 		if (done) {
 			const char *reason = api_finish_name(j->why);
 			if (reason) {
-				if (a->reasoning) /* what the split held: reasoning */
-					reason_feed(&st.split, "", 0, true, stream_piece, &st);
+				pipe_feed(pp, "", 0, NULL, 0, true); /* what the splits held */
+				reason = pipe_finish(pp, j->why);
 				struct api_usage u = {n_prompt, j->n_tokens, j->think_tokens};
 				api_chunk_finish(o, a, reason, include_usage, &u);
 			} else {
@@ -424,17 +538,6 @@ gone:
 	cancel_and_wait(env, j, seq);
 }
 
-/* A whole answer's two parts, as the split gives them. */
-struct answer_parts {
-	struct sbuf *text, *think;
-};
-
-static void answer_part(void *arg, bool think, const char *p, size_t n)
-{
-	struct answer_parts *ap = arg;
-	sbuf_put(think ? ap->think : ap->text, p, n);
-}
-
 void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c,
 		     enum api_kind kind, const char *body, size_t len, struct wlog_req *log)
 {
@@ -452,8 +555,11 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 	}
 	log->stream = ar.stream;
 	bool thinks;
-	if (build_prompt(env, t, &ar, &thinks, &e) < 0)
+	struct sbuf prefill = {0};
+	if (build_prompt(env, t, &ar, &thinks, &prefill, &e) < 0) {
+		sbuf_free(&prefill);
 		goto error;
+	}
 	int n_prompt = (int)t->n_ids;
 	log->prompt_tokens = n_prompt;
 	int limit = env->max_prompt_tokens > 0 ? env->max_prompt_tokens : env->ctx;
@@ -503,7 +609,9 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 	q.deadline = t_arrive + env->request_timeout;
 
 	bool reasoning = thinks && ar.separate_reasoning;
-	struct job j = {.t_arrive = t_arrive, .met = env->met, .think_open = reasoning};
+	/* a prefill closes the reasoning: none of the reply's tokens is in it */
+	struct job j = {.t_arrive = t_arrive, .met = env->met,
+			.think_open = reasoning && prefill.len == 0};
 	reason_init(&j.think);
 	pthread_mutex_init(&j.mu, NULL);
 	cond_init_monotonic(&j.cv);
@@ -552,13 +660,20 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 	http_random_id(rid, sizeof rid,
 		       "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
 	snprintf(a.id, sizeof a.id, "%s%s", kind == API_CHAT ? "chatcmpl-" : "cmpl-", rid);
+	int syntax = -1; /* the answer's tool calls parsed back, in the template's syntax */
+	if (kind == API_CHAT && ar.n_tools > 0 && !ar.tools_off &&
+	    chat_has_tools((enum chat_family)env->family))
+		syntax = env->family == CHAT_QWEN25 ? TOOL_QWEN : TOOL_DEEPSEEK;
+	struct pipe pp;
+	pipe_init(&pp, &a, syntax, ar.parallel_tool_calls);
+	pp.pre = prefill.p, pp.n_pre = prefill.len;
 	if (ar.stream) {
 		if (conn_head(c, 200, "text/event-stream",
 			      "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") < 0 ||
 		    conn_flush(c) < 0) {
 			sched_cancel(env->sched, seq);
 		}
-		stream_out(env, t, c, &a, &j, seq, n_prompt, ar.include_usage);
+		stream_out(env, t, c, &a, &j, seq, n_prompt, ar.include_usage, &pp);
 	} else {
 		bool here = wait_done(env, c, &j, seq);
 		const char *reason = api_finish_name(j.why);
@@ -568,19 +683,17 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 		} else if (reason) {
 			t->out.len = 0;
 			struct api_usage u = {n_prompt, j.n_tokens, j.think_tokens};
-			struct answer_parts parts = {.text = &t->tmp, .think = &t->think};
-			if (reasoning) {
-				struct reason_split rs;
-				reason_init(&rs);
+			if (reasoning || pp.tools) {
 				t->tmp.len = t->think.len = 0;
-				reason_feed(&rs, j.text.p ? j.text.p : "", j.text.len, true, answer_part,
-					    &parts);
+				pp.think = &t->think, pp.text = &t->tmp;
+				pipe_feed(&pp, j.text.p ? j.text.p : "", j.text.len, NULL, 0, true);
 				api_answer_json(&t->out, &a, t->think.p, t->think.len, t->tmp.p,
-						t->tmp.len, j.ev, j.n_ev, reason, &u);
+						t->tmp.len, pp.calls, pp.n_calls, j.ev, j.n_ev,
+						pipe_finish(&pp, j.why), &u);
 				t->out.failed |= t->tmp.failed || t->think.failed;
 			} else {
-				api_answer_json(&t->out, &a, NULL, 0, j.text.p, j.text.len, j.ev, j.n_ev,
-						reason, &u);
+				api_answer_json(&t->out, &a, NULL, 0, j.text.p, j.text.len, NULL, 0, j.ev,
+						j.n_ev, reason, &u);
 			}
 			if (t->out.failed)
 				api_fail(&e, 503, "server_error", "out_of_memory", NULL, "out of memory");
@@ -606,7 +719,13 @@ void complete_handle(struct comp_env *env, struct comp_thread *t, struct conn *c
 	atomic_fetch_add(&env->met->c->finished[mf], 1);
 	log->completion_tokens = j.n_tokens;
 	log->finish_reason = c->broken || j.why == FINISH_CANCELLED ? "client_gone"
-			     : api_finish_name(j.why) ? api_finish_name(j.why) : finish_reason_name(j.why);
+			     : pipe_finish(&pp, j.why) ? pipe_finish(&pp, j.why)
+						       : finish_reason_name(j.why);
+	if (pp.ts.malformed)
+		wlog(4, "request %s: %d tool call%s that the model began did not end well formed: "
+			"sent as text", c->request_id, pp.ts.malformed, pp.ts.malformed > 1 ? "s" : "");
+	pipe_free(&pp);
+	sbuf_free(&prefill);
 	log->ttft_ms = j.n_tokens ? (j.t_first - t_arrive) * 1e3 : 0;
 	goto done_job;
 

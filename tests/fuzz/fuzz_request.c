@@ -34,9 +34,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (r.n_messages < 1)
 			abort();
 		char *out = NULL;
+		struct chat_tools tools = {(const char *const *)r.tools_py, r.n_tools};
+		for (size_t i = 0; i < r.n_tools; i++)
+			if (!r.tools_py[i] || !r.tool_names[i])
+				abort();
 		for (int f = 0; f < CHAT_FAMILIES; f++) {
-			if (chat_render((enum chat_family)f, r.messages, r.n_messages, true, r.thinking, "<s>", &out,
-					err) == 0)
+			if (chat_render((enum chat_family)f, r.messages, r.n_messages, &tools, true,
+					r.thinking, "<s>", &out, err) == 0)
 				sbuf_json_str(&b, out, strlen(out));
 			free(out);
 			out = NULL;

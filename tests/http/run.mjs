@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
 import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
-import { generateText, streamText } from 'ai';
+import { generateText, jsonSchema, streamText, tool } from 'ai';
 import {
 	assert, cleanup, ctx, curl, eq, freePort, have, runTests, sleep, sseText, start, startCaddy,
 	loadClients, streamOnce, streamedToLength, streamsInFlight, units, waitFor,
@@ -265,6 +265,151 @@ test('reasoning_clients', async () => {
 	eq(await st.reasoningText, think, 'ai sdk stream: reasoningText');
 });
 
+// A model directory of the tiny model with template NAME (build/templates).
+function templatedModel(name, template) {
+	const mdir = path.join(dir, name);
+	fs.mkdirSync(mdir);
+	const src = path.join(models, model);
+	for (const f of fs.readdirSync(src))
+		if (f !== 'tokenizer_config.json') fs.symlinkSync(path.join(src, f), path.join(mdir, f));
+	const cfgFile = path.join(src, 'tokenizer_config.json');
+	const cfg = fs.existsSync(cfgFile) ? JSON.parse(fs.readFileSync(cfgFile, 'utf8')) : {};
+	cfg.chat_template = fs.readFileSync(path.resolve(models, '..', 'templates', `${template}.jinja`), 'utf8');
+	fs.writeFileSync(path.join(mdir, 'tokenizer_config.json'), JSON.stringify(cfg));
+	return mdir;
+}
+
+async function templatedWorker(name, mdir, extra) {
+	const sock = path.join(dir, `${name}.sock`);
+	const w = start(name, worker, ['--model', mdir, '--model-name', name, '--listen', sock, '--listen-mode', '0666',
+		'--threads', '1', ...extra]);
+	await waitFor(`${name} to listen`, () => fs.existsSync(sock) && !w.exited);
+	return startCaddy(`caddy-${name}`, sock);
+}
+
+// Tool calls in Qwen2.5's syntax and in R1's (after its reasoning), the
+// models' output forced (--forced-output): the openai client and the AI
+// SDK get tool_calls, whole and streamed, with finish_reason tool_calls; a
+// call that does not end well formed comes back as text; and the tiny
+// model's own output, with tools offered, is an answer like any other.
+test('tool_calls_clients', async () => {
+	const tools = [{ type: 'function', function: { name: 'get_weather', description: 'The weather in a city',
+		parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+	const messages = [{ role: 'user', content: 'Weather in Paris?' }];
+	const qwen = templatedModel('qwen25-model', 'qwen2.5');
+	const pre = 'Let me check.\n';
+	const qcall = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>';
+	const qbase = await templatedWorker('qwen25', qwen, ['--forced-output', pre + qcall]);
+	const r1 = templatedModel('r1-tools-model', 'deepseek-r1');
+	const think = 'The user wants the weather.\n';
+	const dcall = '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>';
+	const rbase = await templatedWorker('r1tools', r1, ['--forced-output', `${think}</think>\n\n${dcall}`]);
+	for (const [base, id, content, reasoning] of [[qbase, 'qwen25', pre, undefined], [rbase, 'r1tools', '\n\n', think]]) {
+		const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0 });
+		const whole = await client.chat.completions.create({ model: id, messages, tools, max_tokens: 200 });
+		const ch = whole.choices[0];
+		eq(ch.finish_reason, 'tool_calls', `${id}: finish_reason`);
+		eq(ch.message.content, content, `${id}: content`);
+		eq(ch.message.reasoning_content, reasoning, `${id}: reasoning`);
+		eq(ch.message.tool_calls.length, 1, `${id}: one call`);
+		const tc = ch.message.tool_calls[0];
+		assert(/^call_[A-Za-z0-9]{24}$/.test(tc.id), `${id}: call id ${tc.id}`);
+		eq([tc.type, tc.function.name, JSON.parse(tc.function.arguments)], ['function', 'get_weather', { city: 'Paris' }], `${id}: the call`);
+		const calls = [];
+		let text = '', finish = null;
+		const stream = await client.chat.completions.create({ model: id, messages, tools, max_tokens: 200, stream: true });
+		for await (const chunk of stream) {
+			const d = chunk.choices[0]?.delta ?? {};
+			text += d.content ?? '';
+			for (const t of d.tool_calls ?? []) {
+				calls[t.index] ??= { id: '', name: '', arguments: '' };
+				if (t.id) calls[t.index].id = t.id;
+				if (t.function?.name) calls[t.index].name += t.function.name;
+				calls[t.index].arguments += t.function?.arguments ?? '';
+			}
+			finish = chunk.choices[0]?.finish_reason ?? finish;
+		}
+		eq(text, content, `${id} stream: content`);
+		eq(finish, 'tool_calls', `${id} stream: finish_reason`);
+		eq(calls.map((c) => [c.name, JSON.parse(c.arguments)]), [['get_weather', { city: 'Paris' }]], `${id} stream: calls`);
+		// the next turn: the call and its result go back through the template
+		const next = await client.chat.completions.create({ model: id, max_tokens: 200, tools, messages: [...messages,
+			{ role: 'assistant', content: null, tool_calls: [tc] }, { role: 'tool', tool_call_id: tc.id, content: '18 degrees' }] });
+		eq(next.choices[0].finish_reason, 'tool_calls', `${id}: a second turn`);
+		// tool_choice none: no call parsed, the text as it came
+		const none = await client.chat.completions.create({ model: id, messages, tools, tool_choice: 'none', max_tokens: 200 });
+		eq(none.choices[0].finish_reason, 'stop', `${id} tool_choice none`);
+		assert(none.choices[0].message.content.includes(id === 'qwen25' ? '<tool_call>' : '<｜tool▁calls▁begin｜>'), `${id} none: the raw call in content`);
+
+		const ember = createOpenAICompatible({ name: 'ember', baseURL: `${base}/v1` });
+		const aiTools = { get_weather: tool({ description: 'The weather in a city', inputSchema: jsonSchema(tools[0].function.parameters) }) };
+		const g = await generateText({ model: ember(id), prompt: 'Weather in Paris?', tools: aiTools, maxOutputTokens: 200 });
+		eq(g.finishReason, 'tool-calls', `${id} ai sdk: finishReason`);
+		eq(g.toolCalls.map((c) => [c.toolName, c.input]), [['get_weather', { city: 'Paris' }]], `${id} ai sdk: toolCalls`);
+		const st = streamText({ model: ember(id), prompt: 'Weather in Paris?', tools: aiTools, maxOutputTokens: 200 });
+		const parts = [];
+		for await (const part of st.fullStream) {
+			if (part.type === 'tool-call') parts.push([part.toolName, part.input]);
+			if (part.type === 'error') throw part.error;
+		}
+		eq(parts, [['get_weather', { city: 'Paris' }]], `${id} ai sdk stream: tool-call`);
+	}
+	// tool_choice required or named: the prompt ends with the call's start
+	// (so the forced output is only the rest), the call comes back whole,
+	// also when the model leaves out the end marker.
+	for (const [name, template, rest, choice] of [
+		['qwen25named', 'qwen2.5', '{"city": "Oslo"}}', { type: 'function', function: { name: 'get_weather' } }],
+		['qwen25req', 'qwen2.5', '{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>', 'required'],
+		['r1named', 'deepseek-r1', '{"city": "Oslo"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>', { type: 'function', function: { name: 'get_weather' } }],
+		['v31named', 'deepseek-v3.1', '{"city": "Oslo"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>', { type: 'function', function: { name: 'get_weather' } }]]) {
+		const base = await templatedWorker(name, templatedModel(`${name}-model`, template), ['--forced-output', rest]);
+		const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0 });
+		for (const stream of [false, true]) {
+			const body = { model: name, messages, tools, tool_choice: choice, max_tokens: 100 };
+			let calls, finish, content = '';
+			if (stream) {
+				calls = [];
+				for await (const chunk of await client.chat.completions.create({ ...body, stream: true })) {
+					for (const t of chunk.choices[0]?.delta?.tool_calls ?? []) calls.push(t.function);
+					content += chunk.choices[0]?.delta?.content ?? '';
+					finish = chunk.choices[0]?.finish_reason ?? finish;
+				}
+			} else {
+				const r = await client.chat.completions.create(body);
+				calls = (r.choices[0].message.tool_calls ?? []).map((t) => t.function);
+				finish = r.choices[0].finish_reason;
+				content = r.choices[0].message.content ?? '';
+			}
+			eq([finish, calls.map((f) => [f.name, JSON.parse(f.arguments)])], ['tool_calls', [['get_weather', { city: 'Oslo' }]]], `${name}${stream ? ' stream' : ''}`);
+			assert(!content.includes('tool'), `${name}: content ${JSON.stringify(content)}`);
+		}
+	}
+	let status = 0;
+	try {
+		await new OpenAI({ baseURL: `${qbase}/v1`, apiKey: 'unused', maxRetries: 0 }).chat.completions.create({ model: 'qwen25', messages, tools,
+			tool_choice: { type: 'function', function: { name: 'no_such_tool' } } });
+	} catch (e) {
+		status = e.status;
+	}
+	eq(status, 400, 'a named tool_choice not among the tools');
+	// A call begun and not finished: text, and a warning in the log.
+	const cut = templatedModel('qwen25-cut-model', 'qwen2.5');
+	const cbase = await templatedWorker('qwen25cut', cut, ['--forced-output', '<tool_call>\n{"name": "get_weather", "argu']);
+	const cc = curl(`${cbase}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages, tools }) });
+	eq(cc.status, 200, 'cut call: status');
+	const cj = cc.json();
+	eq([cj.choices[0].finish_reason, cj.choices[0].message.content, cj.choices[0].message.tool_calls],
+		['stop', '<tool_call>\n{"name": "get_weather", "argu', undefined], 'cut call: text');
+	await waitFor('the warning', () => fs.readFileSync(path.join(dir, 'qwen25cut.log'), 'utf8').includes('did not end well formed'));
+	// The tiny model's own output with tools offered.
+	const own = await templatedWorker('qwen25own', templatedModel('qwen25-own-model', 'qwen2.5'), []);
+	const oj = curl(`${own}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages, tools, max_tokens: 16, seed: 1 }) }).json();
+	assert(['stop', 'length'].includes(oj.choices[0].finish_reason) && typeof oj.choices[0].message.content === 'string', `own output: ${JSON.stringify(oj.choices[0])}`);
+	// A template with no tool syntax refuses tools.
+	const bad = curl(`${fronts.caddy}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages, tools }) });
+	eq(bad.status, 400, 'tools on a template without a tool syntax');
+});
+
 test('keepalive_during_prefill', async () => {
 	// A prompt of about 3,000 tokens takes several steps to prefill; the
 	// worker runs with --keepalive 0.1, so comments come before the text.
@@ -371,7 +516,8 @@ const bad = [
 	['top_logprobs without logprobs', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"top_logprobs":2}', 400, 'invalid_request_error', 'invalid_value'],
 	['top_logprobs 21', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"logprobs":true,"top_logprobs":21}', 400, 'invalid_request_error', 'invalid_value'],
 	['completion logprobs 6', 'POST', '/v1/completions', '{"prompt":"a","logprobs":6}', 400, 'invalid_request_error', 'invalid_value'],
-	['tools', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}]}', 400, 'invalid_request_error', 'unsupported_parameter'],
+	['tools on a template without a tool syntax', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}', 400, 'invalid_request_error', 'unsupported_parameter'],
+	['a tool without its function', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}]}', 400, 'invalid_request_error', 'invalid_type'],
 	['json response_format', 'POST', '/v1/chat/completions', '{"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}', 400, 'invalid_request_error', 'unsupported_parameter'],
 	['echo', 'POST', '/v1/completions', '{"prompt":"a","echo":true}', 400, 'invalid_request_error', 'unsupported_parameter'],
 	['user a number', 'POST', '/v1/completions', '{"prompt":"a","user":5}', 400, 'invalid_request_error', 'invalid_type'],
