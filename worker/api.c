@@ -845,10 +845,19 @@ static void tool_call_json(struct sbuf *b, const struct api_tool_call *c)
 void api_chunk_tool_call(struct sbuf *b, const struct api_answer *a, int index,
 			 const struct api_tool_call *c)
 {
+	/* as OpenAI streams a call: its id, type and name with empty
+	 * arguments, then the arguments (in one piece: they come out whole) */
 	chunk_open(b, a);
-	sbuf_printf(b, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,", index);
-	tool_call_json(b, c);
-	sbuf_puts(b, "}]},\"logprobs\":null,\"finish_reason\":null}");
+	sbuf_printf(b, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,\"id\":\"%s\","
+		       "\"type\":\"function\",\"function\":{\"name\":", index, c->id);
+	sbuf_json_str(b, c->name, strlen(c->name));
+	sbuf_puts(b, ",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}");
+	chunk_close(b, a);
+	chunk_open(b, a);
+	sbuf_printf(b, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,\"function\":"
+		       "{\"arguments\":", index);
+	sbuf_json_str(b, c->arguments, strlen(c->arguments));
+	sbuf_puts(b, "}}]},\"logprobs\":null,\"finish_reason\":null}");
 	chunk_close(b, a);
 }
 

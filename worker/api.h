@@ -123,7 +123,9 @@ const char *api_finish_name(enum finish_reason r);
 /* Server-Sent Events of a stream, appended to b: the chat's first chunk
  * (the assistant's role); a chunk of text[0..n) (delta.content, or the
  * completion's text; delta.reasoning_content for api_chunk_reasoning) and,
- * when ev is given, the logprobs of token ev[i]; the last chunk with the
+ * when ev is given, the logprobs of token ev[i]; a tool call as
+ * delta.tool_calls[index] (two chunks: id, type and name, then the
+ * arguments); the last chunk with the
  * finish reason, then the usage chunk when include_usage, then [DONE]; or
  * instead an error event (a stream that did not end well has no [DONE]). */
 void api_chunk_role(struct sbuf *b, const struct api_answer *a);

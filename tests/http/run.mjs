@@ -370,7 +370,11 @@ test('tool_calls_clients', async () => {
 			if (stream) {
 				calls = [];
 				for await (const chunk of await client.chat.completions.create({ ...body, stream: true })) {
-					for (const t of chunk.choices[0]?.delta?.tool_calls ?? []) calls.push(t.function);
+					for (const t of chunk.choices[0]?.delta?.tool_calls ?? []) {
+						calls[t.index] ??= { name: '', arguments: '' };
+						calls[t.index].name += t.function?.name ?? '';
+						calls[t.index].arguments += t.function?.arguments ?? '';
+					}
 					content += chunk.choices[0]?.delta?.content ?? '';
 					finish = chunk.choices[0]?.finish_reason ?? finish;
 				}
