@@ -240,18 +240,20 @@ void tool_feed(struct tool_split *t, const char *p, size_t n, bool final, const 
 {
 	const char *m = start_marker(t);
 	size_t km = strlen(m);
+	struct sbuf rest = {0}; /* what followed a block's end, fed as text again */
 	for (size_t i = 0; i < n;) {
 		if (t->in_calls) {
 			sbuf_put(&t->held, p + i, n - i);
 			i = n;
-			if (take_calls(t, o)) { /* the block ended: what follows is text again */
-				t->in_calls = false;
-				struct sbuf rest = t->held;
-				t->held = (struct sbuf){0};
-				tool_feed(t, rest.p ? rest.p : "", rest.len, false, o);
-				sbuf_free(&rest);
-			}
-			break;
+			if (!take_calls(t, o))
+				break;
+			/* the block ended: what follows is text again */
+			t->in_calls = false;
+			sbuf_free(&rest);
+			rest = t->held;
+			t->held = (struct sbuf){0};
+			p = rest.p ? rest.p : "", n = rest.len, i = 0;
+			continue;
 		}
 		char c = p[i];
 		if (c == m[t->held.len]) {
@@ -284,6 +286,7 @@ void tool_feed(struct tool_split *t, const char *p, size_t n, bool final, const 
 			i++;
 		text(o, p + run, i - run);
 	}
+	sbuf_free(&rest);
 	if (!final)
 		return;
 	if (t->in_calls) { /* a call not ended by its marker: whole all the same, or text */

@@ -920,6 +920,18 @@ static void seen_call(void *arg, int index, const char *name, const char *args)
 		c->nc += (size_t)k;
 }
 
+struct calls_count {
+	int n, last;
+};
+
+static void count_call(void *arg, int index, const char *name, const char *args)
+{
+	struct calls_count *c = arg;
+	(void)name, (void)args;
+	c->n++;
+	c->last = index;
+}
+
 /* Tool calls parsed back from answers as the models write them, whole and
  * a byte at a time: the calls, the text beside them, and what is not a
  * call well formed left as text and counted. */
@@ -975,6 +987,18 @@ static int test_tool_calls(void)
 			      bytewise ? " (bytewise)" : "", s.text, s.calls, bad);
 		}
 	}
+	/* many calls in one feed (a whole answer): each one out, in a loop */
+	struct sbuf many = {0};
+	for (int i = 0; i < 20000; i++)
+		sbuf_puts(&many, "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>");
+	struct calls_count cc = {0};
+	struct tool_out out = {NULL, count_call, &cc};
+	struct tool_split t;
+	tool_split_init(&t, TOOL_QWEN);
+	tool_feed(&t, many.p, many.len, true, &out);
+	tool_split_free(&t);
+	sbuf_free(&many);
+	CHECK(cc.n == 20000 && cc.last == 19999, "%d of 20000 calls, the last %d", cc.n, cc.last);
 	return 0;
 }
 

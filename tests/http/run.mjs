@@ -193,26 +193,36 @@ function frontTests(front) {
 
 for (const f of ['caddy', 'apache', 'nginx']) frontTests(f);
 
-// R1's chat template on the tiny model, whose output is forced (the
-// engine's test seam, --forced-output) to what a reasoning model writes:
-// the openai client and the Vercel AI SDK through Caddy read the reasoning
-// apart, whole and streamed, and its tokens in the usage.
-test('reasoning_clients', async () => {
-	const mdir = path.join(dir, 'r1-model');
+// A model directory of the tiny model with template NAME (build/templates).
+function templatedModel(name, template) {
+	const mdir = path.join(dir, name);
 	fs.mkdirSync(mdir);
 	const src = path.join(models, model);
 	for (const f of fs.readdirSync(src))
 		if (f !== 'tokenizer_config.json') fs.symlinkSync(path.join(src, f), path.join(mdir, f));
 	const cfgFile = path.join(src, 'tokenizer_config.json');
 	const cfg = fs.existsSync(cfgFile) ? JSON.parse(fs.readFileSync(cfgFile, 'utf8')) : {};
-	cfg.chat_template = fs.readFileSync(path.resolve(models, '..', 'templates', 'deepseek-r1.jinja'), 'utf8');
+	cfg.chat_template = fs.readFileSync(path.resolve(models, '..', 'templates', `${template}.jinja`), 'utf8');
 	fs.writeFileSync(path.join(mdir, 'tokenizer_config.json'), JSON.stringify(cfg));
+	return mdir;
+}
+
+async function templatedWorker(name, mdir, extra) {
+	const sock = path.join(dir, `${name}.sock`);
+	const w = start(name, worker, ['--model', mdir, '--model-name', name, '--listen', sock, '--listen-mode', '0666',
+		'--threads', '1', ...extra]);
+	await waitFor(`${name} to listen`, () => fs.existsSync(sock) && !w.exited);
+	return startCaddy(`caddy-${name}`, sock);
+}
+
+// R1's chat template on the tiny model, whose output is forced (the
+// engine's test seam, --forced-output) to what a reasoning model writes:
+// the openai client and the Vercel AI SDK through Caddy read the reasoning
+// apart, whole and streamed, and its tokens in the usage.
+test('reasoning_clients', async () => {
 	const think = 'Two and two make four; é is fine.\n', answer = '\n\nThe answer is 4.';
-	const sock = path.join(dir, 'r1.sock');
-	const w = start('r1', worker, ['--model', mdir, '--model-name', 'r1', '--listen', sock, '--listen-mode', '0666',
-		'--threads', '1', '--forced-output', `${think}</think>${answer}`]);
-	await waitFor('r1 to listen', () => fs.existsSync(sock) && !w.exited);
-	const base = await startCaddy('caddy-r1', sock);
+	const base = await templatedWorker('r1', templatedModel('r1-model', 'deepseek-r1'),
+		['--forced-output', `${think}</think>${answer}`]);
 	const messages = [{ role: 'user', content: 'What is 2 + 2?' }];
 
 	const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0 });
@@ -264,28 +274,6 @@ test('reasoning_clients', async () => {
 	eq(at, answer, 'ai sdk stream: text');
 	eq(await st.reasoningText, think, 'ai sdk stream: reasoningText');
 });
-
-// A model directory of the tiny model with template NAME (build/templates).
-function templatedModel(name, template) {
-	const mdir = path.join(dir, name);
-	fs.mkdirSync(mdir);
-	const src = path.join(models, model);
-	for (const f of fs.readdirSync(src))
-		if (f !== 'tokenizer_config.json') fs.symlinkSync(path.join(src, f), path.join(mdir, f));
-	const cfgFile = path.join(src, 'tokenizer_config.json');
-	const cfg = fs.existsSync(cfgFile) ? JSON.parse(fs.readFileSync(cfgFile, 'utf8')) : {};
-	cfg.chat_template = fs.readFileSync(path.resolve(models, '..', 'templates', `${template}.jinja`), 'utf8');
-	fs.writeFileSync(path.join(mdir, 'tokenizer_config.json'), JSON.stringify(cfg));
-	return mdir;
-}
-
-async function templatedWorker(name, mdir, extra) {
-	const sock = path.join(dir, `${name}.sock`);
-	const w = start(name, worker, ['--model', mdir, '--model-name', name, '--listen', sock, '--listen-mode', '0666',
-		'--threads', '1', ...extra]);
-	await waitFor(`${name} to listen`, () => fs.existsSync(sock) && !w.exited);
-	return startCaddy(`caddy-${name}`, sock);
-}
 
 // Tool calls in Qwen2.5's syntax and in R1's (after its reasoning), the
 // models' output forced (--forced-output): the openai client and the AI
