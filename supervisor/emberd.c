@@ -30,6 +30,7 @@
 
 struct opts {
 	const char *model, *listen, *worker;
+	const char *listen_mode, *listen_group; /* --listen's unix socket: octal, a group */
 	int min_workers, max_workers, spare, slots, max_requests;
 	double idle_timeout, exit_idle;
 	int verify;
@@ -45,6 +46,8 @@ static void usage(FILE *f)
 		"  --model DIR          model directory, read once into shared memory\n"
 		"  --listen ADDR        unix socket path or HOST:PORT (default: the socket\n"
 		"                       systemd passes, LISTEN_FDS)\n"
+		"  --listen-mode MODE   permissions of --listen's unix socket (octal, default 0660)\n"
+		"  --listen-group NAME  its group (the web server's: www-data, caddy, ...)\n"
 		"  --worker PATH        the ember-worker program (default: beside emberd)\n"
 		"  --min-workers N      workers kept running when idle (default 0)\n"
 		"  --max-workers N      most workers (default 4)\n"
@@ -87,6 +90,8 @@ static int parse(int argc, char **argv, struct opts *o)
 	} table[] = {
 		{"--model", "EMBER_MODEL", 0, 0, 0, offsetof(struct opts, model)},
 		{"--listen", "EMBER_LISTEN", 0, 0, 0, offsetof(struct opts, listen)},
+		{"--listen-mode", "EMBER_LISTEN_MODE", 0, 0, 0, offsetof(struct opts, listen_mode)},
+		{"--listen-group", "EMBER_LISTEN_GROUP", 0, 0, 0, offsetof(struct opts, listen_group)},
 		{"--worker", "EMBER_WORKER", 0, 0, 0, offsetof(struct opts, worker)},
 		{"--min-workers", "EMBER_MIN_WORKERS", 0, SB_MAX_WORKERS / 2, 1, offsetof(struct opts, min_workers)},
 		{"--max-workers", "EMBER_MAX_WORKERS", 1, SB_MAX_WORKERS / 2, 1, offsetof(struct opts, max_workers)},
@@ -546,9 +551,18 @@ static void load_progress(void *arg, const char *what, size_t done, size_t total
 static int take_socket(struct pool *p, char *err)
 {
 	if (p->o->listen) {
-		/* A unix socket for the front end's user, whoever that is (the
-		 * directory it is in decides who reaches it). */
-		int fd = listen_open(p->o->listen, 0666, err);
+		/* A unix socket for the owner and the group only (the front end's,
+		 * with --listen-group), as the worker's. */
+		int mode = 0660;
+		if (p->o->listen_mode) {
+			char *end;
+			long m = strtol(p->o->listen_mode, &end, 8);
+			if (end == p->o->listen_mode || *end || m < 0 || m > 0777)
+				return ember_err(err, -EINVAL, "--listen-mode %s: want octal permissions",
+						 p->o->listen_mode);
+			mode = (int)m;
+		}
+		int fd = listen_open(p->o->listen, mode, p->o->listen_group, err);
 		if (fd < 0)
 			return fd;
 		p->listen_fd = fd;
@@ -575,6 +589,15 @@ static int take_socket(struct pool *p, char *err)
 		return ember_err(err, -EINVAL, "systemd passed no listening stream socket");
 	p->activated = true;
 	return 0;
+}
+
+/* emberd's exit status rc, --listen's socket file removed: it goes with
+ * the pool (systemd's socket is systemd's). */
+static int leave(const struct opts *o, int rc)
+{
+	if (o->listen && listen_is_path(o->listen))
+		unlink(o->listen);
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -624,7 +647,7 @@ int main(int argc, char **argv)
 		struct wstore_stats st;
 		if (wstore_load(o.model, &wo, &p.weights_fd, &st, err) < 0) {
 			logf_(3, "cannot load the model: %s", err);
-			return 1;
+			return leave(&o, 1);
 		}
 		logf_(6, "read %d files, %.3f GB, into the weight store in %.3f s (%.2f GB/s, %d with O_DIRECT)",
 		      st.files, st.bytes / 1e9, st.seconds, st.bytes / 1e9 / st.seconds, st.direct_files);
@@ -636,7 +659,7 @@ int main(int argc, char **argv)
 	p.sb = sb_create(2 * o.max_workers, &p.sb_fd, err);
 	if (!p.sb) {
 		logf_(3, "%s", err);
-		return 1;
+		return leave(&o, 1);
 	}
 	atomic_store(&p.sb->pool.last_active_ms, sb_now_ms());
 
@@ -651,7 +674,7 @@ int main(int argc, char **argv)
 	if (sfd < 0 || pipe2(reloading.done_pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
 	    pipe2(p.event_fd, O_CLOEXEC | O_NONBLOCK) < 0) {
 		logf_(3, "signalfd or pipe failed: %s", strerror(errno));
-		return 1;
+		return leave(&o, 1);
 	}
 	uint64_t watchdog_us = 0;
 	bool watchdog = sd_watchdog_enabled(0, &watchdog_us) > 0;
@@ -741,5 +764,5 @@ int main(int argc, char **argv)
 		}
 	}
 	sb_unmap(p.sb);
-	return 0;
+	return leave(&o, 0);
 }

@@ -3,6 +3,8 @@
 #include "../engine/common.h"
 
 #include <errno.h>
+#include <grp.h>
+#include <stdlib.h>
 #include <netdb.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -10,8 +12,27 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-static int listen_unix(const char *path, int mode, char *err)
+/* The gid of group (a name, or a number). */
+static int group_id(const char *group, gid_t *gid)
 {
+	struct group *g = getgrnam(group);
+	if (g) {
+		*gid = g->gr_gid;
+		return 0;
+	}
+	char *end;
+	long v = strtol(group, &end, 10);
+	if (end == group || *end || v < 0 || v > 0x7fffffffL)
+		return -1;
+	*gid = (gid_t)v;
+	return 0;
+}
+
+static int listen_unix(const char *path, int mode, const char *group, char *err)
+{
+	gid_t gid = 0;
+	if (group && group_id(group, &gid) < 0)
+		return ember_err(err, -EINVAL, "--listen-group %s: no such group", group);
 	struct sockaddr_un un = {.sun_family = AF_UNIX};
 	if (strlen(path) >= sizeof un.sun_path)
 		return ember_err(err, -ENAMETOOLONG, "--listen %s: the path is too long (at most %zu "
@@ -25,6 +46,7 @@ static int listen_unix(const char *path, int mode, char *err)
 		return ember_err(err, -errno, "--listen %s: socket: %s", path, strerror(errno));
 	const char *what = "bind";
 	if (bind(fd, (struct sockaddr *)&un, sizeof un) < 0 ||
+	    ((what = "chown"), group && chown(path, (uid_t)-1, gid) < 0) ||
 	    ((what = "chmod"), chmod(path, (mode_t)mode) < 0)) {
 		int rc = ember_err(err, -errno, "--listen %s: %s: %s", path, what, strerror(errno));
 		close(fd);
@@ -70,10 +92,14 @@ static int listen_tcp(const char *addr, char *err)
 	return fd;
 }
 
-int listen_open(const char *addr, int mode, char *err)
+int listen_is_path(const char *addr)
 {
-	int fd = addr[0] == '/' || addr[0] == '.' ? listen_unix(addr, mode, err)
-						   : listen_tcp(addr, err);
+	return addr[0] == '/' || addr[0] == '.';
+}
+
+int listen_open(const char *addr, int mode, const char *group, char *err)
+{
+	int fd = listen_is_path(addr) ? listen_unix(addr, mode, group, err) : listen_tcp(addr, err);
 	if (fd >= 0 && listen(fd, SOMAXCONN) < 0) {
 		int rc = ember_err(err, -errno, "--listen %s: listen: %s", addr, strerror(errno));
 		close(fd);

@@ -25,6 +25,7 @@ static void usage(FILE *f)
 		"else as CGI when GATEWAY_INTERFACE is set):\n"
 		"  --listen ADDR           a unix socket path or HOST:PORT to listen on\n"
 		"  --listen-mode MODE      permissions of the unix socket (octal, default 0660)\n"
+		"  --listen-group NAME     the unix socket's group (the web server's)\n"
 		"  --prefix PATH           serve the API under PATH (e.g. /llm)\n"
 		"  --model-name NAME       the model's id in the API (default: DIR's base name)\n"
 		"  --api-key-file FILE     keys, one per line: requests need Authorization: Bearer KEY\n"
@@ -203,6 +204,8 @@ int main(int argc, char **argv)
 			server_only = true;
 			if (strcmp(a, "--listen") == 0) {
 				s.listen = v;
+			} else if (strcmp(a, "--listen-group") == 0) {
+				s.listen_group = v;
 			} else if (strcmp(a, "--listen-mode") == 0) {
 				char *end;
 				x = strtol(v, &end, 8);

@@ -224,7 +224,8 @@ int server_run(const struct server_opts *o)
 	if (!o->cgi) {
 		char err[EMBER_ERR_LEN];
 		s->listen_fd = o->listen_fd;
-		if (o->listen && (s->listen_fd = listen_open(o->listen, o->listen_mode, err)) < 0)
+		if (o->listen &&
+		    (s->listen_fd = listen_open(o->listen, o->listen_mode, o->listen_group, err)) < 0)
 			wlog(3, "%s", err);
 		if (s->listen_fd < 0)
 			goto done;

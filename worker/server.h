@@ -15,6 +15,7 @@ struct server_opts {
 	const char *model_name;    /* NULL: the directory's base name */
 	const char *listen;        /* "/path.sock", "HOST:PORT" or NULL */
 	int listen_mode;           /* permissions of a unix socket it creates */
+	const char *listen_group;  /* its group, or NULL */
 	int listen_fd;             /* an inherited listening socket, or -1 */
 	bool cgi;                  /* one request from the environment and stdin */
 	const char *prefix;        /* stripped from paths before routing; may be NULL */

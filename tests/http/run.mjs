@@ -989,6 +989,31 @@ test('listen_tcp_worker_and_pool', async () => {
 	p.kill('SIGTERM');
 });
 
+// emberd --listen's unix socket: 0660 unless --listen-mode says otherwise,
+// the group --listen-group names, and the file gone when the pool exits
+// (also when it fails to start); a group that does not exist is refused.
+test('pool_listen_socket_mode', async () => {
+	const gid = process.getgid();
+	for (const [name, extra, mode, group] of [['sock-default', [], 0o660, null], ['sock-0600', ['--listen-mode', '0600', '--listen-group', String(gid)], 0o600, gid]]) {
+		const sock = path.join(dir, `${name}.sock`);
+		const p = start(name, emberd(), ['--model', path.join(models, model), '--worker', worker, '--listen', sock,
+			'--max-workers', '1', ...extra, '--', '--threads', '1']);
+		await waitFor(`${name} ready`, () => fs.readFileSync(path.join(dir, `${name}.log`), 'utf8').includes(`ready: ${sock}`));
+		const st = fs.statSync(sock);
+		eq((st.mode & 0o777).toString(8), mode.toString(8), `${name}: mode`);
+		if (group !== null) eq(st.gid, group, `${name}: group`);
+		const exited = new Promise((resolve) => p.on('exit', (code) => resolve(code)));
+		p.kill('SIGTERM');
+		eq(await exited, 0, `${name}: exit status`);
+		assert(!fs.existsSync(sock), `${name}: the socket file is left behind`);
+	}
+	const bad = spawnSync(emberd(), ['--model', path.join(models, model), '--listen', path.join(dir, 'bad.sock'),
+		'--listen-group', 'no-such-group-ember'], { timeout: 20000 });
+	assert(bad.status !== 0 && /no such group/.test(bad.stderr.toString()), `a missing group: ${bad.status} ${bad.stderr}`);
+	const gone = spawnSync(emberd(), ['--model', path.join(dir, 'no-such-model'), '--listen', path.join(dir, 'gone.sock')], { timeout: 20000 });
+	assert(gone.status !== 0 && !fs.existsSync(path.join(dir, 'gone.sock')), 'a failed start leaves its socket file');
+});
+
 test('pool_verify_refuses_changed_file', async () => {
 	const m = path.join(dir, 'verified');
 	fs.cpSync(path.join(models, model), m, { recursive: true });
