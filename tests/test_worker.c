@@ -254,6 +254,8 @@ static int test_api_parse(void)
 		 "{\"type\":\"json_object\"}}",
 		 "response_format", "unsupported_parameter"},
 		{API_COMPLETION, "{\"prompt\":\"a\"", "", "invalid_json"},
+		{API_COMPLETION, "{\"prompt\":\"a\",\"prompt\":\"b\"}", "", "invalid_value"},
+		{API_COMPLETION, "{\"prompt\":\"a\",\"seed\":99999999999999999999}", "", "invalid_value"},
 		{API_COMPLETION, "{\"prompt\":\"a\\u0000b\"}", "", "invalid_json"},
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

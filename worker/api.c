@@ -567,10 +567,16 @@ int api_parse(enum api_kind kind, const char *body, size_t len, struct api_reque
 				utf8_valid_prefix((const uint8_t *)body, len));
 	json_error_t je;
 	r->root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-	if (!r->root)
-		return api_fail(e, 400, "invalid_request_error", "invalid_json", NULL,
-				"the request body is not valid JSON: %s (line %d, column %d)",
-				je.text, je.line, je.column);
+	if (!r->root) {
+		/* JSON, but a value ember cannot take: a duplicate key (which one
+		 * wins is not defined) or an integer beyond 64 bits */
+		enum json_error_code jc = json_error_code(&je);
+		bool value = jc == json_error_duplicate_key || jc == json_error_numeric_overflow;
+		return api_fail(e, 400, "invalid_request_error", value ? "invalid_value" : "invalid_json",
+				NULL, "the request body %s: %s (line %d, column %d)",
+				value ? "has a value ember cannot take" : "is not valid JSON", je.text,
+				je.line, je.column);
+	}
 	json_t *root = r->root;
 	long long x;
 	if (!json_is_object(root)) {
