@@ -307,12 +307,16 @@ static char *own(struct api_request *r, char *p)
 {
 	if (!p)
 		return NULL;
-	char **o = realloc(r->owned, (r->n_owned + 1) * sizeof *o);
-	if (!o) {
-		free(p);
-		return NULL;
+	if (r->n_owned == r->cap_owned) { /* doubling: a request may hold many */
+		size_t cap = r->cap_owned ? 2 * r->cap_owned : 16;
+		char **o = realloc(r->owned, cap * sizeof *o);
+		if (!o) {
+			free(p);
+			return NULL;
+		}
+		r->owned = o;
+		r->cap_owned = cap;
 	}
-	r->owned = o;
 	r->owned[r->n_owned++] = p;
 	return p;
 }

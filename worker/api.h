@@ -58,8 +58,8 @@ struct api_request {
 	bool tool_required;         /* tool_choice "required": the answer opens with a call */
 	const char *tool_named;     /* tool_choice names this function: the answer calls it */
 	bool parallel_tool_calls;   /* false: the first call only */
-	char **owned;               /* (n_owned) what the strings above point into */
-	size_t n_owned;
+	char **owned;               /* (n_owned of cap_owned) what the strings above point into */
+	size_t n_owned, cap_owned;
 	/* completion: text, or token ids */
 	const char *prompt;
 	size_t prompt_len;
