@@ -61,7 +61,8 @@ static void usage(FILE *f)
 		"\n"
 		"Each flag is also an environment variable: EMBER_MIN_WORKERS, EMBER_MAX_WORKERS,\n"
 		"EMBER_SPARE, EMBER_SLOTS, EMBER_IDLE_TIMEOUT, EMBER_EXIT_IDLE, EMBER_MAX_REQUESTS,\n"
-		"EMBER_MODEL, EMBER_LISTEN, EMBER_WORKER, EMBER_VERIFY=1 (flags win).\n"
+		"EMBER_MODEL, EMBER_LISTEN, EMBER_LISTEN_MODE, EMBER_LISTEN_GROUP, EMBER_WORKER,\n"
+		"EMBER_VERIFY=1 (flags win).\n"
 		"\n"
 		"SIGTERM: the workers drain and emberd exits. SIGHUP: the model is read again\n"
 		"and the workers replaced without failing a request.\n");
